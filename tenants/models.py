@@ -171,9 +171,7 @@ class PermissionProfile(models.Model):
 
 
 # The profile fields an admin may override per tenant. Everything but the name.
-OVERRIDABLE_FIELDS = [
-    f.name for f in PermissionProfile._meta.get_fields() if f.concrete and f.name not in ("id", "name", "description")
-]
+OVERRIDABLE_FIELDS = [f.name for f in PermissionProfile._meta.local_fields if f.name not in ("id", "name", "description")]
 
 
 class Tenant(models.Model):
