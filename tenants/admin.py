@@ -1,0 +1,212 @@
+import csv
+
+from django import forms
+from django.contrib import admin, messages
+from django.http import StreamingHttpResponse
+from django.utils.html import format_html
+
+from tenants.models import (
+    AuditLog,
+    BlockRun,
+    Membership,
+    PermissionProfile,
+    PolicyOverride,
+    Tenant,
+    TenantSecret,
+)
+
+
+@admin.register(PermissionProfile)
+class PermissionProfileAdmin(admin.ModelAdmin):
+    list_display = ["name", "files_access", "network_access", "canvas_size", "database_access", "process_allowed", "memory_mb", "time_limit_seconds"]
+    fieldsets = [
+        (None, {"fields": ["name", "description"]}),
+        ("Files", {"fields": ["files_access", "max_file_size", "storage_quota", "blocked_extensions", "files_rate_per_minute"]}),
+        ("Network", {"fields": ["network_access", "cdn_domains", "network_rate_per_minute", "max_response_size"]}),
+        ("Canvas", {"fields": ["canvas_max_width", "canvas_max_height", "canvas_formats", "canvas_max_ops", "canvas_max_per_run", "canvas_rate_per_minute"]}),
+        ("Database", {"fields": ["database_access", "database_rate_per_minute", "database_statement_timeout_ms", "database_max_rows", "database_max_result_bytes"]}),
+        ("Process execution", {"fields": ["process_allowed", "process_commands", "process_timeout_seconds", "process_max_output", "process_rate_per_minute"]}),
+        ("Runs", {"fields": ["memory_mb", "time_limit_seconds", "console_output_cap", "concurrent_runs"]}),
+    ]
+
+    @admin.display(description="Canvas")
+    def canvas_size(self, obj):
+        return f"{obj.canvas_max_width}x{obj.canvas_max_height}" if obj.canvas_max_width else "none"
+
+
+class MembershipInline(admin.TabularInline):
+    model = Membership
+    extra = 0
+    autocomplete_fields = ["user"]
+
+
+class PolicyOverrideInline(admin.TabularInline):
+    model = PolicyOverride
+    extra = 0
+    verbose_name = "limit override"
+    verbose_name_plural = "Limit overrides (replace one profile setting for this tenant)"
+
+
+class TenantSecretForm(forms.ModelForm):
+    """The value is write-only: after saving, the admin shows a masked form of it, and
+    leaving the field empty keeps the stored value."""
+
+    new_value = forms.CharField(
+        label="Value", required=False, strip=False, widget=forms.PasswordInput(render_value=False),
+        help_text="Write-only. Leave empty to keep the stored value.",
+    )
+
+    class Meta:
+        model = TenantSecret
+        fields = ["name"]
+
+    def clean(self):
+        cleaned = super().clean()
+        if not self.instance.pk and not cleaned.get("new_value") and cleaned.get("name"):
+            self.add_error("new_value", "A new secret needs a value.")
+        return cleaned
+
+    def save(self, commit=True):
+        if self.cleaned_data.get("new_value"):
+            self.instance.value = self.cleaned_data["new_value"]
+        return super().save(commit)
+
+
+class TenantSecretInline(admin.TabularInline):
+    model = TenantSecret
+    form = TenantSecretForm
+    extra = 0
+    fields = ["name", "new_value", "stored"]
+    readonly_fields = ["stored"]
+    verbose_name = "secret (process.env)"
+    verbose_name_plural = "Secrets, read by blocks as process.env"
+
+    @admin.display(description="Stored value")
+    def stored(self, obj):
+        return obj.masked() if obj.pk else "-"
+
+
+class TenantForm(forms.ModelForm):
+    new_webhook_secret = forms.CharField(
+        label="Webhook signing secret", required=False, strip=True,
+        widget=forms.PasswordInput(render_value=False),
+        help_text="Write-only. Webhooks are signed with it (Standard Webhooks). Leave empty to keep it; "
+        "enter '-' to remove it.",
+    )
+
+    class Meta:
+        model = Tenant
+        fields = ["slug", "name", "profile", "is_active", "suspended_reason", "network_allowed_hosts"]
+
+    def save(self, commit=True):
+        value = self.cleaned_data.get("new_webhook_secret")
+        if value == "-":
+            self.instance.webhook_secret = ""
+        elif value:
+            self.instance.webhook_secret = value
+        return super().save(commit)
+
+
+@admin.register(Tenant)
+class TenantAdmin(admin.ModelAdmin):
+    form = TenantForm
+    list_display = ["slug", "name", "profile", "is_active", "has_webhook_secret", "created"]
+    list_filter = ["profile", "is_active"]
+    search_fields = ["slug", "name"]
+    inlines = [MembershipInline, PolicyOverrideInline, TenantSecretInline]
+    actions = ["suspend", "reactivate"]
+    fieldsets = [
+        (None, {"fields": ["slug", "name", "profile", "is_active", "suspended_reason"]}),
+        ("Network", {"fields": ["network_allowed_hosts", "new_webhook_secret", "webhook_secret_state"]}),
+    ]
+    readonly_fields = ["webhook_secret_state"]
+
+    @admin.display(description="Webhook secret", boolean=True)
+    def has_webhook_secret(self, obj):
+        return bool(obj._webhook_secret)
+
+    @admin.display(description="Stored webhook secret")
+    def webhook_secret_state(self, obj):
+        return "set (hidden)" if obj._webhook_secret else "none"
+
+    @admin.action(description="Suspend the selected tenants")
+    def suspend(self, request, queryset):
+        count = queryset.update(is_active=False)
+        messages.success(request, f"Suspended {count} tenant(s): their next runs and calls are refused.")
+
+    @admin.action(description="Reactivate the selected tenants")
+    def reactivate(self, request, queryset):
+        count = queryset.update(is_active=True, suspended_reason="")
+        messages.success(request, f"Reactivated {count} tenant(s).")
+
+
+class ReadOnlyAdmin(admin.ModelAdmin):
+    def has_add_permission(self, request):
+        return False
+
+    def has_change_permission(self, request, obj=None):
+        return False
+
+    def has_delete_permission(self, request, obj=None):
+        return False
+
+
+class Echo:
+    def write(self, value):
+        return value
+
+
+@admin.register(AuditLog)
+class AuditLogAdmin(ReadOnlyAdmin):
+    list_display = ["time", "tenant_slug", "run_id", "capability", "operation", "target", "outcome_badge", "error_code", "duration_ms", "bytes_in", "bytes_out"]
+    list_filter = ["outcome", "capability", "tenant", ("time", admin.DateFieldListFilter)]
+    search_fields = ["tenant_slug", "target", "operation", "error_code", "message", "run__id"]
+    date_hierarchy = "time"
+    list_select_related = ["run"]
+    actions = ["export_csv"]
+    CSV_FIELDS = ["time", "tenant_slug", "run_id", "user_id", "capability", "operation", "target", "outcome", "error_code", "message", "duration_ms", "bytes_in", "bytes_out"]
+
+    @admin.display(description="Outcome", ordering="outcome")
+    def outcome_badge(self, obj):
+        colour = {"allowed": "#2e7d32", "denied": "#c62828", "failed": "#ef6c00"}[obj.outcome]
+        return format_html('<b style="color:{}">{}</b>', colour, obj.get_outcome_display())
+
+    def get_actions(self, request):
+        # The CSV export is the only action; it must work although rows are read-only.
+        actions = super().get_actions(request)
+        actions.pop("delete_selected", None)
+        return actions
+
+    @admin.action(description="Export the selected rows as CSV")
+    def export_csv(self, request, queryset):
+        return self.csv_response(queryset)
+
+    def changelist_view(self, request, extra_context=None):
+        if request.GET.get("format") == "csv":
+            # Export everything the current filters select, not only one page.
+            request.GET = request.GET.copy()
+            del request.GET["format"]
+            return self.csv_response(self.get_changelist_instance(request).get_queryset(request))
+        extra_context = {**(extra_context or {}), "csv_export": True}
+        return super().changelist_view(request, extra_context)
+
+    def csv_response(self, queryset):
+        writer = csv.writer(Echo())
+
+        def rows():
+            yield writer.writerow(self.CSV_FIELDS)
+            for row in queryset.order_by("time", "id").values_list(*self.CSV_FIELDS).iterator():
+                yield writer.writerow(row)
+
+        response = StreamingHttpResponse(rows(), content_type="text/csv")
+        response["Content-Disposition"] = 'attachment; filename="symposium-audit.csv"'
+        return response
+
+
+@admin.register(BlockRun)
+class BlockRunAdmin(ReadOnlyAdmin):
+    list_display = ["id", "tenant", "user", "source", "name", "status", "created", "duration", "calls", "error_code"]
+    list_filter = ["status", "source", "tenant"]
+    search_fields = ["id", "name", "tenant__slug", "error"]
+    date_hierarchy = "created"
+    readonly_fields = [f.name for f in BlockRun._meta.fields]

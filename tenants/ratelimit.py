@@ -1,0 +1,117 @@
+"""Rate limits per tenant and capability, in calls per minute.
+
+The algorithm is GCRA (the generic cell rate algorithm, as in redis-cell): a limit of N
+per minute admits one call every 60/N seconds on average and a burst of up to N calls at
+once, and a refused call learns exactly when it may try again. Unlike fixed per-minute
+windows it never lets 2N calls through around a window boundary.
+
+With Redis configured the state is one key per (tenant, capability) updated by a Lua
+script, so every server process shares one count atomically. Without Redis it is a dict
+in this process guarded by a lock, which is right for the embedded single-process setup.
+"""
+
+import threading
+import time
+from dataclasses import dataclass
+
+from django.conf import settings
+
+PERIOD = 60.0  # seconds: limits are "per minute"
+
+
+@dataclass(frozen=True)
+class RateDecision:
+    allowed: bool
+    retry_after: float = 0.0  # seconds until the next call would be admitted
+
+
+# KEYS[1]: the limiter key. ARGV: emission interval, burst tolerance (both seconds).
+# The script reads the server's clock so that every process agrees on "now".
+GCRA_SCRIPT = """
+local interval = tonumber(ARGV[1])
+local tolerance = tonumber(ARGV[2])
+local t = redis.call('TIME')
+local now = tonumber(t[1]) + tonumber(t[2]) / 1000000
+local tat = tonumber(redis.call('GET', KEYS[1]) or now)
+if tat < now then tat = now end
+local allow_at = tat - tolerance
+if now < allow_at then
+  return {0, tostring(allow_at - now)}
+end
+local new_tat = tat + interval
+redis.call('SET', KEYS[1], tostring(new_tat), 'PX', math.ceil((new_tat - now) * 1000) + 1000)
+return {1, '0'}
+"""
+
+
+def _parameters(limit):
+    interval = PERIOD / limit
+    return interval, PERIOD - interval
+
+
+class LocalRateLimiter:
+    def __init__(self, clock=time.monotonic):
+        self.clock = clock
+        self.lock = threading.Lock()
+        self.tat = {}
+
+    def hit(self, key, limit):
+        interval, tolerance = _parameters(limit)
+        with self.lock:
+            now = self.clock()
+            tat = max(self.tat.get(key, now), now)
+            if now < tat - tolerance:
+                return RateDecision(False, tat - tolerance - now)
+            self.tat[key] = tat + interval
+            if len(self.tat) > 100_000:
+                # Forget keys whose budget is full again; they behave as new keys.
+                self.tat = {k: v for k, v in self.tat.items() if v > now}
+            return RateDecision(True)
+
+    def reset(self):
+        with self.lock:
+            self.tat.clear()
+
+
+class RedisRateLimiter:
+    def __init__(self, url, prefix="symposium:rate:"):
+        import redis
+
+        self.client = redis.Redis.from_url(url)
+        self.script = self.client.register_script(GCRA_SCRIPT)
+        self.prefix = prefix
+
+    def hit(self, key, limit):
+        interval, tolerance = _parameters(limit)
+        allowed, retry = self.script(keys=[self.prefix + key], args=[interval, tolerance])
+        return RateDecision(bool(allowed), float(retry))
+
+    def reset(self):
+        for key in self.client.scan_iter(self.prefix + "*"):
+            self.client.delete(key)
+
+
+_limiter = None
+_limiter_lock = threading.Lock()
+
+
+def limiter():
+    global _limiter
+    with _limiter_lock:
+        if _limiter is None:
+            _limiter = RedisRateLimiter(settings.REDIS_URL) if settings.REDIS_URL else LocalRateLimiter()
+        return _limiter
+
+
+def reset_limiter():
+    """Forget the limiter (tests switch settings between Redis and none)."""
+    global _limiter
+    with _limiter_lock:
+        _limiter = None
+
+
+def check_rate(tenant_id, capability, per_minute):
+    """Count one call of `capability` for the tenant. A limit of 0 means no limit."""
+    if not per_minute:
+        return RateDecision(True)
+    return limiter().hit(f"{tenant_id}:{capability}", per_minute)
