@@ -1,0 +1,138 @@
+// The comprehensive test suite of the seed, as a block: it exercises every capability
+// and operation and prints one line per operation: PASS, FAIL, or SKIP when the
+// tenant's profile does not allow it (PERMISSION_DENIED). Its result counts the lines.
+//
+//   python manage.py runblock examples/test-orchestrator.js --tenant demo-advanced
+
+const results = { passed: 0, failed: 0, skipped: 0 };
+
+async function check(name, fn) {
+  try {
+    const detail = await fn();
+    results.passed++;
+    console.log(`PASS ${name}${detail ? ` (${detail})` : ''}`);
+  } catch (error) {
+    if (error?.code === 'PERMISSION_DENIED') {
+      results.skipped++;
+      console.log(`SKIP ${name}: ${error.message}`);
+    } else {
+      results.failed++;
+      console.log(`FAIL ${name}: ${error?.code ?? error?.name} ${error?.message}`);
+    }
+  }
+}
+
+function expect(condition, message) {
+  if (!condition) throw new Error(message);
+}
+
+const dir = `orchestrator-test/${symposium.utils.generateId()}`;
+
+// Files
+await check('files.writeFile', async () => {
+  const r = await symposium.writeFile(`${dir}/hello.txt`, 'Hello World');
+  expect(r.success, 'not successful');
+});
+await check('files.readFile', async () => {
+  const r = await symposium.readFile(`${dir}/hello.txt`);
+  expect(r.data === 'Hello World', `read back ${JSON.stringify(r.data)}`);
+});
+await check('files.readFile binary', async () => {
+  await symposium.writeFile(`${dir}/bytes.dat`, new Uint8Array([0, 1, 2, 255]));
+  const r = await symposium.readFile(`${dir}/bytes.dat`, { encoding: 'binary' });
+  expect(r.data instanceof Uint8Array && r.data[3] === 255, 'bytes differ');
+});
+await check('files.listDirectory', async () => {
+  const r = await symposium.listDirectory(dir);
+  expect(r.data.some((e) => e.name === 'hello.txt'), 'hello.txt not listed');
+  return `${r.data.length} entries`;
+});
+await check('files.getFileInfo', async () => {
+  const info = await symposium.getFileInfo(`${dir}/hello.txt`);
+  expect(info.size === 11, `size ${info.size}`);
+  return `${info.size} bytes`;
+});
+await check('files.fileExists', async () => {
+  const yes = await symposium.fileExists(`${dir}/hello.txt`);
+  const no = await symposium.fileExists(`${dir}/missing.txt`);
+  expect(yes.data === true && no.data === false, 'wrong answers');
+});
+await check('files.deleteFile', async () => {
+  await symposium.deleteFile(`${dir}/hello.txt`);
+  const r = await symposium.fileExists(`${dir}/hello.txt`);
+  expect(r.data === false, 'still there');
+});
+await check('files.readFile outside storage is refused', async () => {
+  try {
+    await symposium.readFile('../../etc/passwd');
+  } catch (error) {
+    expect(error.code === 'INVALID_ARGUMENT', `got ${error.code}`);
+    return 'INVALID_ARGUMENT';
+  }
+  throw new Error('traversal was not refused');
+});
+
+// Network: a refused address proves the guard without needing the internet.
+await check('network.fetch private address refused', async () => {
+  try {
+    await symposium.network.fetch('http://169.254.169.254/latest/meta-data/');
+  } catch (error) {
+    if (error.code === 'PERMISSION_DENIED' && /profile/.test(error.message)) throw error;
+    expect(['PERMISSION_DENIED', 'INVALID_ARGUMENT'].includes(error.code), `got ${error.code}`);
+    return error.code;
+  }
+  throw new Error('metadata address was reachable');
+});
+
+// Canvas
+await check('canvas.createCanvas', async () => {
+  const c = await symposium.canvas.createCanvas(200, 100);
+  expect(typeof c.canvasId === 'string', 'no canvasId');
+  globalThis.testCanvas = c.canvasId;
+});
+await check('canvas.draw', async () => {
+  expect(globalThis.testCanvas, 'no canvas to draw on');
+  await symposium.canvas.draw(globalThis.testCanvas, [
+    { type: 'fillRect', x: 10, y: 10, width: 50, height: 50, style: '#ff0000' },
+    { type: 'beginPath' },
+    { type: 'arc', x: 150, y: 50, radius: 30, startAngle: 0, endAngle: Math.PI * 2 },
+    { type: 'stroke', style: '#00ff00' },
+  ]);
+});
+await check('canvas.exportImage', async () => {
+  expect(globalThis.testCanvas, 'no canvas to export');
+  const img = await symposium.canvas.exportImage(globalThis.testCanvas, 'png');
+  expect(img.data[1] === 0x50 && img.data[2] === 0x4e, 'not a PNG');
+  return `${img.data.length} bytes of PNG`;
+});
+
+// Database
+await check('database.query', async () => {
+  await symposium.database.query('CREATE TABLE IF NOT EXISTS orchestrator_test (id INTEGER PRIMARY KEY, note TEXT)');
+  await symposium.database.query('INSERT INTO orchestrator_test (note) VALUES (?)', ["it's; DROP TABLE x; --"]);
+  const r = await symposium.database.query('SELECT note FROM orchestrator_test WHERE note = ?', ["it's; DROP TABLE x; --"]);
+  expect(r.data.rows.length >= 1, 'row not found');
+});
+await check('database.transaction', async () => {
+  const r = await symposium.database.transaction([
+    { query: 'INSERT INTO orchestrator_test (note) VALUES (?)', params: ['a'] },
+    { query: 'INSERT INTO orchestrator_test (note) VALUES (?)', params: ['b'] },
+  ]);
+  expect(r.success, 'not successful');
+});
+
+// Process
+await check('process.execute', async () => {
+  const r = await symposium.process.execute('echo', ['$HOME', 'stays literal']);
+  expect(r.exitCode === 0 && r.stdout.trim() === '$HOME stays literal', `got ${JSON.stringify(r.stdout)}`);
+});
+
+// Utilities (local, synchronous)
+await check('utils', () => {
+  expect(/^temp\/tmp_\d+_[a-z0-9]+\.json$/.test(symposium.utils.generateTempPath('.json')), 'temp path');
+  expect(Math.abs(symposium.utils.getTimestamp() - Date.now()) < 1000, 'timestamp');
+  expect(symposium.utils.generateId() !== symposium.utils.generateId(), 'ids repeat');
+});
+
+console.log(`${results.passed} passed, ${results.failed} failed, ${results.skipped} skipped`);
+export default () => results;
