@@ -1,0 +1,574 @@
+"""The isolate launcher: locks a fresh process down, then execs the JavaScript runtime.
+
+    ######################################################################################
+    #  WARNING: SECURITY-CRITICAL FILE.                                                  #
+    #  Everything a tenant's block can do to this machine is bounded by what this file   #
+    #  sets up. Loosening any limit or rule below widens what hostile code can reach.    #
+    #  A change here needs a second reviewer and must keep tests/test_sandbox_lockdown.py #
+    #  passing (it proves each rule with a non-Deno probe).                              #
+    ######################################################################################
+
+Usage (the isolate pool runs it; nothing else should):
+
+    python -I -m isolates.sandbox --memory-mb 128 --cpu-seconds 60 --broker-port 8001 \
+        [--read PATH ...] -- /path/to/deno run ... main.js
+
+It runs as a brand-new, single-threaded process and, in this order:
+
+1. starts its own session and process group, so the pool can kill the whole tree;
+2. closes every inherited file descriptor except stdin/stdout/stderr and moves to `/`;
+3. sets the resource limits of POLICY["rlimits"];
+4. when started as root: locks the securebits, empties the capability bounding set,
+   and switches to a user id of its own (POLICY["identity"]), so that it holds no
+   capability and owns nothing on this machine;
+5. sets PR_SET_NO_NEW_PRIVS;
+6. applies a Landlock ruleset (read-only files, execute only the target binary, TCP
+   connect only to the broker's port, signals and abstract sockets scoped);
+7. loads a seccomp filter (POLICY["seccomp"]);
+8. execs the target with a clean environment, through libc's execve with a path buffer
+   this file owns: the seccomp filter allows execve only with that exact pointer, so
+   code running after the exec can never start another program.
+
+The policy is the data structure POLICY below; every value carries the reason for it.
+Where the kernel lacks a feature (Landlock missing or an older ABI), the launcher says so
+on stderr with the prefix "symposium-sandbox:" and goes on with what the kernel has; the
+pool logs those lines.
+
+This file imports nothing from Django and nothing from the platform: it must start fast
+and must not load code that could hold server secrets.
+"""
+
+import argparse
+import ctypes
+import ctypes.util
+import errno
+import os
+import resource
+import signal
+import sys
+
+MB = 1024 * 1024
+
+# Flag values from <linux/sched.h>, <linux/socket.h> and <sys/mman.h> (x86_64).
+CLONE_THREAD = 0x00010000
+CLONE_NEW_FLAGS = {
+    "CLONE_NEWNS": 0x00020000,
+    "CLONE_NEWCGROUP": 0x02000000,
+    "CLONE_NEWUTS": 0x04000000,
+    "CLONE_NEWIPC": 0x08000000,
+    "CLONE_NEWUSER": 0x10000000,
+    "CLONE_NEWPID": 0x20000000,
+    "CLONE_NEWNET": 0x40000000,
+}
+AF_UNIX, AF_INET, AF_INET6 = 1, 2, 10
+SOCK_STREAM = 1
+SOCK_TYPE_MASK = 0xF
+IPPROTO_TCP = 6
+MSG_FASTOPEN = 0x20000000
+MAP_SHARED = 0x01
+MAP_ANONYMOUS = 0x20
+TIOCSTI = 0x5412
+PERSONALITY_QUERY = 0xFFFFFFFF
+
+# The whole policy. Values that depend on the run (memory, CPU seconds, the broker's
+# port) are functions of the launch's Limits; everything else is fixed.
+POLICY = {
+    "rlimits": {
+        # CPU seconds of all the process's threads (V8's compiler and GC threads count
+        # too). At the soft limit the kernel sends SIGXCPU, which terminates Deno; the
+        # hard limit one second later is SIGKILL in case SIGXCPU is ever handled. The
+        # pool lowers this again when it hands a warm isolate to a run (it counts the
+        # seconds already spent starting up), so a run gets what its profile says.
+        "RLIMIT_CPU": lambda lim: (lim.cpu_seconds, lim.cpu_seconds + 1),
+        # Private writable memory (heap, thread stacks, ArrayBuffer backing stores, brk).
+        # This is what stops allocations outside the V8 heap, which --max-old-space-size
+        # does not see (denoland/deno#26202). RLIMIT_AS cannot be used: V8 reserves
+        # gigabytes of address space it never touches (code range, WebAssembly guard
+        # regions). The budget is in data_limit_bytes(): the runtime's own need, the JS
+        # heap limit, and as much again for ArrayBuffers and other off-heap memory.
+        "RLIMIT_DATA": lambda lim: (data_limit_bytes(lim.memory_mb),) * 2,
+        # Open descriptors. Deno needs about 30 for its event loop, the worker and the
+        # broker's websocket; the block itself cannot open files or sockets.
+        "RLIMIT_NOFILE": lambda lim: (256, 256),
+        # No file may be written at all (Landlock forbids it too); a write that slips
+        # past would get SIGXFSZ. Pipes and sockets are not files and are unaffected.
+        "RLIMIT_FSIZE": lambda lim: (0, 0),
+        # No core dumps: a dump would hold the block's memory (and its secrets) on disk.
+        "RLIMIT_CORE": lambda lim: (0, 0),
+        # Threads (Linux counts threads as processes, per real user id). Deno runs about
+        # 20 (tokio, V8 platform workers, the block's worker); a block that spawns nested
+        # Workers stops here. It binds only when the isolate has a user id of its own
+        # (see "identity"): the kernel does not apply it to uid 0.
+        "RLIMIT_NPROC": lambda lim: (96, 96),
+        # No locked memory, no POSIX message queues, no real-time or raised priority:
+        # nothing the runtime uses, each a way to hold kernel memory or CPU.
+        "RLIMIT_MEMLOCK": lambda lim: (0, 0),
+        "RLIMIT_MSGQUEUE": lambda lim: (0, 0),
+        "RLIMIT_RTPRIO": lambda lim: (0, 0),
+        "RLIMIT_NICE": lambda lim: (0, 0),
+    },
+    "identity": {
+        # When started as root, the isolate becomes uid/gid UID_BASE + its pid: a user
+        # that owns no file, shares no signals with any other process (so the kernel
+        # itself refuses kill/ptrace on everything else) and makes RLIMIT_NPROC count
+        # only this isolate's threads. pid_max is far below the gap to 2**32.
+        "uid_base": 1_900_000_000,
+        # Everything that can re-grant privilege across exec is locked off.
+        "securebits": (1 << 0) | (1 << 1) | (1 << 2) | (1 << 3) | (1 << 4) | (1 << 5) | (1 << 6) | (1 << 7),
+    },
+    "environment": {
+        # The complete environment of the runtime: nothing of the server's is passed on.
+        # DENO_DIR and HOME point at a path that does not exist and cannot be created
+        # (Landlock forbids all writes), so Deno keeps its caches in memory and reads no
+        # configuration of the server's user (~/.npmrc, ~/.cache/deno).
+        "DENO_DIR": "/nonexistent/deno",
+        "HOME": "/nonexistent",
+        "NO_COLOR": "1",
+        "DENO_NO_UPDATE_CHECK": "1",
+        "DENO_NO_PACKAGE_JSON": "1",
+        # Fixed time zone: the server's /etc/localtime is not readable, and a block's
+        # Date output should not depend on the host.
+        "TZ": "UTC",
+        "LANG": "C.UTF-8",
+    },
+    "landlock": {
+        # Read-only trees: the system's shared libraries and programs' data. Deno reads
+        # only its libc and friends here; nothing under these is tenant data or secret.
+        "read_dirs": ["/usr", "/lib", "/lib64"],
+        # Single files read at start-up: the loader's cache and the entropy source.
+        # (Landlock refuses directory rights on a file, so files get file rights only.)
+        "read_files": ["/etc/ld.so.cache", "/dev/urandom", "/dev/null"],
+        # EXECUTE is granted on the target binary alone (plus READ to map it). Nothing
+        # else on the machine can be executed, not even the ELF interpreter as a program.
+        # TCP: connect only to the broker's port, bind nothing. Landlock ports are not
+        # tied to an address, so Deno's --allow-net=127.0.0.1:PORT narrows it further.
+        "connect_tcp_ports": lambda lim: [lim.broker_port],
+        # ABI 6: no signals to, and no abstract unix sockets of, processes outside this
+        # sandbox (the pool, which is outside, can still kill the isolate).
+        "scope_signals": True,
+        "scope_abstract_unix_sockets": True,
+    },
+    "seccomp": {
+        # Syscalls refused outright with EPERM. Each is a way out of the sandbox or into
+        # the kernel's less-trodden paths, and the runtime uses none of them.
+        "deny": [
+            # other processes' memory and execution
+            "ptrace", "process_vm_readv", "process_vm_writev", "process_madvise", "kcmp",
+            "pidfd_getfd", "pidfd_send_signal", "pidfd_open",
+            # new processes: threads only (see clone below)
+            "fork", "vfork",
+            # filesystems and namespaces
+            "mount", "umount2", "pivot_root", "chroot", "move_mount", "open_tree", "fsopen",
+            "fsconfig", "fsmount", "fspick", "mount_setattr", "unshare", "setns",
+            "name_to_handle_at", "open_by_handle_at", "quotactl", "quotactl_fd",
+            # a second way to run a program
+            "execveat",
+            # kernel attack surface with a history of escapes
+            "bpf", "perf_event_open", "userfaultfd", "io_uring_setup", "io_uring_enter",
+            "io_uring_register", "keyctl", "add_key", "request_key",
+            # the machine itself
+            "kexec_load", "kexec_file_load", "init_module", "finit_module", "delete_module",
+            "reboot", "swapon", "swapoff", "acct", "syslog", "vhangup", "uselib",
+            "settimeofday", "clock_settime", "clock_adjtime", "adjtimex", "iopl", "ioperm",
+            # memory that RLIMIT_DATA does not count, and IPC objects that outlive the
+            # process in the host's IPC namespace
+            "memfd_create", "memfd_secret", "shmget", "shmat", "shmctl", "shmdt", "msgget",
+            "msgsnd", "msgrcv", "msgctl", "semget", "semop", "semtimedop", "semctl",
+            "mq_open", "mq_unlink", "mq_timedsend", "mq_timedreceive", "mq_notify",
+            "mq_getsetattr",
+            # other processes' memory placement
+            "migrate_pages", "move_pages",
+            # listening sockets: listen() on an unbound socket binds it implicitly, which
+            # Landlock's bind rule does not see; the isolate only ever connects out.
+            "listen", "accept", "accept4",
+        ],
+        # Refused with ENOSYS rather than EPERM, so that glibc falls back to clone(),
+        # whose flags (unlike clone3's, which sit in memory) the filter can inspect.
+        "enosys": ["clone3"],
+        # socket(): only TCP over IPv4/IPv6, and no AF_UNIX socket (Deno needs only
+        # socketpair(), and a unix socket could reach local daemons, such as a database
+        # that trusts local connections, that Landlock's path rules do not guard).
+        "socket_families": {AF_INET: "stream only", AF_INET6: "stream only"},
+        # clone(): threads only, never a new namespace.
+        "clone_required": CLONE_THREAD,
+        "clone_forbidden": CLONE_NEW_FLAGS,
+        # Signals only to this process itself (its pid is known when the filter is built).
+        "signal_self_only": ["kill", "tkill", "tgkill", "rt_sigqueueinfo", "rt_tgsigqueueinfo"],
+        # TCP Fast Open connects inside sendto()/sendmsg(), past the connect() hook.
+        "no_fastopen": {"sendto": 3, "sendmsg": 2, "sendmmsg": 3},
+        # Shared anonymous memory is not counted by RLIMIT_DATA.
+        "no_shared_anonymous_mmap": True,
+        # Faking terminal input into a shell that might own the same terminal.
+        "no_tiocsti": True,
+        # Personality can only be read: setting it could disable ASLR or make all
+        # readable memory executable.
+        "personality_query_only": True,
+        # execve only with the launcher's own path buffer (see exec_target).
+        "execve_only_launcher_buffer": True,
+    },
+}
+
+# RLIMIT_DATA budget, in MB. V8 on x86_64 reserves a 512 MB code range per isolate and
+# maps it read-write-execute, so the kernel counts it as data although it is never
+# resident; a Deno process with its main isolate and the block's Worker holds two.
+V8_CODE_RANGE_MB = 512
+ISOLATES_PER_PROCESS = 2
+# Everything else private and writable in an idle isolate (thread stacks, allocator
+# arenas, the main isolate's heap): measured at about 50 MB on Deno 2.9 (docs/isolates.md),
+# with headroom for what the runtime allocates while a block runs.
+RUNTIME_DATA_MB = 128
+
+
+def data_limit_bytes(memory_mb):
+    """RLIMIT_DATA for a run whose profile allows `memory_mb`: the runtime's own need plus
+    the JS heap limit plus as much again for memory outside the heap (ArrayBuffers)."""
+    return (ISOLATES_PER_PROCESS * V8_CODE_RANGE_MB + RUNTIME_DATA_MB + 2 * memory_mb) * MB
+
+
+class Limits:
+    def __init__(self, memory_mb, cpu_seconds, broker_port):
+        self.memory_mb = memory_mb
+        self.cpu_seconds = cpu_seconds
+        self.broker_port = broker_port
+
+
+def warn(message):
+    """Report a missing kernel feature; the pool forwards these lines to its log."""
+    os.write(2, f"symposium-sandbox: {message}\n".encode())
+
+
+def fail(message):
+    """Refuse to start: an isolate that cannot be locked down must never run a block."""
+    os.write(2, f"symposium-sandbox: refusing to start: {message}\n".encode())
+    os._exit(70)
+
+
+libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
+libc.syscall.restype = ctypes.c_long
+libc.prctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong]
+
+
+def check(result, what):
+    if result < 0:
+        err = ctypes.get_errno()
+        fail(f"{what}: {os.strerror(err)}")
+    return result
+
+
+# -- 1-2: session, descriptors, working directory ---------------------------------------
+
+
+def detach():
+    # A new session makes this process the leader of its own process group, so the pool
+    # can kill it and anything it could ever start with one killpg().
+    try:
+        os.setsid()
+    except PermissionError:
+        pass  # already a group leader (the pool may have asked for a new session itself)
+    # Nothing inherited may leak into the isolate: a server socket or database
+    # connection left open by a careless parent would be reachable by the block.
+    os.closerange(3, resource.getrlimit(resource.RLIMIT_NOFILE)[0])
+    # Deno.cwd() needs no permission: do not let it reveal a server path.
+    os.chdir("/")
+
+
+# -- 3: resource limits ------------------------------------------------------------------
+
+
+def apply_rlimits(limits):
+    for name, value in POLICY["rlimits"].items():
+        soft, hard = value(limits)
+        resource.setrlimit(getattr(resource, name), (soft, hard))
+
+
+# -- 4: identity and capabilities --------------------------------------------------------
+
+PR_SET_PDEATHSIG = 1
+PR_CAPBSET_DROP = 24
+PR_SET_SECUREBITS = 28
+PR_SET_NO_NEW_PRIVS = 38
+PR_CAP_AMBIENT = 47
+PR_CAP_AMBIENT_CLEAR_ALL = 4
+LINUX_CAPABILITY_VERSION_3 = 0x20080522
+SYS_capset = 126
+
+
+class CapHeader(ctypes.Structure):
+    _fields_ = [("version", ctypes.c_uint32), ("pid", ctypes.c_int)]
+
+
+class CapData(ctypes.Structure):
+    _fields_ = [("effective", ctypes.c_uint32), ("permitted", ctypes.c_uint32), ("inheritable", ctypes.c_uint32)]
+
+
+def last_capability():
+    try:
+        with open("/proc/sys/kernel/cap_last_cap") as f:
+            return int(f.read())
+    except OSError:
+        return 40
+
+
+def drop_privileges(parent_pid):
+    """Leave no capability behind, in any set, and (as root) become a user of our own."""
+    running_as_root = os.geteuid() == 0
+    uid = None
+    if running_as_root:
+        check(libc.prctl(PR_SET_SECUREBITS, POLICY["identity"]["securebits"], 0, 0, 0), "locking securebits")
+        for cap in range(last_capability() + 1):
+            # EINVAL means the kernel does not know this capability: nothing to drop.
+            if libc.prctl(PR_CAPBSET_DROP, cap, 0, 0, 0) < 0 and ctypes.get_errno() != errno.EINVAL:
+                fail(f"dropping capability {cap} from the bounding set: {os.strerror(ctypes.get_errno())}")
+        uid = POLICY["identity"]["uid_base"] + os.getpid()
+        os.setgroups([])
+        os.setresgid(uid, uid, uid)
+        os.setresuid(uid, uid, uid)
+    # If the server that started the isolate dies, the kernel kills the isolate. (This
+    # must come after the uid switch, which clears it; and the parent may already be
+    # gone by now, which the ppid check catches.)
+    check(libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0), "setting the parent-death signal")
+    if os.getppid() != parent_pid:
+        fail("the process that started the isolate has exited")
+    # Ambient capabilities would survive the exec; clear them (a no-op when unsupported).
+    libc.prctl(PR_CAP_AMBIENT, PR_CAP_AMBIENT_CLEAR_ALL, 0, 0, 0)
+    header = CapHeader(LINUX_CAPABILITY_VERSION_3, 0)
+    data = (CapData * 2)()
+    check(libc.syscall(SYS_capset, ctypes.byref(header), ctypes.byref(data)), "clearing capabilities")
+    # no_new_privs: no setuid binary, file capability or LSM transition can ever give
+    # this process or its exec'd program more privilege. Landlock and seccomp require it.
+    check(libc.prctl(PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0), "setting no_new_privs")
+    return uid
+
+
+# -- 6: Landlock -------------------------------------------------------------------------
+
+SYS_landlock_create_ruleset = 444
+SYS_landlock_add_rule = 445
+SYS_landlock_restrict_self = 446
+LANDLOCK_CREATE_RULESET_VERSION = 1 << 0
+LANDLOCK_RULE_PATH_BENEATH = 1
+LANDLOCK_RULE_NET_PORT = 2
+
+FS_EXECUTE = 1 << 0
+FS_READ_FILE = 1 << 2
+FS_READ_DIR = 1 << 3
+# All filesystem rights each ABI knows: handling them all means denying every one we do
+# not grant (writes, removals, creation of any node, renames across directories,
+# truncation, device ioctls).
+FS_RIGHTS_BY_ABI = {1: (1 << 13) - 1, 2: (1 << 14) - 1, 3: (1 << 15) - 1, 4: (1 << 15) - 1, 5: (1 << 16) - 1}
+NET_BIND_TCP = 1 << 0
+NET_CONNECT_TCP = 1 << 1
+SCOPE_ABSTRACT_UNIX_SOCKET = 1 << 0
+SCOPE_SIGNAL = 1 << 1
+
+
+class RulesetAttr(ctypes.Structure):
+    _fields_ = [("handled_access_fs", ctypes.c_uint64), ("handled_access_net", ctypes.c_uint64), ("scoped", ctypes.c_uint64)]
+
+
+class PathBeneathAttr(ctypes.Structure):
+    _pack_ = 1
+    _fields_ = [("allowed_access", ctypes.c_uint64), ("parent_fd", ctypes.c_int32)]
+
+
+class NetPortAttr(ctypes.Structure):
+    _fields_ = [("allowed_access", ctypes.c_uint64), ("port", ctypes.c_uint64)]
+
+
+def landlock_abi():
+    abi = libc.syscall(SYS_landlock_create_ruleset, None, 0, LANDLOCK_CREATE_RULESET_VERSION)
+    return abi if abi > 0 else 0
+
+
+def elf_interpreter(path):
+    """The PT_INTERP path of a 64-bit little-endian ELF binary, or None (static, script)."""
+    import struct
+
+    with open(path, "rb") as f:
+        header = f.read(64)
+        if header[:4] != b"\x7fELF" or header[4] != 2 or header[5] != 1:
+            return None
+        phoff, = struct.unpack_from("<Q", header, 0x20)
+        phentsize, phnum = struct.unpack_from("<HH", header, 0x36)
+        for index in range(phnum):
+            f.seek(phoff + index * phentsize)
+            p_type, _flags, p_offset, _vaddr, _paddr, p_filesz = struct.unpack("<IIQQQQ", f.read(40))
+            if p_type == 3:  # PT_INTERP
+                f.seek(p_offset)
+                return f.read(p_filesz).rstrip(b"\0").decode()
+    return None
+
+
+def apply_landlock(limits, target, extra_reads):
+    abi = landlock_abi()
+    if abi == 0:
+        warn("Landlock is not available on this kernel: the filesystem and TCP rules are not applied")
+        return 0
+    rules = POLICY["landlock"]
+    attr = RulesetAttr()
+    attr.handled_access_fs = FS_RIGHTS_BY_ABI.get(abi, FS_RIGHTS_BY_ABI[5])
+    if abi >= 4:
+        attr.handled_access_net = NET_BIND_TCP | NET_CONNECT_TCP
+    else:
+        warn(f"Landlock ABI {abi} has no TCP rules: outbound connections are bounded by seccomp and Deno only")
+    if abi >= 6:
+        attr.scoped = (SCOPE_SIGNAL if rules["scope_signals"] else 0) | (
+            SCOPE_ABSTRACT_UNIX_SOCKET if rules["scope_abstract_unix_sockets"] else 0
+        )
+    else:
+        warn(f"Landlock ABI {abi} cannot scope signals and abstract sockets: seccomp alone bounds signals")
+    # The size argument lets older kernels accept the struct without the fields they lack.
+    size = ctypes.sizeof(RulesetAttr) if abi >= 6 else (16 if abi >= 4 else 8)
+    ruleset = check(libc.syscall(SYS_landlock_create_ruleset, ctypes.byref(attr), size, 0), "creating the Landlock ruleset")
+
+    def allow_path(path, access):
+        try:
+            fd = os.open(path, os.O_PATH | os.O_CLOEXEC)
+        except FileNotFoundError:
+            return  # /lib64 does not exist everywhere; a missing path needs no rule
+        try:
+            rule = PathBeneathAttr(access, fd)
+            check(libc.syscall(SYS_landlock_add_rule, ruleset, LANDLOCK_RULE_PATH_BENEATH, ctypes.byref(rule), 0), f"a Landlock rule for {path}")
+        finally:
+            os.close(fd)
+
+    for path in rules["read_dirs"] + [p for p in extra_reads if os.path.isdir(p)]:
+        allow_path(path, FS_READ_FILE | FS_READ_DIR)
+    for path in rules["read_files"] + [p for p in extra_reads if not os.path.isdir(p)]:
+        allow_path(path, FS_READ_FILE)
+    allow_path(target, FS_READ_FILE | FS_EXECUTE)
+    interpreter = elf_interpreter(target)
+    if interpreter:
+        # The kernel opens a dynamic binary's ELF interpreter for execution as part of
+        # the exec, so it needs EXECUTE too. Run as a program it could load any readable
+        # binary, which is why the seccomp rule on execve is the first lock, not this.
+        allow_path(os.path.realpath(interpreter), FS_READ_FILE | FS_EXECUTE)
+    if abi >= 4:
+        for port in rules["connect_tcp_ports"](limits):
+            rule = NetPortAttr(NET_CONNECT_TCP, port)
+            check(libc.syscall(SYS_landlock_add_rule, ruleset, LANDLOCK_RULE_NET_PORT, ctypes.byref(rule), 0), "the Landlock TCP rule")
+    check(libc.syscall(SYS_landlock_restrict_self, ruleset, 0), "enforcing the Landlock ruleset")
+    os.close(ruleset)
+    return abi
+
+
+# -- 7: seccomp --------------------------------------------------------------------------
+
+
+def build_seccomp_filter(exec_path_address, own_pid):
+    """The filter as a pyseccomp object (not loaded): tests export it to read it."""
+    import pyseccomp as sc
+
+    rules = POLICY["seccomp"]
+    eperm = sc.ERRNO(errno.EPERM)
+    # Default allow with a deny list: an allow-list would break on any runtime update,
+    # and every dangerous call the runtime could make is named here. Calls from the
+    # 32-bit and x32 ABIs are killed by libseccomp's bad-architecture action.
+    f = sc.SyscallFilter(sc.ALLOW)
+
+    def rule(action, name, *conditions):
+        try:
+            f.add_rule(action, name, *conditions)
+        except (OSError, RuntimeError, ValueError) as exc:
+            # A syscall this libseccomp or architecture does not know cannot be called
+            # by name here either; skipping it loses nothing.
+            if name not in ("memfd_secret", "quotactl_fd", "mount_setattr"):
+                fail(f"seccomp rule for {name}: {exc}")
+
+    for name in rules["deny"]:
+        rule(eperm, name)
+    for name in rules["enosys"]:
+        rule(sc.ERRNO(errno.ENOSYS), name)
+
+    # socket(family, type, protocol): refuse every family not listed (AF_UNSPEC and
+    # AF_UNIX included), and for the listed ones every type but SOCK_STREAM and every
+    # protocol but TCP (SCTP or MPTCP streams would escape Landlock's TCP rules).
+    allowed = sorted(rules["socket_families"])
+    for family in range(0, max(allowed) + 1):
+        if family not in allowed:
+            rule(eperm, "socket", sc.Arg(0, sc.EQ, family))
+    rule(eperm, "socket", sc.Arg(0, sc.GT, max(allowed)))
+    for family in allowed:
+        for sock_type in range(SOCK_TYPE_MASK + 1):
+            if sock_type != SOCK_STREAM:
+                rule(eperm, "socket", sc.Arg(0, sc.EQ, family), sc.Arg(1, sc.MASKED_EQ, SOCK_TYPE_MASK, sock_type))
+        for protocol in range(1, IPPROTO_TCP):
+            rule(eperm, "socket", sc.Arg(0, sc.EQ, family), sc.Arg(2, sc.EQ, protocol))
+        rule(eperm, "socket", sc.Arg(0, sc.EQ, family), sc.Arg(2, sc.GT, IPPROTO_TCP))
+
+    # clone(flags, ...): a thread or nothing, and never a namespace.
+    rule(eperm, "clone", sc.Arg(0, sc.MASKED_EQ, rules["clone_required"], 0))
+    for flag in rules["clone_forbidden"].values():
+        rule(eperm, "clone", sc.Arg(0, sc.MASKED_EQ, flag, flag))
+
+    for name in rules["signal_self_only"]:
+        rule(eperm, name, sc.Arg(0, sc.NE, own_pid))
+
+    for name, flags_arg in rules["no_fastopen"].items():
+        rule(eperm, name, sc.Arg(flags_arg, sc.MASKED_EQ, MSG_FASTOPEN, MSG_FASTOPEN))
+
+    if rules["no_shared_anonymous_mmap"]:
+        both = MAP_SHARED | MAP_ANONYMOUS
+        rule(eperm, "mmap", sc.Arg(3, sc.MASKED_EQ, both, both))
+    if rules["no_tiocsti"]:
+        rule(eperm, "ioctl", sc.Arg(1, sc.EQ, TIOCSTI))
+    if rules["personality_query_only"]:
+        rule(eperm, "personality", sc.Arg(0, sc.NE, PERSONALITY_QUERY))
+    if rules["execve_only_launcher_buffer"]:
+        rule(eperm, "execve", sc.Arg(0, sc.NE, exec_path_address))
+    return f
+
+
+# -- 8: exec -----------------------------------------------------------------------------
+
+
+def exec_target(path_buffer, argv, environment):
+    """execve through libc with buffers we own, so the filter knows the path pointer."""
+    argv_buffers = [ctypes.create_string_buffer(os.fsencode(a)) for a in argv]
+    c_argv = (ctypes.c_void_p * (len(argv) + 1))(*[ctypes.addressof(b) for b in argv_buffers], None)
+    env_buffers = [ctypes.create_string_buffer(f"{k}={v}".encode()) for k, v in environment.items()]
+    c_env = (ctypes.c_void_p * (len(env_buffers) + 1))(*[ctypes.addressof(b) for b in env_buffers], None)
+    libc.execve(path_buffer, c_argv, c_env)
+    fail(f"exec failed: {os.strerror(ctypes.get_errno())}")
+
+
+def parse_args(argv):
+    parser = argparse.ArgumentParser(prog="isolates.sandbox", description="Lock this process down, then exec a program.")
+    parser.add_argument("--memory-mb", type=int, required=True, help="V8 heap limit of the run (MB); sizes RLIMIT_DATA")
+    parser.add_argument("--cpu-seconds", type=int, required=True, help="RLIMIT_CPU (seconds)")
+    parser.add_argument("--broker-port", type=int, required=True, help="the only TCP port the isolate may connect to")
+    parser.add_argument("--read", action="append", default=[], help="a file or folder the program may read")
+    parser.add_argument("command", nargs=argparse.REMAINDER, help="-- program and arguments")
+    args = parser.parse_args(argv)
+    command = args.command[1:] if args.command[:1] == ["--"] else args.command
+    if not command:
+        parser.error("no program given after --")
+    if not (0 < args.broker_port < 65536) or args.memory_mb <= 0 or args.cpu_seconds <= 0:
+        parser.error("limits must be positive and the port a TCP port")
+    return args, command
+
+
+def main(argv=None):
+    args, command = parse_args(sys.argv[1:] if argv is None else argv)
+    limits = Limits(args.memory_mb, args.cpu_seconds, args.broker_port)
+    target = os.path.realpath(command[0])
+    if not os.access(target, os.X_OK):
+        fail("the program to run is not executable")
+    extra_reads = [os.path.realpath(p) for p in args.read]
+    parent_pid = os.getppid()
+
+    detach()
+    apply_rlimits(limits)
+    # Import libseccomp before Landlock hides the venv's files from this process.
+    import pyseccomp  # noqa: F401
+
+    drop_privileges(parent_pid)
+    apply_landlock(limits, target, extra_reads)
+    path_buffer = ctypes.create_string_buffer(os.fsencode(target))
+    seccomp_filter = build_seccomp_filter(ctypes.addressof(path_buffer), os.getpid())
+    seccomp_filter.load()
+    exec_target(path_buffer, command, POLICY["environment"])
+
+
+if __name__ == "__main__":
+    main()
