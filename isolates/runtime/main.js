@@ -1,0 +1,316 @@
+// The trusted bootstrap of an isolate: the only JavaScript in the process that talks to
+// the broker. Started by isolates/pool.py under isolates/sandbox.py as
+//
+//   deno run --allow-net=127.0.0.1:PORT --allow-read=<this folder>/worker.js ... main.js PORT
+//
+// 1. Creates the block's Web Worker (zero Deno permissions) with worker.js loaded, and
+//    prints "ready" on stdout: the isolate is now warm.
+// 2. Reads its assignment, one JSON line on stdin: {"url": "ws://127.0.0.1:PORT/...",
+//    "token": "..."}; connects to the broker and says hello with the token.
+// 3. Relays frames: "start" to the worker; the worker's calls, logs and result to the
+//    broker; the broker's replies back to the worker; "stop" ends the process at once.
+// 4. Exits after the block's "done" or when the broker goes away: one run per process.
+//
+// The worker runs untrusted code, so every message from it is checked here: only the
+// frame types of the protocol, at most maxInFlight calls outstanding, console output
+// capped at consoleCap bytes, one "started" and one "done". The token never enters the
+// worker. Binary values are encoded here, as {"$bytes": "<base64>"}.
+
+const EXIT_DONE = 0; // the block finished (successfully or not) and "done" was sent
+const EXIT_NO_ASSIGNMENT = 10; // stdin closed before an assignment came: the pool let it go
+const EXIT_BAD_ASSIGNMENT = 11; // the assignment or the start frame was malformed
+const EXIT_BROKER_GONE = 12; // the websocket closed or failed before "done"
+const EXIT_STOPPED = 13; // the broker sent "stop"
+const EXIT_RUNTIME_FAILED = 14; // the worker failed before the block was started
+
+const LOG_LEVELS = new Set(["log", "info", "warn", "error", "debug"]);
+const MAX_ASSIGNMENT_BYTES = 64 * 1024;
+const MAX_BLOCK_NAME = 100;
+
+const port = Number(Deno.args[0]);
+const encoder = new TextEncoder();
+
+function fatal(code, message) {
+  // stderr is read by the pool (bounded) and never shown to the block's author as is.
+  Deno.stderr.writeSync(encoder.encode(`symposium-runtime: ${message}\n`));
+  Deno.exit(code);
+}
+
+// -- JSON with binary --------------------------------------------------------------------
+
+function encodeFrame(frame) {
+  return JSON.stringify(frame, (_key, value) => {
+    if (value instanceof ArrayBuffer) return { $bytes: new Uint8Array(value).toBase64() };
+    if (ArrayBuffer.isView(value)) return { $bytes: new Uint8Array(value.buffer, value.byteOffset, value.byteLength).toBase64() };
+    return value;
+  });
+}
+
+function decodeFrame(text) {
+  return JSON.parse(text, (_key, value) => {
+    if (value !== null && typeof value === "object" && typeof value.$bytes === "string" && Object.keys(value).length === 1) {
+      return Uint8Array.fromBase64(value.$bytes);
+    }
+    return value;
+  });
+}
+
+// -- the worker --------------------------------------------------------------------------
+
+const workerSource = await Deno.readTextFile(new URL("./worker.js", import.meta.url));
+const worker = new Worker(URL.createObjectURL(new Blob([workerSource], { type: "text/javascript" })), {
+  type: "module",
+  name: "block",
+  deno: { permissions: "none" },
+});
+
+let workerReady;
+const ready = new Promise((resolve) => (workerReady = resolve));
+
+// Run state, set from the start frame.
+let ws = null;
+let run = null; // {callTimeoutMs, maxInFlight, consoleCap, maxFrameBytes, name}
+let startedSent = false;
+let doneSent = false;
+let consoleBytes = 0;
+let consoleTruncated = false;
+const inFlight = new Map(); // call id -> expiry timer
+let lastCallId = 0;
+
+function sendToBroker(frame) {
+  ws.send(typeof frame === "string" ? frame : encodeFrame(frame));
+}
+
+function replyToWorker(id, code, message) {
+  worker.postMessage({ type: "reply", id, ok: false, error: { code, message } });
+}
+
+function scrub(text) {
+  return String(text)
+    .replace(/blob:null\/[0-9a-f-]{36}/g, run?.name ?? "block.js")
+    .replace(/file:\/\/\S+/g, "<runtime>");
+}
+
+function finishAndExit() {
+  // Close after the queued frames; exit on close, or shortly after if the broker lingers.
+  setTimeout(() => Deno.exit(EXIT_DONE), 2000);
+  try {
+    ws.close(1000, "done");
+  } catch {
+    Deno.exit(EXIT_DONE);
+  }
+}
+
+function relayCall(message) {
+  const { id, op, args } = message;
+  if (!Number.isSafeInteger(id) || id <= lastCallId) return; // not a call the runtime made
+  lastCallId = id;
+  if (typeof op !== "string" || op.length > 64) return replyToWorker(id, "INVALID_ARGUMENT", "Unknown operation");
+  if (inFlight.size >= run.maxInFlight) {
+    return replyToWorker(id, "RATE_LIMITED", `${run.maxInFlight} capability calls are already in flight; await some before making more`);
+  }
+  let text;
+  try {
+    text = encodeFrame({ type: "call", id, op, args });
+  } catch (error) {
+    return replyToWorker(id, "INVALID_ARGUMENT", `symposium.${op}: the arguments cannot be sent as JSON (${scrub(error.message)})`);
+  }
+  if (run.maxFrameBytes && text.length > run.maxFrameBytes) {
+    return replyToWorker(id, "INVALID_ARGUMENT", `symposium.${op}: the arguments are too large (${text.length} bytes encoded; the limit is ${run.maxFrameBytes})`);
+  }
+  // The worker gives up on a call after callTimeoutMs; so does the in-flight count here,
+  // or a broker that never answers would starve the block of calls for good.
+  inFlight.set(id, setTimeout(() => inFlight.delete(id), run.callTimeoutMs));
+  sendToBroker(text);
+}
+
+function relayLog(message) {
+  if (consoleTruncated) return;
+  const level = LOG_LEVELS.has(message.level) ? message.level : "log";
+  let text = String(message.text);
+  const t = Number.isFinite(message.t) ? message.t : Date.now();
+  const room = run.consoleCap - consoleBytes;
+  let bytes = encoder.encode(text.length > room ? text.slice(0, room + 1) : text).length;
+  if (bytes > room) {
+    // Keep what fits (cut on a character boundary), then say that the rest is gone.
+    let cut = text.slice(0, room);
+    while (encoder.encode(cut).length > room) cut = cut.slice(0, -1);
+    if (cut.length) sendToBroker({ type: "log", level, text: cut, t });
+    consoleBytes = run.consoleCap;
+    consoleTruncated = true;
+    sendToBroker({
+      type: "log",
+      level: "warn",
+      text: `[console output truncated: the limit of ${run.consoleCap} bytes was reached; later output is discarded]`,
+      t: Date.now(),
+    });
+    return;
+  }
+  consoleBytes += bytes;
+  sendToBroker({ type: "log", level, text, t });
+}
+
+function relayDone(message) {
+  doneSent = true;
+  let frame;
+  if (message.ok === true) {
+    try {
+      frame = encodeFrame({ type: "done", ok: true, result: message.result ?? null });
+    } catch (error) {
+      frame = { type: "done", ok: false, error: { name: "TypeError", message: `The block's result cannot be sent as JSON (${scrub(error.message)})` } };
+    }
+  } else {
+    const error = message.error ?? {};
+    const described = { name: String(error.name ?? "Error").slice(0, 200), message: String(error.message ?? "") };
+    if (error.code !== undefined) described.code = String(error.code).slice(0, 100);
+    if (error.stack !== undefined) described.stack = String(error.stack);
+    frame = { type: "done", ok: false, error: described };
+  }
+  for (const timer of inFlight.values()) clearTimeout(timer);
+  sendToBroker(frame);
+  finishAndExit();
+}
+
+worker.onmessage = (event) => {
+  const message = event.data;
+  if (message === null || typeof message !== "object") return;
+  if (message.type === "ready") return workerReady();
+  if (run === null || doneSent) return; // nothing may reach the broker before start or after done
+  switch (message.type) {
+    case "started":
+      if (!startedSent) {
+        startedSent = true;
+        sendToBroker({ type: "started" });
+      }
+      return;
+    case "call":
+      return relayCall(message);
+    case "log":
+      return relayLog(message);
+    case "done":
+      return relayDone(message);
+  }
+};
+
+worker.onerror = (event) => {
+  // Errors the worker's own handlers did not catch (the runtime itself failing).
+  event.preventDefault();
+  if (run === null) fatal(EXIT_RUNTIME_FAILED, `the block's worker failed to start: ${event.message}`);
+  if (!doneSent) relayDone({ ok: false, error: { name: "Error", message: scrub(event.message) } });
+};
+
+// -- the broker --------------------------------------------------------------------------
+
+function positiveInt(value, fallback, minimum) {
+  return Number.isSafeInteger(value) && value >= minimum ? value : fallback;
+}
+
+function blockName(name) {
+  // A file name only: the block is shown under it in stack traces and messages.
+  const base = String(name ?? "").split(/[\\/]/).pop().replace(/[\u0000-\u001f\u007f]/g, "").slice(0, MAX_BLOCK_NAME);
+  return base || "block.js";
+}
+
+function onStart(frame) {
+  if (run !== null) return;
+  if (typeof frame.code !== "string") fatal(EXIT_BAD_ASSIGNMENT, "the start frame has no code");
+  const env = {};
+  if (frame.env && typeof frame.env === "object") {
+    for (const [key, value] of Object.entries(frame.env)) if (typeof value === "string") env[key] = value;
+  }
+  run = {
+    name: blockName(frame.name),
+    callTimeoutMs: positiveInt(frame.callTimeoutMs, 30000, 1),
+    maxInFlight: positiveInt(frame.maxInFlight, 16, 1),
+    consoleCap: positiveInt(frame.consoleCap, 1024 * 1024, 0),
+    maxFrameBytes: positiveInt(frame.maxFrameBytes, 0, 0),
+  };
+  worker.postMessage({
+    type: "start",
+    code: frame.code,
+    name: run.name,
+    input: frame.input ?? null,
+    env,
+    callTimeoutMs: run.callTimeoutMs,
+    maxInFlight: run.maxInFlight,
+    consoleCap: run.consoleCap,
+  });
+}
+
+function onBrokerFrame(event) {
+  if (typeof event.data !== "string") return;
+  let frame;
+  try {
+    frame = decodeFrame(event.data);
+  } catch {
+    return;
+  }
+  if (frame === null || typeof frame !== "object") return;
+  switch (frame.type) {
+    case "start":
+      return onStart(frame);
+    case "reply":
+      if (inFlight.has(frame.id)) {
+        clearTimeout(inFlight.get(frame.id));
+        inFlight.delete(frame.id);
+        worker.postMessage(frame);
+      }
+      return;
+    case "stop":
+      Deno.exit(EXIT_STOPPED);
+  }
+}
+
+async function readAssignment() {
+  const reader = Deno.stdin.readable.getReader();
+  let buffered = new Uint8Array(0);
+  while (true) {
+    const { value, done } = await reader.read();
+    if (done) Deno.exit(EXIT_NO_ASSIGNMENT);
+    const joined = new Uint8Array(buffered.length + value.length);
+    joined.set(buffered);
+    joined.set(value, buffered.length);
+    buffered = joined;
+    const newline = buffered.indexOf(10);
+    if (newline >= 0) {
+      reader.releaseLock();
+      return new TextDecoder().decode(buffered.subarray(0, newline));
+    }
+    if (buffered.length > MAX_ASSIGNMENT_BYTES) fatal(EXIT_BAD_ASSIGNMENT, "the assignment line is too long");
+  }
+}
+
+function parseAssignment(line) {
+  let assignment;
+  try {
+    assignment = JSON.parse(line);
+  } catch {
+    fatal(EXIT_BAD_ASSIGNMENT, "the assignment is not JSON");
+  }
+  const { url, token } = assignment ?? {};
+  if (typeof token !== "string" || !token || token.length > 1024) fatal(EXIT_BAD_ASSIGNMENT, "the assignment has no token");
+  let parsed;
+  try {
+    parsed = new URL(url);
+  } catch {
+    fatal(EXIT_BAD_ASSIGNMENT, "the assignment's url is not a URL");
+  }
+  // Deno's --allow-net admits only this address anyway; say so plainly if it differs.
+  if (parsed.protocol !== "ws:" || parsed.hostname !== "127.0.0.1" || Number(parsed.port) !== port) {
+    fatal(EXIT_BAD_ASSIGNMENT, `the broker must be at ws://127.0.0.1:${port}/`);
+  }
+  return { url: parsed.href, token };
+}
+
+const assignmentLine = readAssignment();
+await ready;
+await Deno.stdout.write(encoder.encode("ready\n"));
+const { url, token } = parseAssignment(await assignmentLine);
+
+ws = new WebSocket(url);
+ws.onopen = () => ws.send(JSON.stringify({ type: "hello", token }));
+ws.onmessage = onBrokerFrame;
+ws.onclose = () => Deno.exit(doneSent ? EXIT_DONE : EXIT_BROKER_GONE);
+ws.onerror = () => {
+  if (!doneSent) Deno.exit(EXIT_BROKER_GONE);
+};

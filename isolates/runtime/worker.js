@@ -1,0 +1,498 @@
+// The block's side of the isolate: the `symposium` proxy API, console capture, `process.env`
+// and the code that loads and runs the block.
+//
+// This module runs first in the Deno Web Worker that will hold the block (created by
+// main.js with zero Deno permissions). Everything it sets up, the block can see and
+// tamper with: nothing here is a security boundary. The trusted side is main.js, which
+// re-checks every message this worker sends (frame types, in-flight calls, the console
+// cap) and does all encoding for the broker. What this file enforces for a well-behaved
+// block, main.js enforces again for a hostile one.
+
+const post = globalThis.postMessage.bind(globalThis);
+const addListener = globalThis.addEventListener.bind(globalThis);
+const inspect = Deno.inspect;
+const NotCapable = Deno.errors.NotCapable;
+const RUNTIME_URL = import.meta.url;
+
+// Which capability each operation belongs to (SymposiumError.capability).
+const CAPABILITY = {
+  readFile: "files",
+  writeFile: "files",
+  listDirectory: "files",
+  getFileInfo: "files",
+  fileExists: "files",
+  deleteFile: "files",
+  "network.fetch": "network",
+  "network.sendWebhook": "network",
+  "canvas.createCanvas": "canvas",
+  "canvas.draw": "canvas",
+  "canvas.exportImage": "canvas",
+  "database.query": "database",
+  "database.transaction": "database",
+  "process.execute": "process",
+};
+
+// Set by the start message; the defaults only matter if a block calls before it.
+const config = { callTimeoutMs: 30000, maxInFlight: 64, consoleCap: 1024 * 1024 };
+let blockUrl = null;
+let blockName = "block.js";
+
+// -- errors and stack traces -------------------------------------------------------------
+
+class SymposiumError extends Error {
+  constructor(code, message, capability = null, retryAfter = null, operation = null) {
+    super(message);
+    this.name = "SymposiumError";
+    this.code = code;
+    this.capability = capability;
+    this.retryAfter = retryAfter;
+    this.operation = operation;
+  }
+}
+
+// Stack traces name the block by its file name and never show the runtime (whose URL is
+// a blob, but whose frames are noise to a block author). Same shape as V8's own traces.
+function displayName(file) {
+  if (!file) return null;
+  if (file === blockUrl) return blockName;
+  if (file.startsWith("file:")) return "<runtime>";
+  if (file.startsWith("data:") && file.length > 60) return file.slice(0, 57) + "...";
+  return file;
+}
+
+function formatCallSite(site) {
+  let location;
+  if (site.isNative()) {
+    location = "native";
+  } else {
+    location = displayName(site.getFileName() ?? site.getScriptNameOrSourceURL?.()) ?? "<anonymous>";
+    const line = site.getLineNumber();
+    if (line != null) {
+      location += `:${line}`;
+      const column = site.getColumnNumber();
+      if (column != null) location += `:${column}`;
+    }
+  }
+  let text = site.isAsync() ? "async " : "";
+  if (site.isPromiseAll()) return `${text}Promise.all (index ${site.getPromiseIndex()})`;
+  const fn = site.getFunctionName();
+  if (site.isConstructor()) {
+    text += `new ${fn || "<anonymous>"}`;
+  } else if (!site.isToplevel()) {
+    const type = site.getTypeName();
+    const method = site.getMethodName();
+    if (fn) {
+      if (type && !fn.startsWith(`${type}.`)) text += `${type}.`;
+      text += fn;
+      if (method && !fn.endsWith(method)) text += ` [as ${method}]`;
+    } else {
+      text += `${type ?? "<anonymous>"}.${method ?? "<anonymous>"}`;
+    }
+  } else if (fn) {
+    text += fn;
+  } else {
+    return text + location;
+  }
+  return `${text} (${location})`;
+}
+
+function errorHeader(error) {
+  try {
+    return Error.prototype.toString.call(error);
+  } catch {
+    return "Error";
+  }
+}
+
+Error.prepareStackTrace = (error, sites) => {
+  const lines = [errorHeader(error)];
+  for (const site of sites) {
+    if (site.getFileName() === RUNTIME_URL) continue;
+    lines.push(`    at ${formatCallSite(site)}`);
+  }
+  return lines.join("\n");
+};
+
+// Messages Deno builds itself (a syntax error, a failed import) quote the module's URL.
+function scrub(text) {
+  text = String(text);
+  if (blockUrl) text = text.split(blockUrl).join(blockName);
+  return text.split(RUNTIME_URL).join("<runtime>");
+}
+
+function describeError(value) {
+  if (value instanceof Error || (value && typeof value === "object" && "message" in value && "name" in value)) {
+    let name = String(value.name ?? "Error");
+    let message = scrub(value.message ?? "");
+    // Deno reports a block's syntax error as a TypeError whose message is the SyntaxError.
+    if (name === "TypeError" && message.startsWith("SyntaxError: ")) {
+      name = "SyntaxError";
+      message = message.slice("SyntaxError: ".length);
+    }
+    const described = { name, message };
+    if (typeof value.stack === "string") described.stack = scrub(value.stack);
+    if (value.code !== undefined && value.code !== null) described.code = String(value.code);
+    return described;
+  }
+  return { name: "Error", message: `Uncaught ${scrub(typeof value === "string" ? value : inspect(value))}` };
+}
+
+// -- console -----------------------------------------------------------------------------
+
+// Output is formatted like Deno's console (format specifiers, objects inspected) and sent
+// to the broker as log frames. The cap is enforced again by main.js, which also writes
+// the one line saying the output was truncated; here it just stops the work early.
+let consoleBytes = 0;
+let consoleFull = false;
+const encoder = new TextEncoder();
+let groupIndent = "";
+const counters = new Map();
+const timers = new Map();
+
+function inspectArg(value) {
+  return typeof value === "string" ? value : inspect(value, { colors: false, depth: 4 });
+}
+
+function formatArgs(args) {
+  if (args.length === 0) return "";
+  let first = args[0];
+  let rest = 1;
+  let out = "";
+  if (typeof first === "string" && first.includes("%")) {
+    out = first.replace(/%([sdifoOc%])/g, (match, spec) => {
+      if (spec === "%") return "%";
+      if (rest >= args.length) return match;
+      const arg = args[rest++];
+      switch (spec) {
+        case "s":
+          return typeof arg === "string" ? arg : typeof arg === "object" && arg !== null ? inspect(arg, { depth: 1 }) : String(arg);
+        case "d":
+        case "i":
+          return typeof arg === "bigint" ? `${arg}n` : typeof arg === "symbol" ? "NaN" : String(spec === "i" ? parseInt(arg) : Number(arg));
+        case "f":
+          return typeof arg === "symbol" ? "NaN" : String(parseFloat(arg));
+        case "o":
+        case "O":
+          return inspect(arg, { depth: 4 });
+        case "c":
+          return "";
+      }
+      return match;
+    });
+  } else {
+    out = inspectArg(first);
+  }
+  for (; rest < args.length; rest++) out += " " + inspectArg(args[rest]);
+  return out;
+}
+
+function emit(level, text) {
+  if (consoleFull) return;
+  if (groupIndent) text = text.split("\n").map((line) => groupIndent + line).join("\n");
+  // A string can hold at most 3 UTF-8 bytes per UTF-16 unit; only measure what may fit.
+  const room = config.consoleCap - consoleBytes;
+  if (text.length > room) text = text.slice(0, Math.max(room, 0) + 1);
+  const bytes = encoder.encode(text).length;
+  consoleBytes += bytes;
+  // Past the cap main.js sends what fits and the truncation notice; nothing more is sent.
+  if (consoleBytes > config.consoleCap) consoleFull = true;
+  post({ type: "log", level, text, t: Date.now() });
+}
+
+function logger(level) {
+  return (...args) => emit(level, formatArgs(args));
+}
+
+const blockConsole = {
+  log: logger("log"),
+  info: logger("info"),
+  warn: logger("warn"),
+  error: logger("error"),
+  debug: logger("debug"),
+  trace: (...args) => emit("log", `Trace${args.length ? ": " + formatArgs(args) : ""}\n${new Error().stack.split("\n").slice(2).join("\n")}`),
+  dir: (value) => emit("log", inspect(value, { depth: 4 })),
+  dirxml: (...args) => emit("log", formatArgs(args)),
+  table: (data) => emit("log", inspect(data, { depth: 4 })),
+  assert: (condition, ...args) => {
+    if (!condition) emit("error", args.length ? `Assertion failed: ${formatArgs(args)}` : "Assertion failed");
+  },
+  count: (label = "default") => {
+    const n = (counters.get(String(label)) ?? 0) + 1;
+    counters.set(String(label), n);
+    emit("info", `${label}: ${n}`);
+  },
+  countReset: (label = "default") => counters.delete(String(label)),
+  time: (label = "default") => timers.set(String(label), performance.now()),
+  timeLog: (label = "default", ...args) => {
+    const start = timers.get(String(label));
+    if (start === undefined) return emit("warn", `Timer '${label}' does not exist`);
+    emit("info", `${label}: ${(performance.now() - start).toFixed(0)}ms${args.length ? " " + formatArgs(args) : ""}`);
+  },
+  timeEnd: (label = "default") => {
+    const start = timers.get(String(label));
+    if (start === undefined) return emit("warn", `Timer '${label}' does not exist`);
+    timers.delete(String(label));
+    emit("info", `${label}: ${(performance.now() - start).toFixed(0)}ms`);
+  },
+  group: (...args) => {
+    if (args.length) emit("log", formatArgs(args));
+    groupIndent += "  ";
+  },
+  groupCollapsed: (...args) => blockConsole.group(...args),
+  groupEnd: () => {
+    groupIndent = groupIndent.slice(2);
+  },
+  clear: () => {},
+};
+
+// -- the proxy API -----------------------------------------------------------------------
+
+const pending = new Map(); // call id -> {resolve, reject, timer, op}
+let nextCallId = 1;
+
+function isBinary(value) {
+  return value instanceof ArrayBuffer || ArrayBuffer.isView(value);
+}
+
+// Arguments travel as JSON (binary as {"$bytes": base64}); refuse what JSON would silently
+// mangle or cannot encode, with a message naming where it is.
+function checkSendable(value, path, seen) {
+  switch (typeof value) {
+    case "function":
+      throw new SymposiumError("INVALID_ARGUMENT", `${path} is a function; only JSON values and Uint8Array can be sent`);
+    case "symbol":
+      throw new SymposiumError("INVALID_ARGUMENT", `${path} is a symbol; only JSON values and Uint8Array can be sent`);
+    case "bigint":
+      throw new SymposiumError("INVALID_ARGUMENT", `${path} is a BigInt; convert it to a number or string first`);
+    case "object":
+      if (value === null || isBinary(value) || typeof value.toJSON === "function") return;
+      if (seen.has(value)) throw new SymposiumError("INVALID_ARGUMENT", `${path} refers back to itself (a cycle); it cannot be sent as JSON`);
+      seen.add(value);
+      for (const key of Object.keys(value)) {
+        checkSendable(value[key], Array.isArray(value) ? `${path}[${key}]` : `${path}.${key}`, seen);
+      }
+      seen.delete(value);
+  }
+}
+
+function callName(op) {
+  return `symposium.${op}`;
+}
+
+function call(op, args) {
+  const capability = CAPABILITY[op];
+  if (pending.size >= config.maxInFlight) {
+    return Promise.reject(
+      new SymposiumError(
+        "RATE_LIMITED",
+        `${callName(op)} refused: ${config.maxInFlight} capability calls are already in flight; await some before making more`,
+        capability,
+        null,
+        op,
+      ),
+    );
+  }
+  try {
+    checkSendable(args, "arguments", new Set());
+  } catch (error) {
+    if (error instanceof SymposiumError) {
+      error.message = `${callName(op)}: ${error.message}`;
+      error.capability = capability;
+      error.operation = op;
+      return Promise.reject(error);
+    }
+    return Promise.reject(new SymposiumError("INVALID_ARGUMENT", `${callName(op)}: the arguments cannot be read (${scrub(error?.message ?? error)})`, capability, null, op));
+  }
+  const id = nextCallId++;
+  return new Promise((resolve, reject) => {
+    try {
+      post({ type: "call", id, op, args });
+    } catch (error) {
+      reject(new SymposiumError("INVALID_ARGUMENT", `${callName(op)}: the arguments cannot be sent (${scrub(error?.message ?? error)})`, capability, null, op));
+      return;
+    }
+    const timer = setTimeout(() => {
+      pending.delete(id);
+      reject(new SymposiumError("TIMEOUT", `${callName(op)} got no reply within ${config.callTimeoutMs} ms`, capability, null, op));
+    }, config.callTimeoutMs);
+    pending.set(id, { resolve, reject, timer, op, capability });
+  });
+}
+
+function settle(reply) {
+  const entry = pending.get(reply.id);
+  if (!entry) return; // timed out already: the late reply is dropped
+  pending.delete(reply.id);
+  clearTimeout(entry.timer);
+  if (reply.ok) {
+    const envelope = { success: true };
+    for (const [key, value] of Object.entries(reply)) {
+      if (key !== "type" && key !== "id" && key !== "ok") envelope[key] = value;
+    }
+    if (!("data" in envelope)) envelope.data = null;
+    entry.resolve(envelope);
+  } else {
+    const error = reply.error ?? {};
+    entry.reject(
+      new SymposiumError(
+        typeof error.code === "string" ? error.code : "INTERNAL",
+        typeof error.message === "string" ? error.message : `${callName(entry.op)} failed`,
+        entry.capability,
+        error.retryAfter ?? null,
+        entry.op,
+      ),
+    );
+  }
+}
+
+function randomString(length) {
+  const alphabet = "abcdefghijklmnopqrstuvwxyz0123456789";
+  const bytes = crypto.getRandomValues(new Uint8Array(length));
+  let out = "";
+  for (const byte of bytes) out += alphabet[byte % alphabet.length];
+  return out;
+}
+
+const options = (value) => (value && typeof value === "object" ? value : {});
+
+const symposium = Object.freeze({
+  readFile: async (path, opts) => {
+    const encoding = typeof opts === "string" ? opts : (options(opts).encoding ?? "utf-8");
+    return call("readFile", { path, encoding });
+  },
+  writeFile: async (path, data) => call("writeFile", { path, data }),
+  listDirectory: async (path = "") => call("listDirectory", { path }),
+  getFileInfo: async (path) => call("getFileInfo", { path }),
+  fileExists: async (path) => call("fileExists", { path }),
+  deleteFile: async (path) => call("deleteFile", { path }),
+  network: Object.freeze({
+    fetch: async (url, opts) => call("network.fetch", { url, ...options(opts) }),
+    sendWebhook: async (url, payload, opts) => call("network.sendWebhook", { url, payload, ...options(opts) }),
+  }),
+  canvas: Object.freeze({
+    createCanvas: async (width, height) => call("canvas.createCanvas", { width, height }),
+    draw: async (canvasId, ops) => call("canvas.draw", { canvasId, ops }),
+    exportImage: async (canvasId, format = "png", opts) => call("canvas.exportImage", { canvasId, format, ...options(opts) }),
+  }),
+  database: Object.freeze({
+    query: async (sql, params = []) => call("database.query", { sql, params }),
+    transaction: async (steps) => call("database.transaction", { steps }),
+  }),
+  process: Object.freeze({
+    execute: async (command, args = [], opts) => call("process.execute", { command, args, ...options(opts) }),
+  }),
+  utils: Object.freeze({
+    generateTempPath: (extension = ".tmp") => {
+      const ext = extension === "" || String(extension).startsWith(".") ? String(extension) : `.${extension}`;
+      return `temp/tmp_${Date.now()}_${randomString(6)}${ext}`;
+    },
+    getTimestamp: () => Date.now(),
+    generateId: () => randomString(12),
+  }),
+});
+
+// -- the block's globals -----------------------------------------------------------------
+
+function defineGlobal(name, value) {
+  Object.defineProperty(globalThis, name, { value, writable: true, configurable: true, enumerable: false });
+}
+
+function notAvailable(what) {
+  return () => {
+    throw new NotCapable(`${what} is not available to content blocks`);
+  };
+}
+
+defineGlobal("symposium", symposium);
+defineGlobal("SymposiumError", SymposiumError);
+defineGlobal("console", blockConsole);
+// A nested Worker would be a second V8 isolate in this process, outside the limits this
+// run was sized for (it could not even reserve its code range under RLIMIT_DATA).
+defineGlobal("Worker", notAvailable("new Worker()"));
+
+// Deno.* stays as a browser-like worker with no permissions sees it, minus what would
+// reveal the server (the binary's path) or bypass the console (raw standard streams).
+const denoView = Object.create(null);
+for (const key of Reflect.ownKeys(Deno)) {
+  if (["execPath", "stdin", "stdout", "stderr"].includes(key)) continue;
+  Object.defineProperty(denoView, key, Object.getOwnPropertyDescriptor(Deno, key));
+}
+denoView.execPath = () => {
+  throw new NotCapable("Requires read access to <exec_path>, run again with the --allow-read flag");
+};
+for (const stream of ["stdin", "stdout", "stderr"]) {
+  Object.defineProperty(denoView, stream, { get: notAvailable(`Deno.${stream}`), enumerable: true });
+}
+Object.defineProperty(globalThis, "Deno", { value: Object.freeze(denoView), writable: false, configurable: false, enumerable: true });
+
+function startProcessGlobal(env) {
+  const frozenEnv = Object.freeze(Object.assign(Object.create(null), env));
+  Object.defineProperty(globalThis, "process", {
+    value: Object.freeze({ env: frozenEnv }),
+    writable: false,
+    configurable: false,
+    enumerable: false,
+  });
+}
+
+// -- running the block -------------------------------------------------------------------
+
+let finished = false;
+
+function finish(ok, value) {
+  if (finished) return;
+  finished = true;
+  for (const entry of pending.values()) clearTimeout(entry.timer);
+  if (ok) {
+    try {
+      checkSendable(value, "the result", new Set());
+      post({ type: "done", ok: true, result: value === undefined ? null : value });
+    } catch (error) {
+      const message = error instanceof SymposiumError ? error.message.replace(/^the result/, "The block's result") : scrub(error?.message ?? error);
+      post({ type: "done", ok: false, error: { name: "TypeError", message: `${message}` } });
+    }
+  } else {
+    post({ type: "done", ok: false, error: describeError(value) });
+  }
+}
+
+addListener("error", (event) => {
+  event.preventDefault();
+  finish(false, event.error ?? event.message);
+});
+
+addListener("unhandledrejection", (event) => {
+  event.preventDefault();
+  finish(false, event.reason);
+});
+
+async function runBlock(start) {
+  // main.js has checked these are non-negative integers.
+  config.callTimeoutMs = start.callTimeoutMs;
+  config.maxInFlight = start.maxInFlight;
+  config.consoleCap = start.consoleCap;
+  blockName = start.name;
+  startProcessGlobal(start.env ?? {});
+  blockUrl = URL.createObjectURL(new Blob([start.code], { type: "text/javascript" }));
+  let module;
+  try {
+    post({ type: "started" });
+    module = await import(blockUrl);
+  } catch (error) {
+    return finish(false, error);
+  }
+  try {
+    const result = typeof module.default === "function" ? await module.default(start.input ?? null) : null;
+    finish(true, result);
+  } catch (error) {
+    finish(false, error);
+  }
+}
+
+addListener("message", (event) => {
+  const message = event.data;
+  if (message?.type === "reply") settle(message);
+  else if (message?.type === "start" && blockUrl === null) runBlock(message);
+});
+
+post({ type: "ready" });
