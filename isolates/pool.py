@@ -1,0 +1,485 @@
+"""The isolate pool: locked-down Deno processes, kept warm, one per run.
+
+    pool = IsolatePool(broker_port=8001, warm_size=2, warm_limits=[(128, 60)])
+    isolate = await pool.acquire(memory_mb=128, cpu_seconds=60)
+    await isolate.assign("ws://127.0.0.1:8001/ws/isolate/", token)
+    exit = await isolate.wait()          # an IsolateExit: return code, reason, peak memory
+    isolate.kill()                       # SIGKILL to its process group (wall clock, stop)
+    await pool.shutdown()                # kills everything the pool started
+
+An isolate is `python -I isolates/sandbox.py ... -- deno run ... runtime/main.js PORT`: the
+launcher locks the process down and execs Deno, whose bootstrap creates the block's Worker
+and prints "ready". It is then *warm*: waiting on stdin for its one assignment. The V8 heap
+limit is a per-process flag and RLIMIT_CPU is set by the launcher (changing it from
+outside needs CAP_SYS_RESOURCE, which the server does not have and should not need), so
+warm isolates are kept per (memory, CPU) pair: in practice one set per permission
+profile, warmed when a profile is first used or named in `warm_limits`.
+
+Everything is asyncio, with no thread of its own: the pool belongs to the event loop that
+first uses it (Daphne's, or the one `asyncio.run` makes for a management command), and
+never blocks it. Isolates that outlive their server clean themselves up: a warm one sees
+its stdin close, a running one its websocket, and the launcher asks the kernel to kill
+the isolate when the process that started it dies.
+"""
+
+import asyncio
+import collections
+import json
+import logging
+import os
+import signal
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+logger = logging.getLogger(__name__)
+
+ISOLATES_DIR = Path(__file__).resolve().parent
+SANDBOX = ISOLATES_DIR / "sandbox.py"
+RUNTIME_DIR = ISOLATES_DIR / "runtime"
+MAIN_JS = RUNTIME_DIR / "main.js"
+WORKER_JS = RUNTIME_DIR / "worker.js"
+
+# RLIMIT_CPU counts the isolate's start-up (about 0.15 s of CPU) too: it gets this much
+# on top of the run's budget, so that the block itself has at least what it was promised.
+STARTUP_CPU_ALLOWANCE = 1
+# How long a spawn may take to print "ready" (a loaded machine starts Deno in ~0.1 s).
+READY_TIMEOUT = 20.0
+# How much of an isolate's stderr is kept (the end of it: V8's last words are there).
+STDERR_TAIL_BYTES = 16 * 1024
+# How often a running isolate's memory is sampled for its peak.
+SAMPLE_INTERVAL = 0.1
+MIN_MEMORY_MB = 16
+
+# Exit codes of runtime/main.js.
+RUNTIME_EXIT_REASONS = {
+    0: "finished",
+    10: "released before it was assigned a run",
+    11: "the assignment or start frame was malformed",
+    12: "the broker connection closed before the block finished",
+    13: "stopped by the broker",
+    14: "the runtime failed to start",
+    70: "the sandbox could not be set up",
+}
+
+# What V8 and Rust print when memory runs out: the JS heap limit, and allocations that
+# RLIMIT_DATA refused (ArrayBuffers and everything else outside the heap).
+HEAP_LIMIT_MARKERS = (b"Fatal JavaScript out of memory", b"JavaScript heap out of memory", b"Reached heap limit")
+MEMORY_LIMIT_MARKERS = (b"Fatal process out of memory", b"memory allocation of", b"Failed to reserve virtual memory", b"out of memory")
+
+
+def find_deno():
+    import deno
+
+    return deno.find_deno_bin()
+
+
+class IsolateStartError(RuntimeError):
+    """An isolate did not come up. The message is for operators (it may quote stderr)."""
+
+
+@dataclass
+class IsolateExit:
+    returncode: int
+    signal: str | None  # e.g. "SIGKILL" when a signal ended the process
+    reason: str  # one sentence for the run's record
+    heap_limit_hit: bool = False  # V8's heap limit (--max-old-space-size)
+    memory_limit_hit: bool = False  # RLIMIT_DATA: memory outside the JS heap
+    cpu_limit_hit: bool = False  # RLIMIT_CPU
+    killed: bool = False  # by Isolate.kill() (wall clock, stop, shutdown)
+    peak_rss_bytes: int | None = None
+    cpu_seconds: float | None = None
+    stderr: str = ""  # the last STDERR_TAIL_BYTES, for operators; never shown to tenants
+
+
+@dataclass(eq=False)  # identity, not value: isolates live in sets
+class Isolate:
+    """One locked-down process, good for exactly one run."""
+
+    process: asyncio.subprocess.Process
+    memory_mb: int
+    cpu_seconds: int
+    spawned_at: float
+    ready_at: float | None = None
+    assigned_at: float | None = None
+    _stderr_tail: collections.deque = field(default_factory=collections.deque)
+    _stderr_size: int = 0
+    _stderr_task: asyncio.Task | None = None
+    _sampler: asyncio.Task | None = None
+    _peak_rss: int | None = None
+    _cpu_used: float | None = None
+    _killed: bool = False
+    _exit: IsolateExit | None = None
+
+    @property
+    def pid(self):
+        return self.process.pid
+
+    @property
+    def alive(self):
+        return self.process.returncode is None
+
+    # -- lifecycle ----------------------------------------------------------------------
+
+    async def assign(self, url, token):
+        """Hand the isolate its run: it connects to `url` and says hello with `token`."""
+        if self.assigned_at is not None:
+            raise RuntimeError("an isolate runs exactly one block")
+        self.assigned_at = time.monotonic()
+        line = json.dumps({"url": url, "token": token}).encode() + b"\n"
+        try:
+            self.process.stdin.write(line)
+            await self.process.stdin.drain()
+            self.process.stdin.close()
+        except (BrokenPipeError, ConnectionResetError) as exc:
+            raise IsolateStartError("the isolate exited before it was assigned its run") from exc
+        self._sampler = asyncio.ensure_future(self._sample_memory())
+
+    def kill(self):
+        """SIGKILL the isolate's whole process group. Reaping is asyncio's (see wait())."""
+        if self.process.returncode is not None:
+            return
+        self._killed = True
+        try:
+            os.killpg(self.process.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+    async def terminate(self):
+        """Kill and reap: returns the exit record."""
+        self.kill()
+        return await self.wait()
+
+    async def wait(self):
+        """Wait for the process to end and say how it ended."""
+        if self._exit is not None:
+            return self._exit
+        returncode = await self.process.wait()
+        # Anything left in the group (there should be nothing: the isolate cannot fork)
+        # goes with its leader.
+        try:
+            os.killpg(self.process.pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+        if self._stderr_task is not None:
+            try:
+                await asyncio.wait_for(self._stderr_task, 2)
+            except asyncio.TimeoutError:
+                self._stderr_task.cancel()
+        if self._sampler is not None:
+            self._sampler.cancel()
+        self._exit = self._describe_exit(returncode)
+        return self._exit
+
+    # -- memory and CPU figures -----------------------------------------------------------
+
+    def _status_field(self, name):
+        try:
+            with open(f"/proc/{self.pid}/status") as f:
+                for line in f:
+                    if line.startswith(name + ":"):
+                        return int(line.split()[1]) * 1024
+        except (OSError, ValueError, IndexError):
+            return None
+        return None
+
+    def rss(self):
+        """Resident memory now, in bytes (None once the process is gone)."""
+        return self._status_field("VmRSS")
+
+    def peak_rss(self):
+        """The highest resident memory seen, in bytes: the kernel's high-water mark while
+        the process lives, the last sample of it afterwards."""
+        current = self._status_field("VmHWM")
+        if current is not None:
+            self._peak_rss = max(current, self._peak_rss or 0)
+        return self._peak_rss
+
+    def pss(self):
+        """Proportional set size in bytes: memory with shared pages (the Deno binary, libc)
+        divided among the processes that share them. The honest per-isolate cost."""
+        try:
+            with open(f"/proc/{self.pid}/smaps_rollup") as f:
+                for line in f:
+                    if line.startswith("Pss:"):
+                        return int(line.split()[1]) * 1024
+        except (OSError, ValueError, IndexError):
+            return None
+        return None
+
+    def cpu_time(self):
+        """CPU seconds used so far by all of the process's threads."""
+        try:
+            with open(f"/proc/{self.pid}/stat") as f:
+                fields = f.read().rsplit(")", 1)[1].split()
+            used = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+        except (OSError, ValueError, IndexError):
+            return self._cpu_used
+        self._cpu_used = used
+        return used
+
+    async def _sample_memory(self):
+        # VmHWM is already a peak, so sampling it only has to happen before the process
+        # disappears; a run that grows in its last SAMPLE_INTERVAL is under-reported by
+        # that last growth at most.
+        while self.process.returncode is None:
+            self.peak_rss()
+            self.cpu_time()
+            await asyncio.sleep(SAMPLE_INTERVAL)
+
+    # -- internals ------------------------------------------------------------------------
+
+    async def _read_stderr(self, pool):
+        stream = self.process.stderr
+        pending = b""
+        while True:
+            chunk = await stream.read(4096)
+            if not chunk:
+                break
+            self._stderr_tail.append(chunk)
+            self._stderr_size += len(chunk)
+            while self._stderr_size - len(self._stderr_tail[0]) >= STDERR_TAIL_BYTES:
+                self._stderr_size -= len(self._stderr_tail.popleft())
+            # The launcher's notes about missing kernel features go to the server's log.
+            pending = (pending + chunk)[-4096:]
+            while b"\n" in pending:
+                line, pending = pending.split(b"\n", 1)
+                if line.startswith(b"symposium-sandbox:"):
+                    pool._note_sandbox_message(line.decode(errors="replace"))
+
+    def _stderr_bytes(self):
+        return b"".join(self._stderr_tail)[-STDERR_TAIL_BYTES:]
+
+    def _describe_exit(self, returncode):
+        stderr = self._stderr_bytes()
+        peak = self.peak_rss()
+        signal_name = None
+        if returncode < 0:
+            try:
+                signal_name = signal.Signals(-returncode).name
+            except ValueError:
+                signal_name = f"signal {-returncode}"
+        heap = any(marker in stderr for marker in HEAP_LIMIT_MARKERS)
+        memory = not heap and any(marker in stderr for marker in MEMORY_LIMIT_MARKERS)
+        cpu = signal_name == "SIGXCPU" or (
+            signal_name == "SIGKILL" and not self._killed and self._cpu_used is not None and self._cpu_used >= self.cpu_seconds
+        )
+        if heap:
+            reason = f"the block ran out of memory: the JavaScript heap limit of {self.memory_mb} MB was reached"
+        elif memory:
+            reason = f"the block ran out of memory: the isolate's memory limit (heap of {self.memory_mb} MB plus as much outside it) was reached"
+        elif cpu:
+            reason = f"the block used up its CPU time limit of {self.cpu_seconds} s"
+        elif self._killed:
+            reason = "killed by the platform"
+        elif signal_name:
+            reason = f"the isolate was ended by {signal_name}"
+        else:
+            reason = RUNTIME_EXIT_REASONS.get(returncode, f"the isolate exited with code {returncode}")
+        return IsolateExit(
+            returncode=returncode,
+            signal=signal_name,
+            reason=reason,
+            heap_limit_hit=heap,
+            memory_limit_hit=memory,
+            cpu_limit_hit=cpu,
+            killed=self._killed,
+            peak_rss_bytes=peak,
+            cpu_seconds=self._cpu_used,
+            stderr=stderr.decode(errors="replace"),
+        )
+
+
+class IsolatePool:
+    """Warm, locked-down isolates for one broker port, per memory size."""
+
+    def __init__(self, broker_port, warm_size=2, warm_limits=(), deno_path=None, python=None):
+        self.broker_port = int(broker_port)
+        self.warm_size = int(warm_size)
+        self.deno_path = deno_path or find_deno()
+        self.python = python or sys.executable
+        self._warm = {}  # (memory_mb, cpu_seconds) -> deque of ready isolates
+        self._limits = list(dict.fromkeys((int(m), int(c)) for m, c in warm_limits))
+        self._all = set()  # every isolate started and not yet known to be reaped
+        self._loop = None
+        self._refill_task = None
+        self._refill_wanted = None
+        self._closed = False
+        self._noted = set()
+
+    async def __aenter__(self):
+        await self.start()
+        return self
+
+    async def __aexit__(self, *exc):
+        await self.shutdown()
+
+    # -- public ---------------------------------------------------------------------------
+
+    async def start(self):
+        """Bind to the running loop and begin warming the configured sizes."""
+        self._bind()
+        self._request_refill()
+
+    async def fill(self):
+        """Wait until every warm set holds `warm_size` ready isolates (tests, benchmarks)."""
+        self._bind()
+        self._request_refill()
+        while self._refill_task is not None and not self._refill_task.done():
+            await asyncio.shield(self._refill_task)
+
+    async def acquire(self, memory_mb, cpu_seconds):
+        """A ready isolate with this V8 heap limit and CPU budget: a warm one if there is
+        one, else a new one (cold start). It is the caller's: assign it, wait, kill."""
+        self._bind()
+        if self._closed:
+            raise RuntimeError("the isolate pool is shut down")
+        memory_mb, cpu_seconds = int(memory_mb), int(cpu_seconds)
+        if memory_mb < MIN_MEMORY_MB or cpu_seconds < 1:
+            raise ValueError(f"an isolate needs at least {MIN_MEMORY_MB} MB and 1 CPU second")
+        key = (memory_mb, cpu_seconds)
+        if key not in self._limits:
+            self._limits.append(key)
+        warm = self._warm.setdefault(key, collections.deque())
+        isolate = None
+        while warm and isolate is None:
+            candidate = warm.popleft()
+            if candidate.alive:
+                isolate = candidate
+        self._request_refill()
+        if isolate is None:
+            isolate = await self._spawn(memory_mb, cpu_seconds)
+        return isolate
+
+    def warm_count(self, memory_mb=None, cpu_seconds=None):
+        if memory_mb is None:
+            return sum(len(q) for q in self._warm.values())
+        return len(self._warm.get((memory_mb, cpu_seconds), ()))
+
+    async def shutdown(self):
+        """Kill and reap every isolate this pool started, warm or running."""
+        self._closed = True
+        if self._refill_task is not None:
+            self._refill_task.cancel()
+            try:
+                await self._refill_task
+            except (asyncio.CancelledError, Exception):
+                pass
+        isolates = list(self._all)
+        for isolate in isolates:
+            isolate.kill()
+        for isolate in isolates:
+            try:
+                await asyncio.wait_for(isolate.wait(), 5)
+            except asyncio.TimeoutError:
+                logger.error("isolate %s did not exit after SIGKILL", isolate.pid)
+        self._warm.clear()
+        self._all.clear()
+
+    # -- internals ------------------------------------------------------------------------
+
+    def _bind(self):
+        loop = asyncio.get_running_loop()
+        if self._loop is None:
+            self._loop = loop
+        elif self._loop is not loop:
+            raise RuntimeError("an IsolatePool belongs to the event loop that first used it; make one per loop")
+
+    def _command(self, memory_mb, cpu_seconds):
+        port = self.broker_port
+        deno_flags = [
+            "run",
+            "--unstable-worker-options",  # the Worker's `deno: {permissions: "none"}`
+            "--no-prompt",  # a permission the runtime lacks fails, never waits on a tty
+            "--no-config",
+            "--no-lock",
+            "--no-remote",
+            "--no-npm",
+            "--no-code-cache",  # DENO_DIR is not writable; do not even try
+            f"--allow-net=127.0.0.1:{port}",  # the bootstrap reaches the broker, nothing else
+            f"--allow-read={WORKER_JS}",  # ... and reads the worker's source, nothing else
+            f"--v8-flags=--max-old-space-size={memory_mb}",
+            str(MAIN_JS),
+            str(port),
+        ]
+        return [
+            self.python,
+            "-I",  # no PYTHON* variables, no user site, no current folder on sys.path
+            str(SANDBOX),
+            "--memory-mb", str(memory_mb),
+            "--cpu-seconds", str(cpu_seconds + STARTUP_CPU_ALLOWANCE),
+            "--broker-port", str(port),
+            "--read", str(RUNTIME_DIR),
+            "--",
+            self.deno_path,
+            *deno_flags,
+        ]
+
+    async def _spawn(self, memory_mb, cpu_seconds):
+        started = time.monotonic()
+        process = await asyncio.create_subprocess_exec(
+            *self._command(memory_mb, cpu_seconds),
+            stdin=asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+            # Its own process group from the first instant, so kill() reaches it even
+            # before the launcher runs; and none of the server's environment.
+            start_new_session=True,
+            env={},
+            close_fds=True,
+        )
+        isolate = Isolate(process=process, memory_mb=memory_mb, cpu_seconds=cpu_seconds, spawned_at=started)
+        self._all.add(isolate)
+        process_done = asyncio.ensure_future(process.wait())
+        process_done.add_done_callback(lambda _: self._all.discard(isolate))
+        isolate._stderr_task = asyncio.ensure_future(isolate._read_stderr(self))
+        try:
+            line = await asyncio.wait_for(process.stdout.readline(), READY_TIMEOUT)
+        except asyncio.TimeoutError:
+            line = b""
+        if line.strip() != b"ready":
+            isolate.kill()
+            exit = await isolate.wait()
+            raise IsolateStartError(f"the isolate did not start ({exit.reason}): {exit.stderr.strip()[-2000:]}")
+        isolate.ready_at = time.monotonic()
+        # The runtime writes nothing more to stdout; closing it makes any later write (a
+        # block reaching a raw stdout through node:process) fail instead of filling a pipe.
+        transport = process._transport.get_pipe_transport(1)
+        if transport is not None:
+            transport.close()
+        return isolate
+
+    def _request_refill(self):
+        if self._closed or self.warm_size <= 0:
+            return
+        if self._refill_task is None or self._refill_task.done():
+            self._refill_task = asyncio.ensure_future(self._refill())
+
+    async def _refill(self):
+        # One spawn at a time, in the background: warming must not starve running blocks
+        # of the machine's cores.
+        while not self._closed:
+            for memory_mb, cpu_seconds in list(self._limits):
+                warm = self._warm.setdefault((memory_mb, cpu_seconds), collections.deque())
+                while warm and not warm[0].alive:
+                    warm.popleft()
+                if len(warm) < self.warm_size:
+                    break
+            else:
+                return
+            try:
+                isolate = await self._spawn(memory_mb, cpu_seconds)
+            except IsolateStartError as exc:
+                logger.error("could not warm an isolate: %s", exc)
+                await asyncio.sleep(1)
+                continue
+            if self._closed:
+                isolate.kill()
+                return
+            warm.append(isolate)
+
+    def _note_sandbox_message(self, line):
+        if line not in self._noted:
+            self._noted.add(line)
+            logger.warning("%s", line)
