@@ -124,6 +124,10 @@ else:
             "NAME": VAR_DIR / "symposium.sqlite3",
             # WAL lets the broker write audit rows while pages read them.
             "OPTIONS": {"init_command": "PRAGMA journal_mode=WAL;", "timeout": 20},
+            # Tests use a file too: the broker, the audit writer and the isolates'
+            # supervisor write from several threads, which an in-memory shared-cache
+            # database refuses ("table is locked") instead of waiting.
+            "TEST": {"NAME": str(VAR_DIR / "test-symposium.sqlite3")},
         }
     }
 USING_POSTGRES = DATABASES["default"]["ENGINE"].endswith("postgresql")
@@ -147,7 +151,7 @@ RQ_QUEUES = {
 # thread of the broker. Files default to inline: a local disk call is faster than a
 # queue round trip, and any server process can reach the tenant's storage.
 SYMPOSIUM_RQ_CAPABILITIES = [
-    c for c in os.environ.get("SYMPOSIUM_RQ_CAPABILITIES", "files,network,canvas,database,process" if REDIS_URL else "").split(",") if c
+    c for c in os.environ.get("SYMPOSIUM_RQ_CAPABILITIES", "network,canvas,database,process" if REDIS_URL else "").split(",") if c
 ]
 
 # Tenant storage: one folder per tenant under this root.
@@ -199,3 +203,16 @@ CACHES = {
         else {"BACKEND": "django.core.cache.backends.locmem.LocMemCache", "LOCATION": "runstate", "TIMEOUT": 86400, "OPTIONS": {"MAX_ENTRIES": 100000}}
     ),
 }
+
+# The websocket transport's limit on one message; isolates.protocol.LIMITS reads it as
+# the ceiling of a frame. Daphne's default (1 MB) would not carry a 5 MB file.
+DAPHNE_WEBSOCKET_MAX_MESSAGE_SIZE = DAPHNE_WEBSOCKET_MAX_FRAME_SIZE = 128 * 1024 * 1024
+
+# Isolates kept started and locked down, per memory size, so a run does not wait for a
+# process to start. Each idle isolate costs about 20 MB (PSS).
+SYMPOSIUM_WARM_ISOLATES = envint("SYMPOSIUM_WARM_ISOLATES", 2)
+# The port isolates of this server process connect back to. Under runserver/daphne it
+# is the port the server listens on; runblock picks a free loopback port itself.
+SYMPOSIUM_BROKER_PORT = envint("SYMPOSIUM_BROKER_PORT", 8000)
+# What happens to a run started from the runner page when its page goes away.
+SYMPOSIUM_KILL_RUNS_ON_DISCONNECT = envbool("SYMPOSIUM_KILL_RUNS_ON_DISCONNECT", "false")

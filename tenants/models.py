@@ -324,6 +324,9 @@ class BlockRun(models.Model):
     peak_memory_bytes = models.BigIntegerField(null=True, blank=True)
     cpu_seconds = models.FloatField(null=True, blank=True)
     server = models.CharField(max_length=100, blank=True, help_text="The server process that ran it.")
+    # The isolate proves which run it is with a one-time token; only its hash is kept.
+    token_hash = models.CharField(max_length=64, blank=True, db_index=True, editable=False)
+    token_used = models.BooleanField(default=False, editable=False)
 
     class Meta:
         ordering = ["-created"]

@@ -4,10 +4,33 @@ Alice owns the "acme" tenant, Bob is a member of it, and Mallory is an outsider 
 should have no access to Acme's stuff. Each test gets its own storage root.
 """
 
+import importlib
+
 import pytest
 from django.contrib.auth import get_user_model
 
 from tenants.models import Membership, PermissionProfile, Tenant
+
+
+@pytest.fixture(scope="session", autouse=True)
+def close_other_sessions_at_the_end(django_db_setup, django_db_blocker):
+    """Threads of the broker and the audit writer keep database connections open; on
+    PostgreSQL those sessions would stop the test database from being dropped."""
+    yield
+    from django.db import connection
+
+    if connection.vendor == "postgresql":
+        with django_db_blocker.unblock(), connection.cursor() as cursor:
+            cursor.execute(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
+                "WHERE datname = current_database() AND pid <> pg_backend_pid()"
+            )
+
+
+@pytest.fixture(autouse=True)
+def fast_password_hasher(settings):
+    # Real hashing takes most of a second per user; tests make many users.
+    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
 
 
 @pytest.fixture(autouse=True)
@@ -17,8 +40,16 @@ def storage_root(settings, tmp_path):
     return settings.TENANT_STORAGE_ROOT
 
 
+SEED = importlib.import_module("tenants.migrations.0002_seed_profiles")
+
+
 @pytest.fixture
 def profiles(db):
+    # Transactional tests flush the database after each test, data migrations' rows
+    # included: put the seed profiles back when they are gone.
+    if not PermissionProfile.objects.exists():
+        for values in SEED.PROFILES:
+            PermissionProfile.objects.create(**values)
     return {p.name: p for p in PermissionProfile.objects.all()}
 
 

@@ -1,0 +1,375 @@
+"""The broker: the one door between an isolate and the server.
+
+Each isolate opens one websocket to `IsolateBrokerConsumer` and proves with a one-time
+token which run it is. From then on the connection is bound to that run, its tenant and
+its policy, all read from the database; nothing in a frame can name another run, tenant
+or profile. Every call is checked (operation allow-list, policy decision, rate limit,
+calls in flight) before anything executes, dispatched inline or to RQ, audited, and
+answered with `{id, ok, ...}` before its deadline.
+"""
+
+import asyncio
+import hashlib
+import logging
+import time
+from pathlib import Path
+
+from channels.db import database_sync_to_async
+from channels.generic.websocket import AsyncWebsocketConsumer
+from django.conf import settings
+from django.utils import timezone
+
+from capabilities import dispatch
+from capabilities.base import CallContext
+from capabilities.registry import OPERATIONS
+from isolates.protocol import LIMITS, LOG_LEVELS, FrameError, decode_value, encode_frame, frame_limit, parse_frame
+from tenants import audit
+from tenants.models import BlockRun, Tenant
+from tenants.policy import decide, effective_policy
+from tenants.ratelimit import check_rate
+
+logger = logging.getLogger(__name__)
+
+# Arguments that would name a run, tenant or profile are refused outright: a frame can
+# never claim them, and silently ignoring them would hide an attack from the audit log.
+FORBIDDEN_ARGS = {"run", "runId", "tenant", "tenantId", "tenant_id", "profile", "policy"}
+# How long a tenant's policy and state are reused between calls of one run. A
+# suspension or a changed limit reaches running blocks within this time.
+POLICY_TTL = 1.0
+
+
+def token_hash(token):
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+def run_group(run_id):
+    return f"run-{run_id}"
+
+
+def target_of(op, args):
+    name = op.target_arg
+    value = args.get(name) if name else None
+    if op.name == "database.query" and isinstance(value, str):
+        # A fingerprint, not the statement: literals could hold personal data.
+        return "sql:" + hashlib.sha256(value.encode()).hexdigest()[:12] + " " + " ".join(value.split()[:2])[:40]
+    if op.name.startswith("network.") and isinstance(value, str):
+        from urllib.parse import urlsplit
+
+        try:
+            return urlsplit(value).hostname or value[:100]
+        except ValueError:
+            return value[:100]
+    return value if isinstance(value, (str, int)) else ""
+
+
+class IsolateBrokerConsumer(AsyncWebsocketConsumer):
+    async def connect(self):
+        self.run = None
+        self.ctx = None
+        self.policy_loaded = 0.0
+        self.in_flight = {}
+        self.call_seq = 0
+        self.console_bytes = 0
+        self.console_parts = []
+        self.console_truncated = False
+        self.calls = 0
+        self.bytes_in = 0
+        self.bytes_out = 0
+        self.finished = False
+        await self.accept()
+
+    # -- frames from the isolate ---------------------------------------------------
+
+    async def receive(self, text_data=None, bytes_data=None):
+        size = len(text_data or bytes_data or b"")
+        self.bytes_in += size
+        limit = frame_limit(self.ctx.policy if self.ctx else None)
+        if size > limit:
+            return await self.refuse_frame(f"The isolate sent a frame of {size} bytes; the limit is {limit}.")
+        if bytes_data is not None:
+            return await self.refuse_frame("The isolate sent a binary frame; frames are JSON text.")
+        try:
+            frame = parse_frame(text_data)
+        except FrameError as e:
+            return await self.refuse_frame(str(e))
+
+        kind = frame["type"]
+        if self.run is None:
+            if kind != "hello":
+                return await self.refuse_frame("The isolate spoke before saying which run it is.")
+            return await self.hello(frame)
+        if kind == "call":
+            return await self.call(frame)
+        if kind == "log":
+            return await self.log(frame)
+        if kind == "started":
+            return await self.group_event({"event": "started", "t": time.time()})
+        if kind == "done":
+            return await self.done(frame)
+        return await self.refuse_frame("The isolate said hello twice.")
+
+    async def hello(self, frame):
+        token = frame.get("token")
+        run = await self.claim_run(token) if isinstance(token, str) and len(token) < 200 else None
+        if run is None:
+            audit.record(tenant=None, tenant_slug="", capability="broker", operation="hello", outcome="denied",
+                         error_code="PERMISSION_DENIED", message="A connection presented an unknown or used run token.")
+            await self.close(code=4403)
+            return
+        self.run = run
+        await self.load_context()
+        await self.send(encode_frame({
+            "type": "start",
+            "code": run.code,
+            "name": run.name or "block.js",
+            "input": run.input,
+            "env": self.env,
+            "callTimeoutMs": LIMITS["call_timeout_ms"],
+            "maxInFlight": LIMITS["max_in_flight"],
+            "consoleCap": self.ctx.policy.console_output_cap,
+        }))
+
+    async def call(self, frame):
+        call_id = frame.get("id")
+        if not isinstance(call_id, (int, str)) or isinstance(call_id, bool):
+            return await self.refuse_frame("The isolate sent a call without an id.")
+        started = time.perf_counter()
+        op_name = frame.get("op")
+        op = OPERATIONS.get(op_name) if isinstance(op_name, str) else None
+        raw_args = frame.get("args", {})
+        await self.refresh_context()
+        capability = op.capability if op else "broker"
+        op_label = op_name if isinstance(op_name, str) else "?"
+
+        def refuse(code, message, **extra):
+            return self.answer(call_id, {"ok": False, "error": {"code": code, "message": message, **extra}},
+                               capability, op_label, "", "denied", started)
+
+        if op is None:
+            return await refuse("INVALID_ARGUMENT", f"Unknown operation {str(op_name)[:40]!r}.")
+        try:
+            args = decode_value(raw_args if raw_args is not None else {})
+        except FrameError as e:
+            return await refuse("INVALID_ARGUMENT", str(e))
+        if not isinstance(args, dict):
+            return await refuse("INVALID_ARGUMENT", "The call's arguments must be an object.")
+        claimed = FORBIDDEN_ARGS & set(args)
+        if claimed:
+            return await refuse("INVALID_ARGUMENT", f"A call cannot name a {sorted(claimed)[0]}; it always acts for its own run.")
+        target = target_of(op, args)
+        if len(self.in_flight) >= LIMITS["max_in_flight"]:
+            return await self.answer(call_id, {"ok": False, "error": {
+                "code": "RATE_LIMITED", "message": f"Too many calls in flight (at most {LIMITS['max_in_flight']}); await some first.",
+                "retryAfter": 0.1}}, capability, op_label, target, "denied", started)
+
+        decision = decide(self.ctx.policy, op.name, args, tenant_active=self.tenant_active)
+        if not decision.allowed:
+            return await self.answer(call_id, {"ok": False, "error": {"code": decision.code, "message": decision.message}},
+                                     capability, op_label, target, "denied", started)
+        rate = check_rate(self.ctx.tenant_id, capability, self.ctx.policy.rate_per_minute(capability))
+        if not rate.allowed:
+            retry = round(rate.retry_after, 3)
+            return await self.answer(call_id, {"ok": False, "error": {
+                "code": "RATE_LIMITED",
+                "message": f"Rate limit of {self.ctx.policy.rate_per_minute(capability)} {capability} calls per minute reached; retry in {retry:g} s.",
+                "retryAfter": retry}}, capability, op_label, target, "denied", started)
+
+        self.calls += 1
+        deadline = time.time() + LIMITS["call_timeout_ms"] / 1000
+        ctx = self.ctx_with_deadline(deadline)
+        self.call_seq += 1
+        key = f"{self.channel_name}:{self.call_seq}"
+        self.in_flight[key] = (call_id, op, target, started)
+        if dispatch.uses_rq(capability):
+            task = asyncio.ensure_future(self.run_rq(key, op, ctx, args, deadline))
+        else:
+            task = asyncio.ensure_future(self.run_inline(key, op, ctx, args, deadline))
+        task.add_done_callback(_log_task_error)
+
+    async def run_inline(self, key, op, ctx, args, deadline):
+        try:
+            reply = await asyncio.wait_for(dispatch.run_inline(op.name, ctx, args), timeout=max(0.0, deadline - time.time()))
+        except asyncio.TimeoutError:
+            reply = timeout_reply(op)
+        await self.complete(key, reply)
+
+    async def run_rq(self, key, op, ctx, args, deadline):
+        try:
+            await database_sync_to_async(dispatch.enqueue, thread_sensitive=False)(
+                op.name, ctx, args, self.channel_name, key, deadline - time.time())
+        except Exception:
+            logger.exception("enqueueing %s failed", op.name)
+            return await self.complete(key, {"ok": False, "error": {
+                "code": "INTERNAL", "message": f"{op.name} could not be queued; the job queue is unavailable."}})
+        await asyncio.sleep(max(0.0, deadline - time.time()))
+        if key in self.in_flight:
+            await self.complete(key, timeout_reply(op))
+
+    async def capability_result(self, event):
+        """A reply from an RQ worker, over the channel layer."""
+        await self.complete(event["key"], event["reply"])
+
+    async def complete(self, key, reply):
+        entry = self.in_flight.pop(key, None)
+        if entry is None:
+            return  # answered already (timed out), or the run is over
+        call_id, op, target, started = entry
+        outcome = "allowed" if reply.get("ok") else "failed"
+        await self.answer(call_id, reply, op.capability, op.name, target, outcome, started)
+
+    async def answer(self, call_id, reply, capability, op_name, target, outcome, started):
+        reply = {"type": "reply", "id": call_id, **reply}
+        error = reply.get("error") or {}
+        if error:
+            error.setdefault("capability", capability)
+        try:
+            text = encode_frame(reply)
+        except (TypeError, ValueError):
+            logger.exception("reply of %s is not serialisable", op_name)
+            reply = {"type": "reply", "id": call_id, "ok": False,
+                     "error": {"code": "INTERNAL", "message": f"{op_name} returned a value that cannot be sent.", "capability": capability}}
+            error, outcome, text = reply["error"], "failed", encode_frame(reply)
+        duration_ms = (time.perf_counter() - started) * 1000
+        self.bytes_out += len(text)
+        if not self.finished:
+            await self.send(text)
+        audit.record(
+            tenant_id=self.ctx.tenant_id, tenant_slug=self.ctx.tenant_slug, run_id=self.ctx.run_id,
+            user_id=self.run.user_id, capability=capability, operation=op_name, target=target, outcome=outcome,
+            error_code=error.get("code", ""), message=error.get("message", ""), duration_ms=round(duration_ms, 3),
+            bytes_in=0, bytes_out=len(text),
+        )
+        await self.group_event({"event": "call", "op": op_name, "target": str(target)[:200], "outcome": outcome,
+                                "code": error.get("code", ""), "message": error.get("message", ""),
+                                "ms": round(duration_ms, 2), "bytes": len(text)})
+
+    async def log(self, frame):
+        level = frame.get("level") if frame.get("level") in LOG_LEVELS else "log"
+        text = frame.get("text")
+        if not isinstance(text, str):
+            text = str(text)
+        cap = self.ctx.policy.console_output_cap
+        if self.console_truncated:
+            return
+        remaining = cap - self.console_bytes
+        if len(text.encode()) + 1 > remaining:
+            text = text.encode()[: max(0, remaining - 1)].decode(errors="ignore")
+            self.console_truncated = True
+        self.console_bytes += len(text.encode()) + 1
+        self.console_parts.append(f"[{level}] {text}" if level not in ("log", "info") else text)
+        await self.group_event({"event": "log", "level": level, "text": text, "t": frame.get("t")})
+        if self.console_truncated:
+            await self.group_event({"event": "log", "level": "warn", "t": time.time() * 1000,
+                                    "text": f"Console output reached this tenant's cap of {cap} bytes; the rest is dropped."})
+
+    async def done(self, frame):
+        if self.finished:
+            return
+        self.finished = True
+        ok = frame.get("ok") is True
+        error = frame.get("error") if isinstance(frame.get("error"), dict) else {}
+        await self.save_console()
+        await self.finish_run(
+            "succeeded" if ok else "failed",
+            result=frame.get("result") if ok else None,
+            error_code="" if ok else str(error.get("code") or error.get("name") or "Error")[:30],
+            error=str(error.get("message") or "")[:10000] if not ok else "",
+        )
+        await self.group_event({"event": "done", "ok": ok, "result": frame.get("result") if ok else None,
+                                "error": None if ok else {k: error.get(k) for k in ("name", "code", "message", "stack")}})
+
+    async def refuse_frame(self, message):
+        """A frame the runtime would never send: the sandbox is not behaving, end the run."""
+        tenant_slug = self.ctx.tenant_slug if self.ctx else ""
+        audit.record(tenant_id=self.ctx.tenant_id if self.ctx else None, tenant_slug=tenant_slug,
+                     run_id=self.run.id if self.run else None, capability="broker", operation="frame",
+                     outcome="denied", error_code="INVALID_ARGUMENT", message=message)
+        if self.run and not self.finished:
+            self.finished = True
+            await self.save_console()
+            await self.finish_run("failed", error_code="INVALID_ARGUMENT", error=f"The run was stopped: {message}")
+            await self.group_event({"event": "done", "ok": False, "error": {"code": "INVALID_ARGUMENT", "message": message}})
+            await self.send(encode_frame({"type": "stop", "reason": message}))
+        await self.close(code=4400)
+
+    async def disconnect(self, code):
+        for key in list(self.in_flight):
+            self.in_flight.pop(key, None)
+        if self.run:
+            await self.save_console()
+            await self.channel_layer.group_discard(run_group(self.run.id), self.channel_name)
+
+    async def run_stop(self, event):
+        """Asked to stop the run (the run service, a user's Stop)."""
+        await self.send(encode_frame({"type": "stop", "reason": event.get("reason", "stopped")}))
+        await self.close()
+
+    # -- state ------------------------------------------------------------------------
+
+    async def group_event(self, event):
+        if self.run is not None:
+            await self.channel_layer.group_send(run_group(self.run.id), {"type": "run.event", "run": self.run.id, **event})
+
+    async def run_event(self, event):
+        pass  # this consumer is in the run's group only to receive run.stop
+
+    @database_sync_to_async
+    def claim_run(self, token):
+        """The run this token was made for, if it is unused; the token is used up."""
+        digest = token_hash(token)
+        claimed = BlockRun.objects.filter(token_hash=digest, token_used=False, status__in=("queued", "running")).update(
+            token_used=True, status="running", started=timezone.now())
+        if claimed != 1:
+            return None
+        return BlockRun.objects.select_related("tenant").get(token_hash=digest)
+
+    async def load_context(self):
+        await self.refresh_context(force=True)
+        await self.channel_layer.group_add(run_group(self.run.id), self.channel_name)
+
+    async def refresh_context(self, force=False):
+        if not force and time.monotonic() - self.policy_loaded < POLICY_TTL:
+            return
+        tenant, policy, env = await self.read_tenant()
+        self.tenant_active = tenant.is_active
+        self.env = env
+        self.ctx = CallContext(
+            tenant_id=tenant.pk, tenant_slug=tenant.slug, run_id=self.run.id, policy=policy,
+            storage_root=Path(settings.TENANT_STORAGE_ROOT) / tenant.slug,
+            allowed_hosts=[h.strip().lower() for h in tenant.network_allowed_hosts.split() if h.strip()],
+            webhook_secret=tenant.webhook_secret,
+        )
+        self.policy_loaded = time.monotonic()
+
+    @database_sync_to_async
+    def read_tenant(self):
+        tenant = Tenant.objects.select_related("profile").prefetch_related("overrides").get(pk=self.run.tenant_id)
+        env = {s.name: s.value for s in tenant.secrets.all()}
+        return tenant, effective_policy(tenant), env
+
+    def ctx_with_deadline(self, deadline):
+        from dataclasses import replace
+
+        return replace(self.ctx, deadline=deadline)
+
+    @database_sync_to_async
+    def save_console(self):
+        BlockRun.objects.filter(pk=self.run.id).update(
+            console="\n".join(self.console_parts), console_truncated=self.console_truncated,
+            calls=self.calls, bytes_in=self.bytes_in, bytes_out=self.bytes_out,
+        )
+
+    @database_sync_to_async
+    def finish_run(self, status, result=None, error_code="", error=""):
+        audit.flush()
+        BlockRun.objects.filter(pk=self.run.id, status="running").update(
+            status=status, result=result, error_code=error_code, error=error, finished=timezone.now())
+
+
+def timeout_reply(op):
+    return {"ok": False, "error": {"code": "TIMEOUT", "message": f"{op.name} got no reply within {LIMITS['call_timeout_ms'] // 1000} s."}}
+
+
+def _log_task_error(task):
+    if not task.cancelled() and task.exception():
+        logger.error("broker task failed", exc_info=task.exception())

@@ -1,0 +1,138 @@
+import asyncio
+import json
+import sys
+import time
+from pathlib import Path
+
+from django.core.management.base import BaseCommand, CommandError
+
+from tenants.models import Tenant
+
+
+class UsageError(CommandError):
+    def __init__(self, message):
+        super().__init__(message, returncode=2)
+
+
+class Command(BaseCommand):
+    help = (
+        "Run one block as a tenant. Console output goes to stderr as it happens, the "
+        "result to stdout. Exit status: 0 when the block succeeded, 1 when it failed or "
+        "timed out, 2 for a usage error. Needs no server: it starts the broker in-process."
+    )
+
+    def add_arguments(self, parser):
+        parser.add_argument("file", help="The block's file, or - to read it from stdin")
+        parser.add_argument("--tenant", required=True, help="The slug of the tenant to run as")
+        parser.add_argument("--input", default=None, help="JSON passed to the block's default export")
+        parser.add_argument("--json", action="store_true", dest="as_json", help="Print one JSON object {status, result, error, logs, stats}")
+
+    def handle(self, file, tenant, input, as_json, **options):
+        code, name = self.read_block(file)
+        try:
+            tenant_obj = Tenant.objects.get(slug=tenant)
+        except Tenant.DoesNotExist:
+            raise UsageError(f"No tenant {tenant!r}. Create one with: manage.py createtenant {tenant} --profile Interactive") from None
+        try:
+            block_input = json.loads(input) if input is not None else None
+        except ValueError as e:
+            raise UsageError(f"--input is not valid JSON: {e}") from None
+
+        from isolates.runs import RunRefused
+        from isolates.server import local_server
+
+        server = local_server()
+        logs = []
+        started = time.monotonic()
+        try:
+            run = server.call(self.run_block(server, tenant_obj, code, name, block_input, logs))
+        except RunRefused as e:
+            self.stderr.write(f"Run refused [{e.code}]: {e.message}")
+            self.exit(1)
+        except KeyboardInterrupt:
+            self.stderr.write("Interrupted: the run was stopped.")
+            self.exit(1)
+
+        ok = run.status == "succeeded"
+        if as_json:
+            error = None if ok else {"code": run.error_code, "message": run.error}
+            self.stdout.write(json.dumps({
+                "status": run.status,
+                "result": run.result,
+                "error": error,
+                "logs": logs,
+                "stats": {
+                    "run": run.id,
+                    "durationMs": round((run.duration or (time.monotonic() - started)) * 1000, 1),
+                    "calls": run.calls,
+                    "bytesIn": run.bytes_in,
+                    "bytesOut": run.bytes_out,
+                    "peakMemoryBytes": run.peak_memory_bytes,
+                    "cpuSeconds": run.cpu_seconds,
+                    "consoleTruncated": run.console_truncated,
+                },
+            }))
+        else:
+            if ok:
+                if run.result is not None:
+                    self.stdout.write(run.result if isinstance(run.result, str) else json.dumps(run.result, indent=2))
+            else:
+                self.stderr.write(f"Run {run.id} {run.get_status_display().lower()} [{run.error_code}]: {run.error}")
+        self.exit(0 if ok else 1)
+
+    def exit(self, status):
+        sys.stdout.flush()
+        sys.stderr.flush()
+        # The in-process server's threads are daemons; leave without waiting for them.
+        import os
+
+        os._exit(status)
+
+    def read_block(self, file):
+        if file == "-":
+            return sys.stdin.read(), "stdin.js"
+        path = Path(file)
+        try:
+            return path.read_text(), path.name
+        except FileNotFoundError:
+            raise UsageError(f"No such file: {file}") from None
+        except IsADirectoryError:
+            raise UsageError(f"{file} is a folder, not a block file.") from None
+        except UnicodeDecodeError:
+            raise UsageError(f"{file} is not UTF-8 text.") from None
+
+    async def run_block(self, server, tenant, code, name, block_input, logs):
+        from channels.layers import get_channel_layer
+
+        from isolates.broker import run_group
+        from isolates.runs import service_for_port
+
+        service = service_for_port(server.port)
+        layer = get_channel_layer()
+        channel = await layer.new_channel()
+        run = await service.start(tenant, code, name=name, input=block_input, source="runblock")
+        await layer.group_add(run_group(run.id), channel)
+
+        async def stream():
+            while True:
+                message = await layer.receive(channel)
+                if message.get("type") != "run.event":
+                    continue
+                if message["event"] == "log":
+                    logs.append({"level": message["level"], "text": message["text"], "t": message.get("t")})
+                    self.stderr.write(message["text"], ending="\n")
+                    self.stderr.flush()
+                elif message["event"] == "finished":
+                    return
+
+        streamer = asyncio.ensure_future(stream())
+        try:
+            finished = await service.wait(run.id)
+            try:
+                await asyncio.wait_for(streamer, 2)
+            except asyncio.TimeoutError:
+                pass
+            return finished
+        finally:
+            streamer.cancel()
+            await layer.group_discard(run_group(run.id), channel)

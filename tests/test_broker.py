@@ -1,0 +1,265 @@
+"""The broker, driven over a websocket with Channels' WebsocketCommunicator.
+
+The test plays the isolate: it sends the frames the runtime would send (and some it
+never would) and checks what comes back, what the run records and what is audited.
+"""
+
+import asyncio
+import json
+import secrets
+import threading
+
+import pytest
+from channels.db import database_sync_to_async
+from channels.testing import WebsocketCommunicator
+from django.conf import settings
+
+from isolates.broker import token_hash
+from symposium.asgi import application
+from tenants import audit
+from tenants.models import AuditLog, BlockRun, PolicyOverride, TenantSecret
+from tenants.ratelimit import reset_limiter
+
+pytestmark = pytest.mark.django_db(transaction=True)
+
+
+@pytest.fixture(autouse=True)
+def inline_dispatch(settings):
+    # Calls run inline unless a test asks for RQ (and then runs a worker itself).
+    settings.SYMPOSIUM_RQ_CAPABILITIES = []
+
+
+@pytest.fixture(autouse=True)
+def fresh_limits():
+    reset_limiter()
+    from tenants.ratelimit import limiter
+
+    limiter().reset()
+    yield
+    reset_limiter()
+
+
+def make_run(tenant, code="export default () => 1"):
+    token = secrets.token_urlsafe(32)
+    run = BlockRun.objects.create(tenant=tenant, code=code, name="test.js", token_hash=token_hash(token))
+    return run, token
+
+
+class Isolate:
+    """A fake isolate: a websocket to the broker speaking the runtime's frames."""
+
+    def __init__(self, token):
+        self.token = token
+        self.ws = WebsocketCommunicator(application, "/ws/isolate/")
+        self.next_id = 0
+
+    async def __aenter__(self):
+        connected, _ = await self.ws.connect()
+        assert connected
+        return self
+
+    async def __aexit__(self, *exc):
+        await self.ws.disconnect()
+
+    async def hello(self):
+        await self.ws.send_to(text_data=json.dumps({"type": "hello", "token": self.token}))
+        return json.loads(await self.ws.receive_from(timeout=5))
+
+    async def call(self, op, args, **extra):
+        self.next_id += 1
+        await self.ws.send_to(text_data=json.dumps({"type": "call", "id": self.next_id, "op": op, "args": args, **extra}))
+        return json.loads(await self.ws.receive_from(timeout=10))
+
+
+async def audit_rows(**filters):
+    await database_sync_to_async(audit.flush)()
+    return await database_sync_to_async(lambda: list(AuditLog.objects.filter(**filters).order_by("id")))()
+
+
+async def test_it_binds_the_connection_to_its_run_and_hands_over_the_block(acme):
+    secret = TenantSecret(tenant=acme, name="API_KEY")
+    secret.value = "key-123"
+    await database_sync_to_async(secret.save)()
+    run, token = await database_sync_to_async(make_run)(acme, "export default (x) => x")
+    async with Isolate(token) as isolate:
+        start = await isolate.hello()
+    assert start["type"] == "start"
+    assert start["code"] == "export default (x) => x"
+    assert start["env"] == {"API_KEY": "key-123"}
+    assert start["consoleCap"] == acme.profile.console_output_cap
+    run = await database_sync_to_async(BlockRun.objects.get)(pk=run.pk)
+    assert run.status == "running" and run.token_used
+
+
+async def test_cant_use_a_token_twice_or_guess_one(acme):
+    run, token = await database_sync_to_async(make_run)(acme)
+    async with Isolate(token) as first:
+        await first.hello()
+        for forged in (token, "guessed-token", token + "x"):
+            second = WebsocketCommunicator(application, "/ws/isolate/")
+            await second.connect()
+            await second.send_to(text_data=json.dumps({"type": "hello", "token": forged}))
+            closed = await second.receive_output(timeout=5)
+            assert closed == {"type": "websocket.close", "code": 4403}
+    rows = await audit_rows(operation="hello", outcome="denied")
+    assert len(rows) == 3
+
+
+async def test_it_answers_file_calls_inline(acme, settings):
+    settings.SYMPOSIUM_RQ_CAPABILITIES = []
+    run, token = await database_sync_to_async(make_run)(acme)
+    async with Isolate(token) as isolate:
+        await isolate.hello()
+        written = await isolate.call("writeFile", {"path": "output/result.txt", "data": "Hello World"})
+        assert written["ok"] is True, written
+        read = await isolate.call("readFile", {"path": "output/result.txt"})
+        assert read["ok"] is True and read["data"] == "Hello World"
+        binary = await isolate.call("writeFile", {"path": "b.bin2", "data": {"$bytes": "AAEC/w=="}})
+        assert binary["ok"] is True
+        back = await isolate.call("readFile", {"path": "b.bin2", "encoding": "binary"})
+        assert back["data"] == {"$bytes": "AAEC/w=="}
+    assert (acme.storage_root() / "output/result.txt").read_text() == "Hello World"
+    rows = await audit_rows(run_id=run.id)
+    assert [(r.operation, r.target, r.outcome) for r in rows] == [
+        ("writeFile", "output/result.txt", "allowed"),
+        ("readFile", "output/result.txt", "allowed"),
+        ("writeFile", "b.bin2", "allowed"),
+        ("readFile", "b.bin2", "allowed"),
+    ]
+
+
+async def test_it_denies_a_basic_tenants_write_and_audits_it(make_tenant):
+    basic = await database_sync_to_async(make_tenant)("basic-co", "Basic")
+    run, token = await database_sync_to_async(make_run)(basic)
+    async with Isolate(token) as isolate:
+        await isolate.hello()
+        reply = await isolate.call("writeFile", {"path": "output/result.txt", "data": "Hello World"})
+    assert reply["ok"] is False
+    assert reply["error"]["code"] == "PERMISSION_DENIED"
+    assert reply["error"]["capability"] == "files"
+    assert "read-only" in reply["error"]["message"]
+    assert not (basic.storage_root() / "output").exists()
+    [row] = await audit_rows(run_id=run.id)
+    assert (row.operation, row.outcome, row.error_code, row.tenant_slug) == ("writeFile", "denied", "PERMISSION_DENIED", "basic-co")
+
+
+async def test_cant_claim_another_tenant_or_run_in_a_call(acme, make_tenant):
+    other = await database_sync_to_async(make_tenant)("globex", "Advanced")
+    (other.storage_root() / "secret.txt").write_text("globex's secret")
+    run, token = await database_sync_to_async(make_run)(acme)
+    async with Isolate(token) as isolate:
+        await isolate.hello()
+        for field in ("tenant", "tenantId", "run", "profile"):
+            reply = await isolate.call("readFile", {"path": "secret.txt", field: "globex"})
+            assert reply["error"]["code"] == "INVALID_ARGUMENT", reply
+            assert "own run" in reply["error"]["message"]
+        # A frame with an extra top-level field is not a call the runtime makes.
+        await isolate.ws.send_to(text_data=json.dumps({"type": "call", "id": 9, "op": "readFile", "args": {"path": "secret.txt"}, "tenant": "globex"}))
+        stop = json.loads(await isolate.ws.receive_from(timeout=5))
+    assert stop["type"] == "stop" and "unexpected fields: tenant" in stop["reason"]
+    run = await database_sync_to_async(BlockRun.objects.get)(pk=run.pk)
+    assert run.status == "failed" and run.error_code == "INVALID_ARGUMENT"
+
+
+@pytest.mark.parametrize("op", ["__init__", "os.system", "execute_operation", "readfile", "network", "", 42, None])
+async def test_it_refuses_operations_not_on_the_allow_list(acme, op):
+    run, token = await database_sync_to_async(make_run)(acme)
+    async with Isolate(token) as isolate:
+        await isolate.hello()
+        reply = await isolate.call(op, {})
+    assert reply["ok"] is False and reply["error"]["code"] == "INVALID_ARGUMENT"
+    assert "Unknown operation" in reply["error"]["message"]
+
+
+@pytest.mark.parametrize("frame,reason", [
+    ("{not json", "not valid JSON"),
+    (json.dumps({"type": "exec", "cmd": "ls"}), "unknown type"),
+    (json.dumps([1, 2, 3]), "unknown type"),
+])
+async def test_it_ends_the_run_on_a_forged_frame(acme, frame, reason):
+    run, token = await database_sync_to_async(make_run)(acme)
+    async with Isolate(token) as isolate:
+        await isolate.hello()
+        await isolate.ws.send_to(text_data=frame)
+        stop = json.loads(await isolate.ws.receive_from(timeout=5))
+        closed = await isolate.ws.receive_output(timeout=5)
+    assert stop["type"] == "stop" and reason in stop["reason"]
+    assert closed["type"] == "websocket.close"
+    run = await database_sync_to_async(BlockRun.objects.get)(pk=run.pk)
+    assert run.status == "failed" and reason in run.error
+    rows = await audit_rows(run_id=run.id, capability="broker")
+    assert rows and rows[0].outcome == "denied"
+
+
+async def test_it_refuses_a_frame_over_the_limit(acme):
+    run, token = await database_sync_to_async(make_run)(acme)
+    async with Isolate(token) as isolate:
+        await isolate.hello()
+        huge = json.dumps({"type": "call", "id": 1, "op": "writeFile", "args": {"path": "a", "data": "x" * (9 * 1024 * 1024)}})
+        await isolate.ws.send_to(text_data=huge)
+        stop = json.loads(await isolate.ws.receive_from(timeout=5))
+    assert stop["type"] == "stop" and "the limit is" in stop["reason"]
+    assert not (acme.storage_root() / "a").exists()
+
+
+async def test_it_rate_limits_with_retry_after(acme):
+    await database_sync_to_async(PolicyOverride.objects.create)(tenant=acme, setting="files_rate_per_minute", value="3")
+    run, token = await database_sync_to_async(make_run)(acme)
+    async with Isolate(token) as isolate:
+        await isolate.hello()
+        replies = [await isolate.call("fileExists", {"path": "x"}) for _ in range(4)]
+    assert [r["ok"] for r in replies] == [True, True, True, False]
+    error = replies[-1]["error"]
+    assert error["code"] == "RATE_LIMITED" and 19 < error["retryAfter"] <= 20
+    assert "3 files calls per minute" in error["message"]
+
+
+async def test_it_refuses_calls_of_a_suspended_tenant(acme):
+    run, token = await database_sync_to_async(make_run)(acme)
+    async with Isolate(token) as isolate:
+        await isolate.hello()
+        assert (await isolate.call("fileExists", {"path": "x"}))["ok"]
+        acme.is_active = False
+        await database_sync_to_async(acme.save)()
+        await asyncio.sleep(1.1)  # the broker re-reads the tenant at most once a second
+        reply = await isolate.call("fileExists", {"path": "x"})
+    assert reply["error"]["code"] == "PERMISSION_DENIED" and "suspended" in reply["error"]["message"]
+
+
+async def test_it_records_console_output_up_to_the_cap(acme):
+    await database_sync_to_async(PolicyOverride.objects.create)(tenant=acme, setting="console_output_cap", value="2048")
+    run, token = await database_sync_to_async(make_run)(acme)
+    async with Isolate(token) as isolate:
+        await isolate.hello()
+        for i in range(100):
+            await isolate.ws.send_to(text_data=json.dumps({"type": "log", "level": "info", "text": f"line {i} " + "x" * 50, "t": 0}))
+        await isolate.ws.send_to(text_data=json.dumps({"type": "done", "ok": True, "result": {"n": 1}}))
+        await asyncio.sleep(0.3)
+    run = await database_sync_to_async(BlockRun.objects.get)(pk=run.pk)
+    assert run.status == "succeeded" and run.result == {"n": 1}
+    assert run.console_truncated and len(run.console.encode()) <= 2048
+    assert run.console.startswith("line 0 ")
+
+
+@pytest.mark.skipif(not settings.REDIS_URL, reason="the RQ path needs REDIS_URL (the suite's second run)")
+async def test_it_dispatches_through_rq_workers(acme, settings):
+    import django_rq
+
+    from tests.rq_fixtures import work_burst
+
+    settings.SYMPOSIUM_RQ_CAPABILITIES = ["files"]
+    queue = django_rq.get_queue("capabilities")
+    queue.connection.flushdb()
+    run, token = await database_sync_to_async(make_run)(acme)
+    async with Isolate(token) as isolate:
+        await isolate.hello()
+        isolate.next_id += 1
+        await isolate.ws.send_to(text_data=json.dumps({"type": "call", "id": 1, "op": "writeFile", "args": {"path": "rq.txt", "data": "via rq"}}))
+        await asyncio.sleep(0.2)
+        assert queue.count == 1  # queued, not run inline
+        await asyncio.get_running_loop().run_in_executor(None, work_burst, queue)
+        reply = json.loads(await isolate.ws.receive_from(timeout=10))
+    assert reply["ok"] is True and reply["id"] == 1
+    assert (acme.storage_root() / "rq.txt").read_text() == "via rq"
+    assert queue.failed_job_registry.count == 0
+    assert queue.count == 0
