@@ -81,8 +81,9 @@ class IsolateStartError(RuntimeError):
 
 @dataclass
 class IsolateExit:
-    returncode: int
-    signal: str | None  # e.g. "SIGKILL" when a signal ended the process
+    returncode: int  # as asyncio reports it: negative for a signal
+    signal: int | None  # the signal's number when a signal ended the process
+    signal_name: str | None  # e.g. "SIGKILL"
     reason: str  # one sentence for the run's record
     heap_limit_hit: bool = False  # V8's heap limit (--max-old-space-size)
     memory_limit_hit: bool = False  # RLIMIT_DATA: memory outside the JS heap
@@ -92,6 +93,10 @@ class IsolateExit:
     cpu_seconds: float | None = None
     stderr: str = ""  # the last STDERR_TAIL_BYTES, for operators; never shown to tenants
 
+    @property
+    def out_of_memory(self):
+        return self.heap_limit_hit or self.memory_limit_hit
+
 
 @dataclass(eq=False)  # identity, not value: isolates live in sets
 class Isolate:
@@ -99,7 +104,7 @@ class Isolate:
 
     process: asyncio.subprocess.Process
     memory_mb: int
-    cpu_seconds: int
+    cpu_limit_seconds: int
     spawned_at: float
     ready_at: float | None = None
     assigned_at: float | None = None
@@ -188,6 +193,7 @@ class Isolate:
         """Resident memory now, in bytes (None once the process is gone)."""
         return self._status_field("VmRSS")
 
+    @property
     def peak_rss(self):
         """The highest resident memory seen, in bytes: the kernel's high-water mark while
         the process lives, the last sample of it afterwards."""
@@ -195,6 +201,12 @@ class Isolate:
         if current is not None:
             self._peak_rss = max(current, self._peak_rss or 0)
         return self._peak_rss
+
+    @property
+    def cpu_seconds(self):
+        """CPU seconds used by all of the process's threads (the last sample once it is
+        gone)."""
+        return self.cpu_time()
 
     def pss(self):
         """Proportional set size in bytes: memory with shared pages (the Deno binary, libc)
@@ -224,7 +236,7 @@ class Isolate:
         # disappears; a run that grows in its last SAMPLE_INTERVAL is under-reported by
         # that last growth at most.
         while self.process.returncode is None:
-            self.peak_rss()
+            self.peak_rss
             self.cpu_time()
             await asyncio.sleep(SAMPLE_INTERVAL)
 
@@ -253,7 +265,7 @@ class Isolate:
 
     def _describe_exit(self, returncode):
         stderr = self._stderr_bytes()
-        peak = self.peak_rss()
+        peak = self.peak_rss
         signal_name = None
         if returncode < 0:
             try:
@@ -263,14 +275,14 @@ class Isolate:
         heap = any(marker in stderr for marker in HEAP_LIMIT_MARKERS)
         memory = not heap and any(marker in stderr for marker in MEMORY_LIMIT_MARKERS)
         cpu = signal_name == "SIGXCPU" or (
-            signal_name == "SIGKILL" and not self._killed and self._cpu_used is not None and self._cpu_used >= self.cpu_seconds
+            signal_name == "SIGKILL" and not self._killed and self._cpu_used is not None and self._cpu_used >= self.cpu_limit_seconds
         )
         if heap:
             reason = f"the block ran out of memory: the JavaScript heap limit of {self.memory_mb} MB was reached"
         elif memory:
             reason = f"the block ran out of memory: the isolate's memory limit (heap of {self.memory_mb} MB plus as much outside it) was reached"
         elif cpu:
-            reason = f"the block used up its CPU time limit of {self.cpu_seconds} s"
+            reason = f"the block used up its CPU time limit of {self.cpu_limit_seconds} s"
         elif self._killed:
             reason = "killed by the platform"
         elif signal_name:
@@ -279,7 +291,8 @@ class Isolate:
             reason = RUNTIME_EXIT_REASONS.get(returncode, f"the isolate exited with code {returncode}")
         return IsolateExit(
             returncode=returncode,
-            signal=signal_name,
+            signal=-returncode if returncode < 0 else None,
+            signal_name=signal_name,
             reason=reason,
             heap_limit_hit=heap,
             memory_limit_hit=memory,
@@ -429,7 +442,7 @@ class IsolatePool:
             env={},
             close_fds=True,
         )
-        isolate = Isolate(process=process, memory_mb=memory_mb, cpu_seconds=cpu_seconds, spawned_at=started)
+        isolate = Isolate(process=process, memory_mb=memory_mb, cpu_limit_seconds=cpu_seconds, spawned_at=started)
         self._all.add(isolate)
         process_done = asyncio.ensure_future(process.wait())
         process_done.add_done_callback(lambda _: self._all.discard(isolate))

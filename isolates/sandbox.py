@@ -23,7 +23,8 @@ It runs as a brand-new, single-threaded process and, in this order:
    capability and owns nothing on this machine;
 5. sets PR_SET_NO_NEW_PRIVS;
 6. applies a Landlock ruleset (read-only files, execute only the target binary, TCP
-   connect only to the broker's port, signals and abstract sockets scoped);
+   connect only to the broker's port, signals and abstract sockets scoped), built
+   before step 4 so that the paths it grants are opened with the launcher's rights;
 7. loads a seccomp filter (POLICY["seccomp"]);
 8. execs the target with a clean environment, through libc's execve with a path buffer
    this file owns: the seccomp filter allows execve only with that exact pointer, so
@@ -399,11 +400,14 @@ def elf_interpreter(path):
     return None
 
 
-def apply_landlock(limits, target, extra_reads):
+def prepare_landlock(limits, target, extra_reads):
+    """Build the ruleset (not yet enforced). Runs before the uid switch: the paths are
+    opened with the launcher's own rights, so a folder only root may traverse can still
+    be granted. Returns the ruleset's fd, or None when the kernel has no Landlock."""
     abi = landlock_abi()
     if abi == 0:
         warn("Landlock is not available on this kernel: the filesystem and TCP rules are not applied")
-        return 0
+        return None
     rules = POLICY["landlock"]
     attr = RulesetAttr()
     attr.handled_access_fs = FS_RIGHTS_BY_ABI.get(abi, FS_RIGHTS_BY_ABI[5])
@@ -447,9 +451,15 @@ def apply_landlock(limits, target, extra_reads):
         for port in rules["connect_tcp_ports"](limits):
             rule = NetPortAttr(NET_CONNECT_TCP, port)
             check(libc.syscall(SYS_landlock_add_rule, ruleset, LANDLOCK_RULE_NET_PORT, ctypes.byref(rule), 0), "the Landlock TCP rule")
+    return ruleset
+
+
+def enforce_landlock(ruleset):
+    """From here on this process and the program it execs live inside the ruleset."""
+    if ruleset is None:
+        return
     check(libc.syscall(SYS_landlock_restrict_self, ruleset, 0), "enforcing the Landlock ruleset")
     os.close(ruleset)
-    return abi
 
 
 # -- 7: seccomp --------------------------------------------------------------------------
@@ -462,9 +472,11 @@ def build_seccomp_filter(exec_path_address, own_pid):
     rules = POLICY["seccomp"]
     eperm = sc.ERRNO(errno.EPERM)
     # Default allow with a deny list: an allow-list would break on any runtime update,
-    # and every dangerous call the runtime could make is named here. Calls from the
-    # 32-bit and x32 ABIs are killed by libseccomp's bad-architecture action.
+    # and every dangerous call the runtime could make is named here.
     f = sc.SyscallFilter(sc.ALLOW)
+    # A syscall made through another ABI (int 0x80, x32) would dodge every rule below,
+    # whose numbers are x86_64's: such a call kills the whole process.
+    f.set_attr(sc.Attr.ACT_BADARCH, sc.KILL_PROCESS)
 
     def rule(action, name, *conditions):
         try:
@@ -562,8 +574,9 @@ def main(argv=None):
     # Import libseccomp before Landlock hides the venv's files from this process.
     import pyseccomp  # noqa: F401
 
+    ruleset = prepare_landlock(limits, target, extra_reads)
     drop_privileges(parent_pid)
-    apply_landlock(limits, target, extra_reads)
+    enforce_landlock(ruleset)
     path_buffer = ctypes.create_string_buffer(os.fsencode(target))
     seccomp_filter = build_seccomp_filter(ctypes.addressof(path_buffer), os.getpid())
     seccomp_filter.load()
