@@ -7,6 +7,7 @@ import shutil
 import subprocess
 import threading
 import time
+import uuid
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -24,11 +25,14 @@ ELF_HEADER = b"\x7fELF\x02\x01\x01" + b"\x00" * 57
 
 
 @pytest.fixture(autouse=True)
-def fresh_usage_cache():
-    # The usage figure is cached per tenant id, and ids are reused between tests.
-    quota.run_state().clear()
-    yield
-    quota.run_state().clear()
+def fresh_usage_cache(settings):
+    """A run-state cache of this test's own: the storage usage figure is cached per tenant
+    id, ids are reused between tests, and clearing a shared Redis would clear other
+    tests' state too."""
+    settings.CACHES = {
+        **settings.CACHES,
+        "runstate": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache", "LOCATION": f"test-{uuid.uuid4()}"},
+    }
 
 
 @pytest.fixture(params=["openat2", "walk"])

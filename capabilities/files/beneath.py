@@ -22,6 +22,7 @@ followed by a use to race against.
 import ctypes
 import errno
 import os
+import stat
 from contextlib import contextmanager
 
 O_DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC
@@ -124,6 +125,30 @@ def make_dirs_beneath(dir_fd, parts, mode=0o755):
         os.close(current)
         raise
     return current
+
+
+def first_non_folder(dir_fd, parts):
+    """What the first name of `parts` that is not a folder is ('file', 'link', 'other'),
+    or None. The kernel answers ENOTDIR both for a file and for a link met where a folder
+    was expected; messages need to know which. Walked by descriptor, following nothing."""
+    current = os.dup(dir_fd)
+    try:
+        for part in parts:
+            try:
+                st = os.stat(part, dir_fd=current, follow_symlinks=False)
+            except OSError:
+                return None
+            if not stat.S_ISDIR(st.st_mode):
+                return "file" if stat.S_ISREG(st.st_mode) else "link" if stat.S_ISLNK(st.st_mode) else "other"
+            try:
+                following = os.open(part, O_DIR | os.O_NOFOLLOW, dir_fd=current)
+            except OSError:
+                return None  # changed under us; no better answer than the kernel's
+            os.close(current)
+            current = following
+        return None
+    finally:
+        os.close(current)
 
 
 @contextmanager

@@ -16,7 +16,14 @@ from datetime import datetime, timezone
 
 from capabilities.base import CapabilityError
 from capabilities.files import quota
-from capabilities.files.beneath import O_DIR, make_dirs_beneath, open_beneath, open_storage_root, opened
+from capabilities.files.beneath import (
+    O_DIR,
+    first_non_folder,
+    make_dirs_beneath,
+    open_beneath,
+    open_storage_root,
+    opened,
+)
 from capabilities.files.content import check_content_allowed
 from capabilities.files.paths import TEMP_PREFIX, is_hidden_name, parse_tenant_path
 
@@ -54,7 +61,7 @@ def _storage_error(error, tenant_path, root_fd=None):
     if code == errno.ENOTDIR and root_fd is not None:
         # The kernel says "not a folder" both for a file and for a link met where a folder
         # was expected; which one it was decides the answer.
-        blocker = _first_non_folder(root_fd, tenant_path)
+        blocker = first_non_folder(root_fd, tenant_path.parts)
         if blocker == "link":
             code = errno.ELOOP
     if code in (errno.ENOENT, errno.ENOTDIR):
@@ -76,29 +83,6 @@ def _storage_error(error, tenant_path, root_fd=None):
     if code == errno.EROFS:
         return CapabilityError("PERMISSION_DENIED", "The tenant's storage is read-only on this server.")
     return CapabilityError("INTERNAL", f"The file operation on '{where}' failed: {os.strerror(code)}.")
-
-
-def _first_non_folder(root_fd, tenant_path):
-    """The kind ('file', 'link', ...) of the first name on `tenant_path` that is not a
-    folder, or None. Walked by descriptor without following anything."""
-    current = os.dup(root_fd)
-    try:
-        for part in tenant_path.parts:
-            try:
-                st = os.stat(part, dir_fd=current, follow_symlinks=False)
-            except OSError:
-                return None
-            if not stat.S_ISDIR(st.st_mode):
-                return _kind(st)
-            try:
-                following = os.open(part, O_DIR | os.O_NOFOLLOW, dir_fd=current)
-            except OSError:
-                return None  # changed under us; no better answer than the kernel's
-            os.close(current)
-            current = following
-        return None
-    finally:
-        os.close(current)
 
 
 def _iso_time(timestamp):
@@ -301,7 +285,7 @@ def write_file(ctx, args):
 
 
 def _folder_error(error, tenant_path, root_fd):
-    if error.errno == errno.ENOTDIR and _first_non_folder(root_fd, tenant_path.parent) == "file":
+    if error.errno == errno.ENOTDIR and first_non_folder(root_fd, tenant_path.parent.parts) == "file":
         return CapabilityError("INVALID_ARGUMENT", f"A folder on the way to '{tenant_path.display}' is a file.")
     return _storage_error(error, tenant_path, root_fd)
 
@@ -344,7 +328,7 @@ def list_directory(ctx, args):
         try:
             fd = open_beneath(root_fd, tenant_path.parts, O_DIR)
         except OSError as e:
-            if e.errno == errno.ENOTDIR and _first_non_folder(root_fd, tenant_path) == "file":
+            if e.errno == errno.ENOTDIR and first_non_folder(root_fd, tenant_path.parts) == "file":
                 raise CapabilityError(
                     "INVALID_ARGUMENT", f"'{tenant_path.display}' is a file, not a folder; use getFileInfo or readFile."
                 ) from None
