@@ -499,6 +499,8 @@ class Runner:
             near = re.match(r'syntax error at or near "(.*)"$', primary)
             return CapabilityError("INVALID_ARGUMENT", f"syntax error near '{near.group(1)}'" if near else message)
         if state == "42501":
+            if re.match(r"permission denied to set (role|session authorization)", primary):
+                return CapabilityError("PERMISSION_DENIED", "Permission denied: a tenant's statements always run as the tenant's own role.")
             if re.match(r"permission denied for (schema|database)", primary):
                 return CapabilityError(
                     "PERMISSION_DENIED", "Permission denied: the statement reaches outside this tenant's own schema."
