@@ -63,10 +63,19 @@ RUNTIME_EXIT_REASONS = {
     70: "the sandbox could not be set up",
 }
 
-# What V8 and Rust print when memory runs out: the JS heap limit, and allocations that
-# RLIMIT_DATA refused (ArrayBuffers and everything else outside the heap).
-HEAP_LIMIT_MARKERS = (b"Fatal JavaScript out of memory", b"JavaScript heap out of memory", b"Reached heap limit")
-MEMORY_LIMIT_MARKERS = (b"Fatal process out of memory", b"memory allocation of", b"Failed to reserve virtual memory", b"out of memory")
+# What V8 and Rust print when memory runs out. The JS heap: V8 gave up on its heap at the
+# --max-old-space-size limit ("Reached heap limit", or CALL_AND_RETRY_LAST after a last-
+# resort GC near it). Elsewhere: an allocation outside the heap (ArrayBuffers, the
+# runtime's own memory, a heap page) that RLIMIT_DATA refused.
+HEAP_LIMIT_MARKERS = (b"Fatal JavaScript out of memory", b"JavaScript heap out of memory")
+MEMORY_LIMIT_MARKERS = (b"Fatal process out of memory", b"memory allocation of", b"out of memory")
+
+
+def semi_space_mb(memory_mb):
+    """V8's young generation is outside --max-old-space-size and defaults to 3 x 16 MB;
+    for small heaps it would be most of the memory. A sixteenth of the heap per
+    semi-space (between 1 and 16 MB) keeps it in proportion."""
+    return max(1, min(16, memory_mb // 16))
 
 
 def find_deno():
@@ -86,7 +95,7 @@ class IsolateExit:
     signal_name: str | None  # e.g. "SIGKILL"
     reason: str  # one sentence for the run's record
     heap_limit_hit: bool = False  # V8's heap limit (--max-old-space-size)
-    memory_limit_hit: bool = False  # RLIMIT_DATA: memory outside the JS heap
+    memory_limit_hit: bool = False  # an allocation outside the JS heap failed (RLIMIT_DATA)
     cpu_limit_hit: bool = False  # RLIMIT_CPU
     killed: bool = False  # by Isolate.kill() (wall clock, stop, shutdown)
     peak_rss_bytes: int | None = None
@@ -280,7 +289,7 @@ class Isolate:
         if heap:
             reason = f"the block ran out of memory: the JavaScript heap limit of {self.memory_mb} MB was reached"
         elif memory:
-            reason = f"the block ran out of memory: the isolate's memory limit (heap of {self.memory_mb} MB plus as much outside it) was reached"
+            reason = f"the block ran out of memory: the isolate's limit ({self.memory_mb} MB of JavaScript heap and as much again outside it) was reached"
         elif cpu:
             reason = f"the block used up its CPU time limit of {self.cpu_limit_seconds} s"
         elif self._killed:
@@ -412,7 +421,7 @@ class IsolatePool:
             "--no-code-cache",  # DENO_DIR is not writable; do not even try
             f"--allow-net=127.0.0.1:{port}",  # the bootstrap reaches the broker, nothing else
             f"--allow-read={WORKER_JS}",  # ... and reads the worker's source, nothing else
-            f"--v8-flags=--max-old-space-size={memory_mb}",
+            f"--v8-flags=--max-old-space-size={memory_mb},--max-semi-space-size={semi_space_mb(memory_mb)}",
             str(MAIN_JS),
             str(port),
         ]

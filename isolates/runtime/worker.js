@@ -200,7 +200,10 @@ function emit(level, text) {
 }
 
 function logger(level) {
-  return (...args) => emit(level, formatArgs(args));
+  // Past the cap, console calls cost nothing: not even formatting.
+  return (...args) => {
+    if (!consoleFull) emit(level, formatArgs(args));
+  };
 }
 
 const blockConsole = {
@@ -279,18 +282,31 @@ function callName(op) {
   return `symposium.${op}`;
 }
 
+// One message per operation: a block that fires 100,000 calls at once gets 100,000
+// rejections, and they should not cost 100,000 copies of the same sentence.
+const rateLimitMessages = new Map();
+
+function rateLimitMessage(op) {
+  let message = rateLimitMessages.get(op);
+  if (message === undefined) {
+    message = `${callName(op)} refused: ${config.maxInFlight} capability calls are already in flight; await some before making more`;
+    rateLimitMessages.set(op, message);
+  }
+  return message;
+}
+
+// A reply arrives from the event loop, so an error built then would have no frame of the
+// block's in its stack. The stack of the call is captured when the call is made instead.
+function withCallStack(error, origin) {
+  const frames = origin.stack.indexOf("\n");
+  error.stack = errorHeader(error) + (frames >= 0 ? origin.stack.slice(frames) : "");
+  return error;
+}
+
 function call(op, args) {
   const capability = CAPABILITY[op];
   if (pending.size >= config.maxInFlight) {
-    return Promise.reject(
-      new SymposiumError(
-        "RATE_LIMITED",
-        `${callName(op)} refused: ${config.maxInFlight} capability calls are already in flight; await some before making more`,
-        capability,
-        null,
-        op,
-      ),
-    );
+    return Promise.reject(new SymposiumError("RATE_LIMITED", rateLimitMessage(op), capability, null, op));
   }
   try {
     checkSendable(args, "arguments", new Set());
@@ -304,6 +320,8 @@ function call(op, args) {
     return Promise.reject(new SymposiumError("INVALID_ARGUMENT", `${callName(op)}: the arguments cannot be read (${scrub(error?.message ?? error)})`, capability, null, op));
   }
   const id = nextCallId++;
+  const origin = {};
+  Error.captureStackTrace(origin);
   return new Promise((resolve, reject) => {
     try {
       post({ type: "call", id, op, args });
@@ -313,9 +331,9 @@ function call(op, args) {
     }
     const timer = setTimeout(() => {
       pending.delete(id);
-      reject(new SymposiumError("TIMEOUT", `${callName(op)} got no reply within ${config.callTimeoutMs} ms`, capability, null, op));
+      reject(withCallStack(new SymposiumError("TIMEOUT", `${callName(op)} got no reply within ${config.callTimeoutMs} ms`, capability, null, op), origin));
     }, config.callTimeoutMs);
-    pending.set(id, { resolve, reject, timer, op, capability });
+    pending.set(id, { resolve, reject, timer, op, capability, origin });
   });
 }
 
@@ -326,20 +344,26 @@ function settle(reply) {
   clearTimeout(entry.timer);
   if (reply.ok) {
     const envelope = { success: true };
-    for (const [key, value] of Object.entries(reply)) {
-      if (key !== "type" && key !== "id" && key !== "ok") envelope[key] = value;
+    // The broker sends the envelope's fields under `envelope`, so that a field named
+    // like a frame key (getFileInfo's `type`) cannot collide with the frame's own.
+    const fields = reply.envelope && typeof reply.envelope === "object" ? reply.envelope : reply;
+    for (const [key, value] of Object.entries(fields)) {
+      if (fields !== reply || (key !== "type" && key !== "id" && key !== "ok")) envelope[key] = value;
     }
     if (!("data" in envelope)) envelope.data = null;
     entry.resolve(envelope);
   } else {
     const error = reply.error ?? {};
     entry.reject(
-      new SymposiumError(
-        typeof error.code === "string" ? error.code : "INTERNAL",
-        typeof error.message === "string" ? error.message : `${callName(entry.op)} failed`,
-        entry.capability,
-        error.retryAfter ?? null,
-        entry.op,
+      withCallStack(
+        new SymposiumError(
+          typeof error.code === "string" ? error.code : "INTERNAL",
+          typeof error.message === "string" ? error.message : `${callName(entry.op)} failed`,
+          entry.capability,
+          error.retryAfter ?? null,
+          entry.op,
+        ),
+        entry.origin,
       ),
     );
   }
@@ -355,31 +379,42 @@ function randomString(length) {
 
 const options = (value) => (value && typeof value === "object" ? value : {});
 
+// The API's methods return call()'s promise itself (an async wrapper would add a promise
+// per call), and turn anything thrown while building the arguments into a rejection.
+function method(op, buildArgs) {
+  return (...params) => {
+    let args;
+    try {
+      args = buildArgs(...params);
+    } catch (error) {
+      return Promise.reject(new SymposiumError("INVALID_ARGUMENT", `${callName(op)}: the arguments cannot be read (${scrub(error?.message ?? error)})`, CAPABILITY[op], null, op));
+    }
+    return call(op, args);
+  };
+}
+
 const symposium = Object.freeze({
-  readFile: async (path, opts) => {
-    const encoding = typeof opts === "string" ? opts : (options(opts).encoding ?? "utf-8");
-    return call("readFile", { path, encoding });
-  },
-  writeFile: async (path, data) => call("writeFile", { path, data }),
-  listDirectory: async (path = "") => call("listDirectory", { path }),
-  getFileInfo: async (path) => call("getFileInfo", { path }),
-  fileExists: async (path) => call("fileExists", { path }),
-  deleteFile: async (path) => call("deleteFile", { path }),
+  readFile: method("readFile", (path, opts) => ({ path, encoding: typeof opts === "string" ? opts : (options(opts).encoding ?? "utf-8") })),
+  writeFile: method("writeFile", (path, data) => ({ path, data })),
+  listDirectory: method("listDirectory", (path = "") => ({ path })),
+  getFileInfo: method("getFileInfo", (path) => ({ path })),
+  fileExists: method("fileExists", (path) => ({ path })),
+  deleteFile: method("deleteFile", (path) => ({ path })),
   network: Object.freeze({
-    fetch: async (url, opts) => call("network.fetch", { url, ...options(opts) }),
-    sendWebhook: async (url, payload, opts) => call("network.sendWebhook", { url, payload, ...options(opts) }),
+    fetch: method("network.fetch", (url, opts) => ({ url, ...options(opts) })),
+    sendWebhook: method("network.sendWebhook", (url, payload, opts) => ({ url, payload, ...options(opts) })),
   }),
   canvas: Object.freeze({
-    createCanvas: async (width, height) => call("canvas.createCanvas", { width, height }),
-    draw: async (canvasId, ops) => call("canvas.draw", { canvasId, ops }),
-    exportImage: async (canvasId, format = "png", opts) => call("canvas.exportImage", { canvasId, format, ...options(opts) }),
+    createCanvas: method("canvas.createCanvas", (width, height) => ({ width, height })),
+    draw: method("canvas.draw", (canvasId, ops) => ({ canvasId, ops })),
+    exportImage: method("canvas.exportImage", (canvasId, format = "png", opts) => ({ canvasId, format, ...options(opts) })),
   }),
   database: Object.freeze({
-    query: async (sql, params = []) => call("database.query", { sql, params }),
-    transaction: async (steps) => call("database.transaction", { steps }),
+    query: method("database.query", (sql, params = []) => ({ sql, params })),
+    transaction: method("database.transaction", (steps) => ({ steps })),
   }),
   process: Object.freeze({
-    execute: async (command, args = [], opts) => call("process.execute", { command, args, ...options(opts) }),
+    execute: method("process.execute", (command, args = [], opts) => ({ command, args, ...options(opts) })),
   }),
   utils: Object.freeze({
     generateTempPath: (extension = ".tmp") => {
@@ -398,7 +433,8 @@ function defineGlobal(name, value) {
 }
 
 function notAvailable(what) {
-  return () => {
+  // A plain function, so that `new` reaches the throw instead of "not a constructor".
+  return function () {
     throw new NotCapable(`${what} is not available to content blocks`);
   };
 }
@@ -421,7 +457,7 @@ denoView.execPath = () => {
   throw new NotCapable("Requires read access to <exec_path>, run again with the --allow-read flag");
 };
 for (const stream of ["stdin", "stdout", "stderr"]) {
-  Object.defineProperty(denoView, stream, { get: notAvailable(`Deno.${stream}`), enumerable: true });
+  Object.defineProperty(denoView, stream, { get: notAvailable(`Deno.${stream}`), enumerable: false });
 }
 Object.defineProperty(globalThis, "Deno", { value: Object.freeze(denoView), writable: false, configurable: false, enumerable: true });
 
