@@ -218,7 +218,12 @@ class IsolateBrokerConsumer(AsyncWebsocketConsumer):
         await self.answer(call_id, reply, op.capability, op.name, target, outcome, started)
 
     async def answer(self, call_id, reply, capability, op_name, target, outcome, started):
-        reply = {"type": "reply", "id": call_id, **reply}
+        if reply.get("ok"):
+            # The envelope's fields travel under "envelope": a field may be named like a
+            # frame key (getFileInfo returns a "type").
+            reply = {"type": "reply", "id": call_id, "ok": True, "envelope": {k: v for k, v in reply.items() if k != "ok"}}
+        else:
+            reply = {"type": "reply", "id": call_id, "ok": False, "error": reply.get("error") or {}}
         error = reply.get("error") or {}
         if error:
             error.setdefault("capability", capability)

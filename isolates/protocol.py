@@ -3,7 +3,7 @@
 isolate -> broker: hello {token}, started, call {id, op, args}, log {level, text, t},
                    done {ok, result | error}
 broker -> isolate: start {code, name, input, env, callTimeoutMs, maxInFlight, consoleCap},
-                   reply {id, ok, ...fields | error}, stop {reason}
+                   reply {id, ok, envelope | error}, stop {reason}
 
 Binary values travel as {"$bytes": base64} anywhere in a frame.
 """

@@ -84,14 +84,18 @@ class RunService:
         else:
             await self._finish(run_id, "killed", "KILLED", reason)
 
-    async def shutdown(self):
-        for run_id in list(self.isolates):
-            await self.stop(run_id, "The server is shutting down.")
+    async def stop_all(self, reason="Stopped by the platform."):
+        """Stop every run of this service and wait until each one is recorded."""
+        for run_id in list(self.supervisors):
+            await self.stop(run_id, reason)
         for task in list(self.supervisors.values()):
             try:
-                await asyncio.wait_for(asyncio.shield(task), 5)
+                await asyncio.wait_for(asyncio.shield(task), 10)
             except (asyncio.TimeoutError, Exception):
-                pass
+                logger.exception("a run did not stop")
+
+    async def shutdown(self):
+        await self.stop_all("The server is shutting down.")
         await self.pool.shutdown()
 
     # -- internals -------------------------------------------------------------------
@@ -217,14 +221,11 @@ def isolate_figures(isolate):
 
 def describe_exit(exit_info, policy):
     """The error code and message of a run whose isolate ended without a result."""
-    if getattr(exit_info, "out_of_memory", False):
+    if exit_info.out_of_memory:
         return "MEMORY_LIMIT", f"The block ran out of memory (this tenant's limit is {policy.memory_mb} MB)."
-    signal = getattr(exit_info, "signal", None)
-    if signal == 24:  # SIGXCPU: RLIMIT_CPU reached
+    if exit_info.cpu_limit_hit:
         return "TIMEOUT", f"The block used more CPU time than its limit of {policy.time_limit_seconds} s."
-    if signal:
-        return "CRASHED", f"The isolate was killed (signal {signal}) before the block finished."
-    return "CRASHED", f"The isolate exited (code {exit_info.returncode}) before the block finished."
+    return "CRASHED", exit_info.reason
 
 
 _services = {}

@@ -9,6 +9,7 @@ secret key, DEBUG) and turns on the HTTPS settings `check --deploy` asks for.
 
 import os
 import secrets
+import tempfile
 from pathlib import Path
 
 import dj_database_url
@@ -116,6 +117,7 @@ TEMPLATES = [
 DATABASE_URL = os.environ.get("DATABASE_URL", "")
 if DATABASE_URL:
     DATABASES = {"default": dj_database_url.parse(DATABASE_URL, conn_max_age=60)}
+    DATABASES["default"]["TEST"] = {"NAME": f"test_{DATABASES['default']['NAME']}_{os.getpid()}"}
 else:
     VAR_DIR.mkdir(parents=True, exist_ok=True)
     DATABASES = {
@@ -127,7 +129,8 @@ else:
             # Tests use a file too: the broker, the audit writer and the isolates'
             # supervisor write from several threads, which an in-memory shared-cache
             # database refuses ("table is locked") instead of waiting.
-            "TEST": {"NAME": str(VAR_DIR / "test-symposium.sqlite3")},
+            # One per test process, so that test runs side by side do not share it.
+            "TEST": {"NAME": str(Path(tempfile.gettempdir()) / f"symposium-test-{os.getpid()}.sqlite3")},
         }
     }
 USING_POSTGRES = DATABASES["default"]["ENGINE"].endswith("postgresql")

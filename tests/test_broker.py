@@ -113,11 +113,11 @@ async def test_it_answers_file_calls_inline(acme, settings):
         written = await isolate.call("writeFile", {"path": "output/result.txt", "data": "Hello World"})
         assert written["ok"] is True, written
         read = await isolate.call("readFile", {"path": "output/result.txt"})
-        assert read["ok"] is True and read["data"] == "Hello World"
+        assert read["ok"] is True and read["envelope"]["data"] == "Hello World"
         binary = await isolate.call("writeFile", {"path": "b.bin2", "data": {"$bytes": "AAEC/w=="}})
         assert binary["ok"] is True
         back = await isolate.call("readFile", {"path": "b.bin2", "encoding": "binary"})
-        assert back["data"] == {"$bytes": "AAEC/w=="}
+        assert back["envelope"]["data"] == {"$bytes": "AAEC/w=="}
     assert (acme.storage_root() / "output/result.txt").read_text() == "Hello World"
     rows = await audit_rows(run_id=run.id)
     assert [(r.operation, r.target, r.outcome) for r in rows] == [

@@ -1,0 +1,318 @@
+"""Blocks run end to end: a real isolate (Deno, locked down) against the real broker in
+a real Daphne server, on the embedded path (SQLite, inline) and, in the suite's second
+run, on PostgreSQL with RQ workers."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from django.conf import settings
+
+from tenants import audit
+from tenants.models import AuditLog, BlockRun, PolicyOverride
+from tenants.ratelimit import reset_limiter
+
+pytestmark = [pytest.mark.django_db(transaction=True)]
+
+ROOT = Path(__file__).resolve().parent.parent
+EXAMPLES = ROOT / "examples"
+
+
+@pytest.fixture(autouse=True)
+def fresh_limits():
+    reset_limiter()
+    from tenants.ratelimit import limiter
+
+    limiter().reset()
+    yield
+    reset_limiter()
+
+
+@pytest.fixture
+def server():
+    from isolates.server import local_server
+
+    return local_server()
+
+
+class Runner:
+    """Runs blocks through the server's run service and collects the run's events."""
+
+    def __init__(self, server):
+        self.server = server
+
+    def __call__(self, tenant, code, input=None, timeout=60):
+        return self.server.call(self._run(tenant, code, input), timeout)
+
+    def start(self, tenant, code):
+        from isolates.runs import service_for_port
+
+        async def start():
+            return await service_for_port(self.server.port).start(tenant, code, name="test.js")
+
+        return self.server.call(start(), 30)
+
+    def stop(self, run_id):
+        async def stop():
+            return await self._service().stop(run_id)
+
+        return self.server.call(stop(), 30)
+
+    def wait(self, run_id):
+        async def wait():
+            return await self._service().wait(run_id)
+
+        return self.server.call(wait(), 60)
+
+    def _service(self):
+        """The run service; call it on the server's loop."""
+        from isolates.runs import service_for_port
+
+        return service_for_port(self.server.port)
+
+    def service(self):
+        async def get():
+            return self._service()
+
+        return self.server.call(get(), 10)
+
+    def stop_all(self):
+        async def stop_all():
+            await self._service().stop_all()
+
+        self.server.call(stop_all(), 30)
+
+    async def _run(self, tenant, code, input):
+        import asyncio
+
+        from channels.layers import get_channel_layer
+
+        from isolates.broker import run_group
+        from isolates.runs import service_for_port
+
+        service = service_for_port(self.server.port)
+        layer = get_channel_layer()
+        channel = await layer.new_channel()
+        run = await service.start(tenant, code, name="test.js", input=input)
+        await layer.group_add(run_group(run.id), channel)
+        events = []
+
+        async def collect():
+            while True:
+                message = await layer.receive(channel)
+                events.append(message)
+                if message.get("event") == "finished":
+                    return
+
+        collector = asyncio.ensure_future(collect())
+        finished = await service.wait(run.id)
+        try:
+            await asyncio.wait_for(collector, 5)
+        except asyncio.TimeoutError:
+            collector.cancel()
+        await layer.group_discard(run_group(run.id), channel)
+        finished.events = events
+        finished.logs = [e["text"] for e in events if e.get("event") == "log"]
+        return finished
+
+
+@pytest.fixture
+def run_block(server):
+    runner = Runner(server)
+    yield runner
+    # No run outlives its test (its supervisor would write to the next test's database).
+    runner.stop_all()
+
+
+@pytest.fixture
+def seeded(make_tenant):
+    def make(slug, profile):
+        tenant = make_tenant(slug, profile)
+        shutil.copytree(EXAMPLES / "storage", tenant.storage_root(), dirs_exist_ok=True)
+        return tenant
+
+    return make
+
+
+def audit_rows(**filters):
+    audit.flush()
+    return list(AuditLog.objects.filter(**filters).order_by("id"))
+
+
+def test_it_runs_the_seed_file_system_example_as_interactive(run_block, seeded):
+    tenant = seeded("acme", "Interactive")
+    run = run_block(tenant, (EXAMPLES / "seed/file-system.js").read_text())
+    assert run.status == "succeeded", (run.error_code, run.error, run.logs)
+    config = json.loads((EXAMPLES / "storage/data/config.json").read_text())
+    assert json.loads(run.logs[0]) == config  # readFile's data is the text of the file
+    assert "people.csv" in run.logs[1]
+    size = (EXAMPLES / "storage/data/large-file.zip").stat().st_size
+    assert run.logs[2] == f"{size} bytes"
+    root = tenant.storage_root()
+    assert (root / "output/result.txt").read_text() == "Hello World"
+    assert not (root / "temp/cache.tmp").exists()
+    ops = [r.operation for r in audit_rows(run_id=run.id)]
+    assert ops == ["readFile", "writeFile", "listDirectory", "getFileInfo", "fileExists", "deleteFile"]
+
+
+def test_the_same_example_fails_its_write_as_basic(run_block, seeded):
+    tenant = seeded("basic-co", "Basic")
+    run = run_block(tenant, (EXAMPLES / "seed/file-system.js").read_text())
+    assert run.status == "failed"
+    assert run.error_code == "PERMISSION_DENIED"
+    assert "does not allow writing" in run.error
+    assert not (tenant.storage_root() / "output").exists()
+    denied = audit_rows(run_id=run.id, outcome="denied")
+    assert [(r.operation, r.error_code) for r in denied] == [("writeFile", "PERMISSION_DENIED")]
+
+
+def test_it_returns_the_default_exports_result_and_streams_console(run_block, acme):
+    code = "console.log('one'); console.warn('two');\nexport default async (input) => ({ sum: input.a + input.b });"
+    run = run_block(acme, code, input={"a": 2, "b": 3})
+    assert run.status == "succeeded" and run.result == {"sum": 5}
+    assert run.logs == ["one", "two"]
+    assert [e["level"] for e in run.events if e.get("event") == "log"] == ["log", "warn"]
+    assert run.console == "one\n[warn] two"
+    finished = run.events[-1]
+    assert finished["event"] == "finished" and finished["status"] == "succeeded"
+
+
+def test_it_hands_the_tenants_secrets_to_process_env_only(run_block, acme):
+    from tenants.models import TenantSecret
+
+    secret = TenantSecret(tenant=acme, name="API_KEY")
+    secret.value = "sk-test-123"
+    secret.save()
+    run = run_block(acme, "export default () => ({ env: { ...process.env } })")
+    assert run.result == {"env": {"API_KEY": "sk-test-123"}}
+
+
+@pytest.mark.parametrize("code,needle", [
+    ("await Deno.readTextFile('/etc/passwd')", "NotCapable"),
+    ("await Deno.readTextFile('/proc/self/environ')", "NotCapable"),
+    ("new Deno.Command('/bin/sh', { args: ['-c', 'id'] }).outputSync()", "NotCapable"),
+    ("new Deno.Command('sh', { args: ['-c', 'id'] }).outputSync()", "spawn"),
+    ("Deno.env.get('SECRET_KEY')", "NotCapable"),
+])
+def test_cant_reach_the_host_from_a_block(run_block, acme, code, needle):
+    run = run_block(acme, code)
+    assert run.status == "failed"
+    assert needle in run.error_code + run.error
+    assert "/work" not in run.error and str(ROOT) not in run.error
+
+
+def test_cant_fetch_the_platforms_own_admin(run_block, acme, server):
+    run = run_block(acme, f"await fetch('http://127.0.0.1:{server.port}/admin/')")
+    assert run.status == "failed" and "NotCapable" in run.error_code + run.error
+
+
+def test_a_runaway_block_is_timed_out_and_killed(run_block, acme):
+    PolicyOverride.objects.create(tenant=acme, setting="time_limit_seconds", value="2")
+    started = time.monotonic()
+    run = run_block(acme, "console.log('spinning'); while (true) {}")
+    assert run.status == "timed_out" and run.error_code == "TIMEOUT"
+    assert "time limit of 2 s" in run.error
+    assert time.monotonic() - started < 6
+    assert run.logs == ["spinning"]
+
+
+def test_a_memory_bomb_ends_with_a_clear_reason(run_block, make_tenant):
+    tenant = make_tenant("hungry", "Basic")
+    run = run_block(tenant, "const a = []; while (true) a.push(new Array(1e6).fill(Math.random()));")
+    assert run.status == "failed"
+    assert run.error_code == "MEMORY_LIMIT", (run.error_code, run.error)
+    assert "64 MB" in run.error
+
+
+def test_a_stopped_run_is_killed(run_block, acme):
+    run = run_block.start(acme, "await new Promise(() => {}); // waits forever")
+    time.sleep(1.0)
+    run_block.stop(run.id)
+    run = run_block.wait(run.id)
+    assert run.status == "killed" and run.error_code == "KILLED"
+
+
+def test_an_isolate_killed_from_outside_fails_its_run(run_block, acme, server):
+    import signal
+
+    run = run_block.start(acme, "await new Promise(() => {});")
+    service = run_block.service()
+    for _ in range(100):
+        isolate = service.isolates.get(run.id)
+        if isolate is not None:
+            break
+        time.sleep(0.05)
+    time.sleep(0.5)
+    killed_at = time.monotonic()
+    os.kill(isolate.pid, signal.SIGKILL)
+    run = run_block.wait(run.id)
+    assert run.status == "failed" and run.error_code == "CRASHED"
+    assert "SIGKILL" in run.error or "killed" in run.error
+    assert run.finished is not None
+    assert time.monotonic() - killed_at < 1.5
+
+
+def test_a_suspended_tenant_cannot_start_a_run(run_block, acme):
+    from isolates.runs import RunRefused
+
+    acme.is_active = False
+    acme.save()
+    with pytest.raises(RunRefused) as refused:
+        run_block(acme, "export default () => 1")
+    assert refused.value.code == "PERMISSION_DENIED"
+    assert BlockRun.objects.count() == 0
+
+
+def test_the_concurrency_limit_of_the_profile_holds(run_block, make_tenant):
+    from isolates.runs import RunRefused
+
+    tenant = make_tenant("busy", "Basic")  # two runs at once
+    first = run_block.start(tenant, "await new Promise(() => {})")
+    second = run_block.start(tenant, "await new Promise(() => {})")
+    with pytest.raises(RunRefused) as refused:
+        run_block.start(tenant, "export default () => 1")
+    assert refused.value.code == "RATE_LIMITED" and "retry" in refused.value.message
+    for run in (first, second):
+        run_block.stop(run.id)
+        assert run_block.wait(run.id).status == "killed"
+
+
+@pytest.fixture
+def rq_worker():
+    """A real RQ worker process on the test database, for the RQ dispatch path."""
+    if not settings.REDIS_URL:
+        pytest.skip("the RQ path needs REDIS_URL (the suite's second run)")
+    import django_rq
+    from django.db import connection
+
+    django_rq.get_queue("capabilities").connection.flushdb()
+    env = dict(os.environ)
+    db = connection.settings_dict
+    env["DATABASE_URL"] = f"postgres://{db['USER']}@{db['HOST']}:{db['PORT']}/{db['NAME']}"
+    env["SYMPOSIUM_STORAGE_ROOT"] = str(settings.TENANT_STORAGE_ROOT)
+    worker = subprocess.Popen(
+        [sys.executable, "manage.py", "rqworker", "capabilities", "--worker-class", "rq.SimpleWorker"],
+        cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+    )
+    time.sleep(1.5)
+    yield worker
+    worker.terminate()
+    worker.wait(10)
+
+
+def test_it_runs_the_file_example_through_rq_workers(run_block, seeded, rq_worker, settings):
+    settings.SYMPOSIUM_RQ_CAPABILITIES = ["files"]
+    tenant = seeded("acme", "Interactive")
+    run = run_block(tenant, (EXAMPLES / "seed/file-system.js").read_text())
+    assert run.status == "succeeded", (run.error_code, run.error, run.logs)
+    assert (tenant.storage_root() / "output/result.txt").read_text() == "Hello World"
+    import django_rq
+
+    queue = django_rq.get_queue("capabilities")
+    assert queue.failed_job_registry.count == 0
+    assert rq_worker.poll() is None  # the worker is alive and took the jobs
