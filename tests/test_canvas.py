@@ -8,7 +8,9 @@ import io
 import math
 import multiprocessing
 import os
+import threading
 import time
+import uuid
 
 import pytest
 from PIL import Image
@@ -21,6 +23,9 @@ from tenants.models import PolicyOverride
 from tests.helpers import context_for
 
 pytestmark = pytest.mark.django_db
+
+# The Makefile's Redis database for tests, used when REDIS_URL is not set.
+TEST_REDIS_URL = "redis://127.0.0.1:6379/1"
 
 SEED_OPS = [
     {"type": "fillRect", "x": 10, "y": 10, "width": 100, "height": 100, "style": "#ff0000"},
@@ -95,12 +100,25 @@ def refused(code, call, *args):
 
 
 @pytest.fixture(autouse=True)
-def fresh_run_state():
-    # Canvases live in the run state (process memory in tests), keyed by run id; each
-    # test starts with none, as a new run does.
-    run_state().clear()
+def isolated_run_state(settings):
+    """A run state of the test's own, empty at the start as for a new run: the
+    configured backend (Redis in the services test run) under a fresh key prefix, or a
+    fresh area of process memory. Nothing shared is flushed."""
+    prefix = f"test-canvas-{uuid.uuid4().hex}"
+    configured = dict(settings.CACHES["runstate"])
+    if "redis" in configured["BACKEND"].lower():
+        configured["KEY_PREFIX"] = prefix
+    else:
+        configured["LOCATION"] = prefix
+    settings.CACHES = {**settings.CACHES, "runstate": configured}
     yield
-    run_state().clear()
+    if "redis" in configured["BACKEND"].lower():
+        client = run_state()._cache.get_client(write=True)
+        keys = list(client.scan_iter(match=f"{prefix}:*"))
+        if keys:
+            client.delete(*keys)
+    else:
+        run_state().clear()
 
 
 @pytest.fixture
@@ -194,10 +212,14 @@ def test_it_lets_any_worker_process_take_any_call(ctx, settings):
         **settings.CACHES,
         "runstate": {
             "BACKEND": "django.core.cache.backends.redis.RedisCache",
-            "LOCATION": "redis://127.0.0.1:6379/0",
-            "KEY_PREFIX": f"test-canvas-{os.getpid()}-{time.time_ns()}",
+            "LOCATION": settings.REDIS_URL or TEST_REDIS_URL,
+            "KEY_PREFIX": f"test-canvas-{uuid.uuid4().hex}",
         },
     }
+    try:
+        run_state().get("ping")
+    except Exception as e:
+        pytest.skip(f"this test needs Redis at {settings.REDIS_URL or TEST_REDIS_URL}: {e}")
     ctx.run_id = "shared-run"
     canvas_id = new_canvas(ctx, 40, 40)
     draw(ctx, {"canvasId": canvas_id, "ops": [{"type": "fillRect", "x": 0, "y": 0, "width": 40, "height": 40, "style": "lime"}]})
@@ -210,6 +232,40 @@ def test_it_lets_any_worker_process_take_any_call(ctx, settings):
     assert Image.open(io.BytesIO(payload)).convert("RGBA").getpixel((20, 20)) == (0, 255, 0, 255)
     store.discard_run(ctx)
     refused("NOT_FOUND", export_image, ctx, {"canvasId": canvas_id})
+
+
+def test_it_keeps_every_op_of_draw_calls_racing_on_one_canvas(ctx):
+    # Blocks may fire draw calls without awaiting them; the broker runs them in
+    # parallel threads or workers. None may lose another's ops, and together they may
+    # not pass the canvas's limit.
+    canvas_id = new_canvas(ctx)
+    batch = [{"type": "fillRect", "x": 0, "y": 0, "width": 1, "height": 1}] * 300
+    errors = []
+
+    def drawer():
+        for _ in range(10):
+            try:
+                draw(ctx, {"canvasId": canvas_id, "ops": batch})
+            except CapabilityError as e:
+                errors.append(e.code)
+
+    threads = [threading.Thread(target=drawer) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    number = store.find(ctx, canvas_id)[0]
+    stored = len(store.load_ops(ctx, number))
+    # 8 x 10 x 300 = 24,000 asked for; the limit is 20,000, in whole calls.
+    assert stored == store.op_count(ctx, number) == 20_000 - 20_000 % 300
+    assert set(errors) == {"QUOTA_EXCEEDED"} and len(errors) == 80 - stored // 300
+
+
+def test_it_draws_any_unicode_text(ctx):
+    image = render(ctx, [
+        {"type": "fillText", "text": "caf\u00e9 \u4e2d\u6587 \ud83d\ude00 x\ud800y a\u0000b", "x": 5, "y": 20, "font": "16px sans-serif"},
+    ], 200, 30)
+    assert image.getbbox() is not None
 
 
 def test_it_sets_properties_one_at_a_time_together_or_for_one_op(ctx):
@@ -375,6 +431,8 @@ def test_cant_create_a_canvas_larger_than_the_profile(ctx):
     message = refused("QUOTA_EXCEEDED", create_canvas, ctx, {"width": 100000, "height": 100000})
     assert message == "A 100000x100000 canvas is larger than this tenant's limit of 1920x1080."
     refused("QUOTA_EXCEEDED", create_canvas, ctx, {"width": 1921, "height": 1080})
+    message = refused("QUOTA_EXCEEDED", create_canvas, ctx, {"width": 10**400, "height": 1})
+    assert message == "The canvas width is larger than this tenant's limit of 1920x1080."
     # Refused before anything was counted or stored: the next canvas is the run's first.
     assert new_canvas(ctx).startswith("c1-")
     assert create_canvas(ctx, {"width": 1920, "height": 1080})["width"] == 1920
@@ -428,6 +486,7 @@ def test_cant_use_nan_or_infinity_as_numbers(ctx):
         ({"type": "scale", "x": True, "y": 1}, "ops[1].x: must be a finite number (got true)"),
         ({"type": "lineWidth", "value": float("nan")}, "ops[1].value: must be a finite number (got NaN)"),
         ({"type": "translate", "x": 1e300, "y": 0}, "ops[1].x: must be at most 1e+30 in magnitude"),
+        ({"type": "translate", "x": 0, "y": -(10**400)}, "ops[1].y: must be at most 1e+30 in magnitude"),
         ({"type": "moveTo", "x": 1}, "ops[1].y: moveTo needs y"),
     ]
     for op, expected in cases:
@@ -590,8 +649,21 @@ def test_cant_render_beyond_the_memory_bound(advanced):
 
 
 def test_cant_keep_rendering_past_the_deadline(ctx):
-    canvas_id = new_canvas(ctx)
-    draw(ctx, {"canvasId": canvas_id, "ops": SEED_OPS})
-    ctx.deadline = time.time() - 1
+    # Two thousand full-canvas translucent rectangles take many seconds to blend; the
+    # block waits half a second, and the render stops soon after it stops waiting.
+    canvas_id = new_canvas(ctx, 1920, 1080)
+    draw(ctx, {"canvasId": canvas_id, "ops": [
+        {"type": "fillRect", "x": 0, "y": 0, "width": 1920, "height": 1080, "style": "rgba(0, 0, 255, 0.5)"}
+    ] * 2000})
+    ctx.deadline = time.time() + 0.5
+    started = time.perf_counter()
     message = refused("TIMEOUT", export_image, ctx, {"canvasId": canvas_id})
     assert message == "Rendering the canvas took longer than the call may wait; it was stopped."
+    assert time.perf_counter() - started < 1.5
+
+
+def test_cant_validate_past_the_deadline(ctx):
+    canvas_id = new_canvas(ctx)
+    ctx.deadline = time.time() - 1
+    message = refused("TIMEOUT", draw, ctx, {"canvasId": canvas_id, "ops": SEED_OPS})
+    assert message == "Checking the operations took longer than the call may wait; it was stopped."

@@ -22,21 +22,14 @@ import numpy
 import pytest
 from PIL import Image
 
-from capabilities.base import run_state
 from capabilities.canvas import create_canvas, draw, export_image
 from capabilities.canvas.fonts import FONT_FILES, FONTS_DIR, parse_font
 from capabilities.canvas.render import FAMILY_NAMES
 from tests.helpers import context_for
-from tests.test_canvas import chart_operations
+from tests.test_canvas import chart_operations, isolated_run_state  # noqa: F401 (an autouse fixture)
 
 pytestmark = [pytest.mark.browser, pytest.mark.django_db]
 
-
-@pytest.fixture(autouse=True)
-def fresh_run_state():
-    run_state().clear()
-    yield
-    run_state().clear()
 
 CHROMIUM = Path("/usr/bin/chromium")
 ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts" / "canvas"

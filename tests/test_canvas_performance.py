@@ -14,10 +14,10 @@ import time
 import pytest
 from PIL import Image, ImageDraw, ImageFont
 
-from capabilities.base import run_state
 from capabilities.canvas import create_canvas, draw, export_image
 from capabilities.canvas.fonts import FONTS_DIR
 from tests.helpers import context_for
+from tests.test_canvas import isolated_run_state  # noqa: F401 (an autouse fixture)
 
 pytestmark = pytest.mark.django_db
 
@@ -94,7 +94,6 @@ def pillow_floor(items):
 
 
 def test_it_exports_10000_ops_on_a_full_hd_canvas_in_reasonable_time(acme, capsys):
-    run_state().clear()
     ctx = context_for(acme, run_id="performance")
     items = shapes()
     ops = as_ops(items)
@@ -111,7 +110,6 @@ def test_it_exports_10000_ops_on_a_full_hd_canvas_in_reasonable_time(acme, capsy
     started = time.perf_counter()
     floor = pillow_floor(items)
     pillow = time.perf_counter() - started
-    run_state().clear()
 
     with capsys.disabled():
         print(

@@ -167,11 +167,12 @@ def _family(text, whole):
 
 @functools.lru_cache(maxsize=None)
 def typeface(family, bold):
-    """The bundled typeface for a family, and whether bold must be synthesized."""
+    """The bundled typeface for a family and weight: the bold face where there is one,
+    else the regular one (the text layout then emboldens it)."""
     import skia
 
     filename = FONT_FILES.get((family, bold)) or FONT_FILES[(family, False)]
     face = skia.Typeface.MakeFromFile(str(FONTS_DIR / filename))
     if face is None:
         raise RuntimeError(f"bundled font {filename} did not load")
-    return face, bold and (family, bold) not in FONT_FILES
+    return face

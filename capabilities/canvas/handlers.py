@@ -10,11 +10,18 @@ decide() in tenants.policy has checked the profile already (canvas allowed, size
 export format); these handlers check again themselves, as they must never trust args.
 """
 
+import math
+
 from capabilities.base import CapabilityError
 from capabilities.canvas import encode, limits, store
 from capabilities.canvas.ops import OpValidator
 from capabilities.canvas.render import Renderer, deadline_checker
 from capabilities.canvas.sources import decode_image, image_size, tenant_path
+
+
+# Far above any profile's limit (32768 at most); larger sizes are refused without being
+# printed in the message.
+MAX_SHOWN_DIMENSION = 10**6
 
 
 def _require_canvas_profile(ctx):
@@ -38,11 +45,20 @@ def _find_canvas(ctx, args):
     return found
 
 
-def _dimension(name, value):
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value or value in (float("inf"), float("-inf")):
-        raise CapabilityError("INVALID_ARGUMENT", f"The canvas {name} must be a whole number of pixels, at least 1.")
-    if value != int(value) or value < 1:
-        raise CapabilityError("INVALID_ARGUMENT", f"The canvas {name} must be a whole number of pixels, at least 1 (got {value:g}).")
+def _dimension(name, value, policy):
+    whole = f"The canvas {name} must be a whole number of pixels, at least 1"
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise CapabilityError("INVALID_ARGUMENT", f"{whole}.")
+    if isinstance(value, float) and (not math.isfinite(value) or value != int(value)):
+        raise CapabilityError("INVALID_ARGUMENT", f"{whole} (got {value:g}).")
+    if value < 1:
+        raise CapabilityError("INVALID_ARGUMENT", f"{whole} (got {value:g}).")
+    if value > MAX_SHOWN_DIMENSION:
+        # JSON integers have no size limit; a number this large is not worth printing.
+        raise CapabilityError(
+            "QUOTA_EXCEEDED",
+            f"The canvas {name} is larger than this tenant's limit of {policy.canvas_max_width}x{policy.canvas_max_height}.",
+        )
     return int(value)
 
 
@@ -50,8 +66,8 @@ def create_canvas(ctx, args):
     """{width, height} -> a new transparent canvas of the run."""
     _require_canvas_profile(ctx)
     policy = ctx.policy
-    width = _dimension("width", args.get("width"))
-    height = _dimension("height", args.get("height"))
+    width = _dimension("width", args.get("width"), policy)
+    height = _dimension("height", args.get("height"), policy)
     if width > policy.canvas_max_width or height > policy.canvas_max_height:
         raise CapabilityError(
             "QUOTA_EXCEEDED",
@@ -106,7 +122,7 @@ def draw(ctx, args):
         return None if found is None else (found[0], store.op_count(ctx, found[0]))
 
     validator = OpValidator(number, find_canvas, check_file)
-    normalized, text_chars = validator.validate(ops, deadline_checker(ctx.deadline))
+    normalized, text_chars = validator.validate(ops, deadline_checker(ctx, "Checking the operations"))
     stored_text = store.text_count(ctx, number)
     if stored_text + text_chars > limits.MAX_TEXT_PER_CANVAS:
         raise CapabilityError(
@@ -202,9 +218,9 @@ class ExportPlan:
     def memory(self):
         width, height = self.sizes[self.root[0]]
         total = width * height * 4 * limits.RENDER_COPIES
-        for number, _ in self.snapshots:
-            if (number, _) != self.root:
-                total += self.sizes[number][0] * self.sizes[number][1] * 4
+        for key in self.snapshots:
+            if key != self.root:
+                total += self.sizes[key[0]][0] * self.sizes[key[0]][1] * 4
         for number in self.self_drawing:
             total += self.sizes[number][0] * self.sizes[number][1] * 4
         for _, file_width, file_height in self.files.values():
@@ -227,10 +243,10 @@ def export_image(ctx, args):
             f"Rendering this canvas would need about {needed // 2**20} MB; one export may use "
             f"{limits.RENDER_MEMORY_LIMIT // 2**20} MB. Draw fewer or smaller images into it.",
         )
-    check_deadline = deadline_checker(ctx.deadline)
+    check_deadline = deadline_checker(ctx)
     images = {}
-    for path, (index, _, _) in plan.files.items():
-        pixels = decode_image(ctx, index, path)
+    for path, (index, file_width, file_height) in plan.files.items():
+        pixels = decode_image(ctx, index, path, (file_width, file_height))
         images[path] = skia.Image.fromarray(pixels, colorType=skia.kRGBA_8888_ColorType)
         del pixels
     for key, ops in plan.snapshots.items():

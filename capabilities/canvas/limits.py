@@ -48,8 +48,8 @@ MAX_COORDINATE = 1e30
 # small copy of the drawing state, so this bounds memory, not work.
 MAX_SAVE_DEPTH = 10_000
 
-# How often (in ops) rendering checks the call's deadline, so an export that can no
-# longer be answered in time stops instead of running on for nobody.
+# How often (in ops) validating a draw call checks the call's deadline. Rendering checks
+# before every op, as one op may take milliseconds; validating one takes microseconds.
 DEADLINE_CHECK_EVERY = 256
 
 # How long a canvas outlives its run's time limit in the run state. The run ends by then

@@ -34,8 +34,8 @@ def _describe(value):
         return "null"
     if isinstance(value, bool):
         return "true" if value else "false"
-    if isinstance(value, float):
-        return "NaN" if value != value else ("Infinity" if value > 0 else "-Infinity") if math.isinf(value) else repr(value)
+    if isinstance(value, float) and not math.isfinite(value):
+        return "NaN" if value != value else "Infinity" if value > 0 else "-Infinity"
     if isinstance(value, str):
         return "a string"
     if isinstance(value, (list, tuple)):
@@ -48,7 +48,9 @@ def _describe(value):
 
 
 def number(value):
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+    # The magnitude is compared first: JSON integers have no size limit, and one too
+    # large for a float would overflow math.isfinite().
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or (isinstance(value, float) and not math.isfinite(value)):
         raise FieldError(f"must be a finite number (got {_describe(value)})")
     if abs(value) > limits.MAX_COORDINATE:
         raise FieldError(f"must be at most {limits.MAX_COORDINATE:g} in magnitude")
@@ -87,6 +89,12 @@ def text(value):
         raise FieldError(f"must be a string (got {_describe(value)})")
     if len(value) > limits.MAX_TEXT_LENGTH:
         raise FieldError(f"is {len(value)} characters long; the limit is {limits.MAX_TEXT_LENGTH}")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        # A lone surrogate (JSON allows "\ud800") has no glyph; a browser draws it as
+        # U+FFFD, the replacement character, and so does this canvas.
+        value = "".join("\ufffd" if "\ud800" <= c <= "\udfff" else c for c in value)
     return value
 
 
@@ -186,8 +194,6 @@ ALIASES = {"anticlockwise": "counterclockwise"}
 DRAW_IMAGE_GEOMETRY = ("sx", "sy", "sw", "sh", "dx", "dy", "dw", "dh")
 DRAW_IMAGE_SHORT = {"x": "dx", "y": "dy", "width": "dw", "height": "dh"}
 
-OP_TYPES = sorted([*METHODS, *PROPERTIES, "set", "drawImage"])
-
 
 def _field_name(name):
     return repr(name[:40]) if isinstance(name, str) else repr(str(name)[:40])
@@ -224,8 +230,8 @@ class OpValidator:
     """Validates op lists for one canvas.
 
     `find_canvas(canvas_id)` gives the (number, opCount) of another canvas of the run, or
-    None; `check_file(path)` raises CapabilityError when the path cannot be an image
-    source. Both come from the handler, which knows the run and the tenant.
+    None; `check_file(index, path)` raises CapabilityError when the path cannot be an
+    image source. Both come from the handler, which knows the run and the tenant.
     """
 
     def __init__(self, canvas_number, find_canvas, check_file):

@@ -11,11 +11,16 @@ baseline rules. The result is a picture a browser shows as the same picture.
 """
 
 import math
+import struct
+
 import skia
 
 from capabilities.base import CapabilityError
 from capabilities.canvas import limits
 from capabilities.canvas.fonts import FONT_FILES, typeface
+from capabilities.canvas.ops import METHODS
+
+OP_METHODS = {kind: f"op_{kind}" for kind in [*METHODS, "drawImage"]}
 
 TAU = 2 * math.pi
 # Skia's SK_ScalarNearlyZero: how close to a whole turn (in degrees) Chrome takes a sweep
@@ -74,9 +79,7 @@ def copy_matrix(matrix):
 def _font_metrics(family, bold):
     """Typo ascent/descent (scaled to sum to 1 em, as Chrome's normalized metrics) and the
     hhea ascent/descent, all per pixel of font size."""
-    import struct
-
-    face, _ = typeface(family, bold)
+    face = typeface(family, bold)
     units = face.getUnitsPerEm()
     os2 = int.from_bytes(b"OS/2", "big")
     typo_ascent, typo_descent = 0.8 * units, 0.2 * units
@@ -98,7 +101,7 @@ class TextShaper:
         textlayout = skia.textlayout
         provider = textlayout.TypefaceFontProvider()
         for (family, bold), _ in FONT_FILES.items():
-            provider.registerTypeface(typeface(family, bold)[0], FAMILY_NAMES[family])
+            provider.registerTypeface(typeface(family, bold), FAMILY_NAMES[family])
         self.collection = textlayout.FontCollection()
         self.collection.setDefaultFontManager(provider)
         self.unicode = skia.Unicode()
@@ -162,27 +165,33 @@ class Renderer:
         self.deadline_check = deadline_check
         self.state = DrawingState()
         self.stack = []
+        self.ignored_saves = 0
         self.path = skia.Path()
         self.shaper = None
 
     # Running ------------------------------------------------------------------------
 
     def run(self, ops):
-        for index, (kind, args, overrides) in enumerate(ops):
-            if self.deadline_check and index % limits.DEADLINE_CHECK_EVERY == 0:
+        for kind, args, overrides in ops:
+            # Every op: one op can cost milliseconds (a full 8K canvas blended), so a
+            # coarser check could overshoot the deadline by seconds.
+            if self.deadline_check:
                 self.deadline_check()
             if kind == "set":
                 self.apply(overrides)
                 continue
+            # Only the ops validation produces are ever run: an explicit table, never a
+            # method looked up by a name from the stored state.
+            method = getattr(self, OP_METHODS[kind])
             if overrides:
                 # Property fields on a drawing op hold for that op alone.
                 state = self.state
                 previous = {name: getattr(state, name) for name in overrides}
                 self.apply(overrides)
-                getattr(self, "op_" + kind)(*args)
+                method(*args)
                 self.apply(previous)
             else:
-                getattr(self, "op_" + kind)(*args)
+                method(*args)
         return self.surface.makeImageSnapshot()
 
     def apply(self, properties):
@@ -205,9 +214,14 @@ class Renderer:
     def op_save(self):
         if len(self.stack) < limits.MAX_SAVE_DEPTH:
             self.stack.append(self.state.copy())
+        else:
+            # Past the depth limit a save is ignored, and so is its restore.
+            self.ignored_saves += 1
 
     def op_restore(self):
-        if self.stack:
+        if self.ignored_saves:
+            self.ignored_saves -= 1
+        elif self.stack:
             self.state = self.stack.pop()
 
     def op_translate(self, x, y):
@@ -473,15 +487,16 @@ class Renderer:
         self.canvas.drawImageRect(image, clipped, dest_rect, LINEAR_SAMPLING, paint, skia.Canvas.kStrict_SrcRectConstraint)
 
 
-def deadline_checker(deadline):
-    """A function that raises TIMEOUT once the call's deadline has passed."""
+def deadline_checker(ctx, doing="Rendering the canvas"):
+    """A function that raises TIMEOUT once the call's deadline has passed. A call with
+    no deadline (a worker that was given none) still stops at the run's time limit: a
+    render no run can wait for is work for nobody."""
     import time
 
-    if deadline is None:
-        return None
+    deadline = ctx.deadline if ctx.deadline is not None else time.time() + ctx.policy.time_limit_seconds
 
     def check():
         if time.time() > deadline:
-            raise CapabilityError("TIMEOUT", "Rendering the canvas took longer than the call may wait; it was stopped.")
+            raise CapabilityError("TIMEOUT", f"{doing} took longer than the call may wait; it was stopped.")
 
     return check

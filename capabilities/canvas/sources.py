@@ -109,17 +109,19 @@ def _check_pixels(index, path, width, height):
         )
 
 
-def decode_image(ctx, index, path):
+def decode_image(ctx, index, path, expected_size):
     """The first frame of an image file (as a browser draws it), as unpremultiplied
-    RGBA rows in a numpy array. The file is opened afresh and its size checked again:
-    it may have changed since the ops were drawn."""
+    RGBA rows in a numpy array. The file is opened afresh, so it must still have the
+    size the export's memory estimate counted: a file swapped for a bigger one in the
+    meantime is refused, not decoded."""
     import numpy
     from PIL import Image, UnidentifiedImageError
 
     with open_tenant_file(ctx, index, path) as file:
         try:
             with Image.open(file, formats=limits.IMAGE_FILE_FORMATS) as image:
-                _check_pixels(index, path, *image.size)
+                if image.size != tuple(expected_size):
+                    raise _fail(index, "INVALID_ARGUMENT", f"{_shown(path)} changed while the canvas was being exported.")
                 image.seek(0)
                 return numpy.asarray(image.convert("RGBA"))
         except (UnidentifiedImageError, SyntaxError):
