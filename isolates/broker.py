@@ -9,6 +9,7 @@ answered with `{id, ok, ...}` before its deadline.
 """
 
 import asyncio
+import base64
 import hashlib
 import logging
 import time
@@ -36,6 +37,8 @@ FORBIDDEN_ARGS = {"run", "runId", "tenant", "tenantId", "tenant_id", "profile", 
 # How long a tenant's policy and state are reused between calls of one run. A
 # suspension or a changed limit reaches running blocks within this time.
 POLICY_TTL = 1.0
+# Exported images up to this size are also sent to whoever watches the run.
+IMAGE_EVENT_MAX = 8 * 1024 * 1024
 
 
 def token_hash(token):
@@ -247,6 +250,13 @@ class IsolateBrokerConsumer(AsyncWebsocketConsumer):
         await self.group_event({"event": "call", "op": op_name, "target": str(target)[:200], "outcome": outcome,
                                 "code": error.get("code", ""), "message": error.get("message", ""),
                                 "ms": round(duration_ms, 2), "bytes": len(text)})
+        envelope = reply.get("envelope") or {}
+        image = envelope.get("data")
+        if op_name == "canvas.exportImage" and isinstance(image, (bytes, bytearray)) and len(image) <= IMAGE_EVENT_MAX:
+            # Whoever watches the run (the runner page) sees exported images inline.
+            await self.group_event({"event": "image", "mime": envelope.get("mimeType") or "image/png",
+                                    "data": base64.b64encode(image).decode(), "width": envelope.get("width"),
+                                    "height": envelope.get("height")})
 
     async def log(self, frame):
         level = frame.get("level") if frame.get("level") in LOG_LEVELS else "log"
