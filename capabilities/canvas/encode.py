@@ -34,9 +34,7 @@ def canonical_format(value):
     """'png', 'jpeg', ... for a format name a block may give, or None."""
     if not isinstance(value, str):
         return None
-    value = value.strip().lower()
-    if value.startswith("image/"):
-        value = value[len("image/") :]
+    value = value.lower()
     value = FORMAT_ALIASES.get(value, value)
     return value if value in FORMATS else None
 

@@ -172,7 +172,9 @@ def typeface(family, bold):
     import skia
 
     filename = FONT_FILES.get((family, bold)) or FONT_FILES[(family, False)]
-    face = skia.Typeface.MakeFromFile(str(FONTS_DIR / filename))
+    # An empty font manager loads the file as it is; the default one would start up
+    # fontconfig and read the server's font configuration, which the canvas never uses.
+    face = skia.FontMgr.New_Custom_Empty().makeFromFile(str(FONTS_DIR / filename), 0)
     if face is None:
         raise RuntimeError(f"bundled font {filename} did not load")
     return face
