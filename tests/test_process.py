@@ -18,7 +18,6 @@ from django.conf import settings
 
 from capabilities import files
 from capabilities.base import CapabilityError
-from capabilities.files import quota
 from capabilities.process import execute, sandbox
 from capabilities.process.limits import SANDBOX_LIMITS
 from tenants.models import PolicyOverride

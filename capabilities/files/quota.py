@@ -6,7 +6,7 @@ files written by processes, and temporary files of writes in progress. A file wi
 several hard links counts once; folders and links count nothing.
 
 Measuring walks the tree (os.fwalk: by descriptor, never following links), which costs
-about a millisecond per thousand files. So the figure is cached in run_state() for
+about 5 ms per thousand files on this machine. So the figure is cached in run_state() for
 USAGE_CACHE_SECONDS and adjusted by each write and delete of the file API, under a lock
 on the tenant's root folder, so that two parallel writes cannot both fit in the last
 free megabyte. Writes that bypass the file API (a process, the database) are not seen

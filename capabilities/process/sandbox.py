@@ -4,7 +4,7 @@ SECURITY: the allow-list of commands is policy, not containment (`env` and `find
 run other programs; a tenant with 'all' file access can store its own). What contains a
 command is this sandbox, whatever runs in it:
 
-- Namespaces (bwrap --unshare-all): no network but an unconfigured loopback, its own pid
+- Namespaces (bwrap --unshare-all): no network but its own loopback, its own pid
   namespace (it sees only its own processes, and all of them die with the first), its
   own IPC, UTS and cgroup namespaces, and a user namespace in which it is the
   unprivileged user 1000 with no capabilities and no way to make further namespaces.
@@ -46,9 +46,9 @@ import time
 from dataclasses import dataclass
 
 from capabilities.base import CapabilityError
-from capabilities.process.cgroups import PidsCgroup
-from capabilities.process.limits import MB, SANDBOX_LIMITS, SANDBOX_UID, SANDBOX_USER, SANDBOX_HOME
 from capabilities.process import seccomp_filter
+from capabilities.process.cgroups import PidsCgroup
+from capabilities.process.limits import MB, SANDBOX_HOME, SANDBOX_LIMITS, SANDBOX_UID, SANDBOX_USER
 
 logger = logging.getLogger("symposium.process")
 
