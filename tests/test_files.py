@@ -242,6 +242,14 @@ def test_it_enforces_the_storage_quota_counting_the_replaced_file(acme):
     assert refused(files.write_file, acme, path="c.dat", data=b"x").code == "QUOTA_EXCEEDED"
 
 
+def test_it_lets_a_tenant_over_its_quota_shrink_files(acme):
+    override(acme, "storage_quota", 1000)
+    (root_of(acme) / "huge.log").write_bytes(b"x" * 5000)  # written by a process, say
+    assert refused(files.write_file, acme, path="new.txt", data="x").code == "QUOTA_EXCEEDED"
+    call(files.write_file, acme, path="huge.log", data="trimmed")
+    call(files.write_file, acme, path="new.txt", data="x")
+
+
 def test_it_counts_the_platform_folder_in_the_quota(acme):
     override(acme, "storage_quota", 1000)
     (root_of(acme) / ".symposium").mkdir()

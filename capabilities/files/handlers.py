@@ -262,7 +262,9 @@ def write_file(ctx, args):
 
             usage = quota.current_usage(ctx, root_fd)
             after = usage - old_size + size
-            if after > policy.storage_quota:
+            # A write that does not grow the storage is allowed even over the quota (a
+            # process may have passed it): it is how a tenant shrinks its files.
+            if after > policy.storage_quota and size > old_size:
                 raise CapabilityError(
                     "QUOTA_EXCEEDED",
                     f"Writing '{tenant_path.display}' ({size} bytes) would bring the tenant's storage to {after} bytes; "
