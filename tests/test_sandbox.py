@@ -270,6 +270,13 @@ async def test_it_ends_the_run_on_an_error_thrown_in_a_timer(pool, broker):
     assert done["ok"] is False and done["error"]["message"] == "in a timer"
 
 
+async def test_it_ends_the_run_at_once_when_the_block_closes_its_worker(pool, broker):
+    started = time.monotonic()
+    _, done, _ = await run(pool, broker, "self.close(); await new Promise(() => {});", wall_seconds=10)
+    assert done["error"]["message"] == "The block called close(): the run ended without a result"
+    assert time.monotonic() - started < 5
+
+
 async def test_it_reports_a_thrown_non_error(pool, broker):
     _, done, _ = await run(pool, broker, "export default () => { throw { reason: 'plain object' }; }")
     assert done["error"] == {"name": "Error", "message": "Uncaught { reason: \"plain object\" }"}
@@ -370,6 +377,21 @@ async def test_cant_exceed_max_in_flight_by_posting_call_frames(pool, broker):
     run_, done, _ = await run(pool, broker, code, answer=lambda op, args: None, max_in_flight=4)
     assert done["ok"]
     assert len(run_.calls) == 4
+
+
+async def test_it_refuses_arguments_larger_than_the_brokers_frame_limit(pool, broker):
+    # The broker may announce its frame limit in the start frame (maxFrameBytes); the
+    # isolate then refuses a larger call itself instead of having the connection dropped.
+    code = """
+    export default async () => {
+      try { await symposium.writeFile('big.txt', 'x'.repeat(200000)); }
+      catch (e) { return `${e.code}: ${e.message}`; }
+    };
+    """
+    run_, done, _ = await run(pool, broker, code, maxFrameBytes=100_000)
+    assert done["result"].startswith("INVALID_ARGUMENT: symposium.writeFile: the arguments are too large (")
+    assert done["result"].endswith("bytes encoded; the limit is 100000)")
+    assert run_.calls == []
 
 
 async def test_it_rejects_arguments_that_cannot_be_sent(pool, broker):

@@ -115,8 +115,12 @@ function relayCall(message) {
   } catch (error) {
     return replyToWorker(id, "INVALID_ARGUMENT", `symposium.${op}: the arguments cannot be sent as JSON (${scrub(error.message)})`);
   }
-  if (run.maxFrameBytes && text.length > run.maxFrameBytes) {
-    return replyToWorker(id, "INVALID_ARGUMENT", `symposium.${op}: the arguments are too large (${text.length} bytes encoded; the limit is ${run.maxFrameBytes})`);
+  if (run.maxFrameBytes && text.length * 3 > run.maxFrameBytes) {
+    // UTF-16 units to UTF-8 bytes is 1 to 3: measure exactly only when it may matter.
+    const bytes = text.length > run.maxFrameBytes ? text.length : encoder.encode(text).length;
+    if (bytes > run.maxFrameBytes) {
+      return replyToWorker(id, "INVALID_ARGUMENT", `symposium.${op}: the arguments are too large (${bytes} bytes encoded; the limit is ${run.maxFrameBytes})`);
+    }
   }
   // The worker gives up on a call after callTimeoutMs; so does the in-flight count here,
   // or a broker that never answers would starve the block of calls for good.

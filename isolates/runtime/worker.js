@@ -446,6 +446,12 @@ defineGlobal("console", blockConsole);
 // run was sized for (it could not even reserve its code range under RLIMIT_DATA).
 defineGlobal("Worker", notAvailable("new Worker()"));
 
+// close() would end the worker silently, leaving the bootstrap waiting for a result until
+// the wall clock runs out: it ends the run instead, at once and with a reason.
+defineGlobal("close", function close() {
+  finish(false, new Error("The block called close(): the run ended without a result"));
+});
+
 // Deno.* stays as a browser-like worker with no permissions sees it, minus what would
 // reveal the server (the binary's path) or bypass the console (raw standard streams).
 const denoView = Object.create(null);
