@@ -190,6 +190,10 @@ def test_it_checks_cwd(advanced):
     assert refused(advanced, "ls", cwd="/.symposium").code == "PERMISSION_DENIED"
     assert refused(advanced, "ls", cwd=42).code == "INVALID_ARGUMENT"
     assert run(advanced, "pwd", cwd="/tmp")["stdout"] == "/tmp\n"
+    assert run(advanced, "pwd", cwd="/tmp/work/area")["stdout"] == "/tmp/work/area\n"
+    assert run(advanced, "pwd", cwd="/usr/share")["stdout"] == "/usr/share\n"
+    assert refused(advanced, "pwd", cwd="/usr/no-such-folder").code == "NOT_FOUND"
+    assert refused(advanced, "pwd", cwd="/etc/ssl").code == "NOT_FOUND"
     assert run(advanced, "pwd")["stdout"] == "/\n"
 
 
@@ -209,6 +213,7 @@ def test_it_shows_no_storage_without_file_access(advanced):
     result = run(advanced, "cat", ["/notes.txt"])
     assert result["exitCode"] == 1 and "No such file" in result["stderr"]
     assert run(advanced, "pwd", cwd="/work")["stdout"] == "/work\n"
+    assert run(advanced, "pwd", cwd="/usr/share")["stdout"] == "/usr/share\n"
 
 
 def test_it_counts_what_a_process_wrote_in_the_quota(advanced):

@@ -68,11 +68,22 @@ def execute(ctx, args):
 
 def _check_cwd(value):
     cwd = parse_tenant_path(value if value is not None else "/", what="cwd")
-    if cwd.parts and cwd.parts[0].lower() == PLATFORM_FOLDER:
+    if not cwd.reserved:
+        return cwd
+    first = cwd.parts[0]
+    if first not in SANDBOX_SYSTEM_FOLDERS:
         raise CapabilityError("PERMISSION_DENIED", f"cwd cannot be '{cwd.display}': {cwd.reserved}.")
-    if cwd.reserved and not (cwd.parts[0] in SANDBOX_SYSTEM_FOLDERS):
-        raise CapabilityError("PERMISSION_DENIED", f"cwd cannot be '{cwd.display}': {cwd.reserved}.")
-    return cwd
+    # A folder of the sandbox itself. Under /tmp (private, empty) it is made; /usr, /lib
+    # and /lib64 are the server's own, read-only; of the others only the folder itself.
+    if first == "tmp":
+        return cwd
+    if first in ("usr", "lib", "lib64"):
+        host = "/" + "/".join(cwd.parts)
+        if os.path.isdir(host) and not os.path.islink(host) and not cwd.parts[-1].startswith("."):
+            return cwd
+    elif len(cwd.parts) == 1:
+        return cwd
+    raise CapabilityError("NOT_FOUND", f"The folder '{cwd.display}' (cwd) does not exist in the sandbox.")
 
 
 def _allowed_programs(policy, command, program):

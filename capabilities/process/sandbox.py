@@ -157,8 +157,8 @@ def build_arguments(request, policy, storage, fds):
         a += ["--tmpfs", "/.symposium", "--remount-ro", "/.symposium"]
 
     cwd = "/" + "/".join(request.cwd.parts)
-    if storage is None:
-        a += ["--dir", cwd]
+    if storage is None or request.cwd.parts[:1] == ("tmp",):
+        a += ["--dir", cwd]  # in a fresh tmpfs: made here
     a += ["--chdir", cwd]
 
     seccomp = seccomp_filter.filter_fd()
