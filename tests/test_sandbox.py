@@ -131,6 +131,20 @@ async def test_it_runs_the_seed_examples_with_the_envelope_fields_they_read(pool
     assert run_.calls[-1]["args"] == {"command": "ls", "args": ["-la", "/tmp"], "cwd": "/home/user", "timeout": 10000}
 
 
+async def test_it_reads_envelope_fields_nested_under_envelope(pool, broker):
+    # A field named like a frame key ("type" of getFileInfo) travels under "envelope".
+    code = """
+    const info = await symposium.getFileInfo('report.pdf');
+    export default () => ({ size: info.size, type: info.type, success: info.success, data: info.data });
+    """
+
+    def answer(op, args):
+        return {"ok": True, "envelope": {"data": {"size": 10, "type": "file"}, "size": 10, "type": "file"}}
+
+    _, done, _ = await run(pool, broker, code, answer=answer)
+    assert done["result"] == {"size": 10, "type": "file", "success": True, "data": {"size": 10, "type": "file"}}
+
+
 async def test_it_builds_the_documented_arguments_for_every_operation(pool, broker):
     code = """
     await symposium.readFile('a.bin', { encoding: 'binary' });
