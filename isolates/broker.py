@@ -313,6 +313,9 @@ class IsolateBrokerConsumer(AsyncWebsocketConsumer):
         if self.run:
             await self.save_console()
             await self.channel_layer.group_discard(run_group(self.run.id), self.channel_name)
+            if self.ctx is not None:
+                # A run's canvases die with it (they would expire on their own later).
+                await database_sync_to_async(discard_canvases, thread_sensitive=False)(self.ctx)
 
     async def run_stop(self, event):
         """Asked to stop the run (the run service, a user's Stop)."""
@@ -379,6 +382,15 @@ class IsolateBrokerConsumer(AsyncWebsocketConsumer):
         audit.flush()
         BlockRun.objects.filter(pk=self.run.id, status="running").update(
             status=status, result=result, error_code=error_code, error=error, finished=timezone.now())
+
+
+def discard_canvases(ctx):
+    from capabilities.canvas.store import discard_run
+
+    try:
+        discard_run(ctx)
+    except Exception:
+        logger.exception("forgetting the canvases of run %s failed", ctx.run_id)
 
 
 def timeout_reply(op):

@@ -157,6 +157,10 @@ SYMPOSIUM_RQ_CAPABILITIES = [
     c for c in os.environ.get("SYMPOSIUM_RQ_CAPABILITIES", "network,canvas,database,process" if REDIS_URL else "").split(",") if c
 ]
 
+# A pids cgroup (v1 or v2 folder) that process execution may create per-command
+# groups in, where /sys/fs/cgroup/pids is not available (see docs/process.md).
+SYMPOSIUM_PROCESS_CGROUP = os.environ.get("SYMPOSIUM_PROCESS_CGROUP", "")
+
 # Tenant storage: one folder per tenant under this root.
 TENANT_STORAGE_ROOT = Path(os.environ.get("SYMPOSIUM_STORAGE_ROOT", VAR_DIR / "storage"))
 

@@ -140,7 +140,7 @@ def decide_files(policy, op, args):
         return denied_for_profile(policy, "writing or deleting files (read-only access)")
     if op == "writeFile":
         data = args.get("data")
-        size = len(data.encode()) if isinstance(data, str) else len(data) if isinstance(data, (bytes, bytearray)) else 0
+        size = len(data.encode("utf-8", "surrogatepass")) if isinstance(data, str) else len(data) if isinstance(data, (bytes, bytearray)) else 0
         if size > policy.max_file_size:
             return Decision.deny(
                 "QUOTA_EXCEEDED",
