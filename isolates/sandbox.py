@@ -78,8 +78,7 @@ POLICY = {
         # CPU seconds of all the process's threads (V8's compiler and GC threads count
         # too). At the soft limit the kernel sends SIGXCPU, which terminates Deno; the
         # hard limit one second later is SIGKILL in case SIGXCPU is ever handled. The
-        # pool lowers this again when it hands a warm isolate to a run (it counts the
-        # seconds already spent starting up), so a run gets what its profile says.
+        # pool asks for the run's budget plus a second for start-up (about 0.15 s).
         "RLIMIT_CPU": lambda lim: (lim.cpu_seconds, lim.cpu_seconds + 1),
         # Private writable memory (heap, thread stacks, ArrayBuffer backing stores, brk).
         # This is what stops allocations outside the V8 heap, which --max-old-space-size
@@ -88,7 +87,7 @@ POLICY = {
         # regions). The budget is in data_limit_bytes(): the runtime's own need, the JS
         # heap limit, and as much again for ArrayBuffers and other off-heap memory.
         "RLIMIT_DATA": lambda lim: (data_limit_bytes(lim.memory_mb),) * 2,
-        # Open descriptors. Deno needs about 30 for its event loop, the worker and the
+        # Open descriptors. Deno holds about 20 for its event loop, the worker and the
         # broker's websocket; the block itself cannot open files or sockets.
         "RLIMIT_NOFILE": lambda lim: (256, 256),
         # No file may be written at all (Landlock forbids it too); a write that slips
@@ -97,9 +96,9 @@ POLICY = {
         # No core dumps: a dump would hold the block's memory (and its secrets) on disk.
         "RLIMIT_CORE": lambda lim: (0, 0),
         # Threads (Linux counts threads as processes, per real user id). Deno runs about
-        # 20 (tokio, V8 platform workers, the block's worker); a block that spawns nested
-        # Workers stops here. It binds only when the isolate has a user id of its own
-        # (see "identity"): the kernel does not apply it to uid 0.
+        # 8 (tokio, V8 platform workers, the block's worker); the rest is headroom for
+        # more cores. It binds only when the isolate has a user id of its own (see
+        # "identity"): the kernel does not apply it to uid 0.
         "RLIMIT_NPROC": lambda lim: (96, 96),
         # No locked memory, no POSIX message queues, no real-time or raised priority:
         # nothing the runtime uses, each a way to hold kernel memory or CPU.
@@ -139,8 +138,9 @@ POLICY = {
         # Single files read at start-up: the loader's cache and the entropy source.
         # (Landlock refuses directory rights on a file, so files get file rights only.)
         "read_files": ["/etc/ld.so.cache", "/dev/urandom", "/dev/null"],
-        # EXECUTE is granted on the target binary alone (plus READ to map it). Nothing
-        # else on the machine can be executed, not even the ELF interpreter as a program.
+        # EXECUTE is granted on the target binary (plus READ to map it) and on its ELF
+        # interpreter, which the kernel opens for execution during the exec; nothing
+        # else on the machine can be executed.
         # TCP: connect only to the broker's port, bind nothing. Landlock ports are not
         # tied to an address, so Deno's --allow-net=127.0.0.1:PORT narrows it further.
         "connect_tcp_ports": lambda lim: [lim.broker_port],
@@ -189,7 +189,8 @@ POLICY = {
         # socket(): only TCP over IPv4/IPv6, and no AF_UNIX socket (Deno needs only
         # socketpair(), and a unix socket could reach local daemons, such as a database
         # that trusts local connections, that Landlock's path rules do not guard).
-        "socket_families": {AF_INET: "stream only", AF_INET6: "stream only"},
+        # For each family: SOCK_STREAM only, protocol 0 or IPPROTO_TCP only.
+        "socket_families": [AF_INET, AF_INET6],
         # clone(): threads only, never a new namespace.
         "clone_required": CLONE_THREAD,
         "clone_forbidden": CLONE_NEW_FLAGS,

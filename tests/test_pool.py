@@ -235,3 +235,19 @@ async def test_it_validates_the_limits_it_is_asked_for(broker):
             await pool.acquire(memory_mb=1, cpu_seconds=10)
         with pytest.raises(ValueError):
             await pool.acquire(memory_mb=64, cpu_seconds=0)
+
+
+async def test_it_logs_once_what_the_kernel_lacks(broker, tmp_path, caplog):
+    # The launcher reports missing kernel features on stderr ("symposium-sandbox: ...");
+    # the pool puts each distinct line in the server's log once. A wrapper stands in for a
+    # kernel without Landlock by printing such a line before the real launcher runs.
+    wrapper = tmp_path / "python"
+    wrapper.write_text(f"#!/bin/sh\necho 'symposium-sandbox: Landlock is not available on this kernel' >&2\nexec {sys.executable} \"$@\"\n")
+    wrapper.chmod(0o755)
+    async with IsolatePool(broker.port, warm_size=0, python=str(wrapper)) as pool:
+        with caplog.at_level("WARNING", logger="isolates.pool"):
+            for _ in range(2):
+                _, done, _ = await run_block(pool, broker, "export default () => 'still runs'")
+                assert done["result"] == "still runs"
+    assert [r.getMessage() for r in caplog.records] == ["symposium-sandbox: Landlock is not available on this kernel"]
+
