@@ -334,6 +334,23 @@ async def test_it_rejects_with_a_symposium_error_carrying_the_brokers_fields(poo
     assert "fetcher.js" in result["stack"]
 
 
+async def test_it_fails_the_run_with_the_symposium_error_of_a_top_level_call(pool, broker):
+    # A refused call awaited at the module's top level ends the run with that very error
+    # (Deno would swap an error without stack frames for a generic one here).
+    code = "console.log('before');\nawait symposium.writeFile('output/result.txt', 'Hello World');\n"
+
+    def answer(op, args):
+        return {"ok": False, "error": {"code": "PERMISSION_DENIED", "message": "This tenant's profile does not allow writing files."}}
+
+    _, done, _ = await run(pool, broker, code, answer=answer, name="seed.js")
+    assert done["error"] == {
+        "name": "SymposiumError",
+        "message": "This tenant's profile does not allow writing files.",
+        "code": "PERMISSION_DENIED",
+        "stack": "SymposiumError: This tenant's profile does not allow writing files.\n    at seed.js:2:17",
+    }
+
+
 async def test_it_times_out_a_call_that_gets_no_reply(pool, broker):
     code = """
     export default async () => {

@@ -296,10 +296,14 @@ function rateLimitMessage(op) {
 }
 
 // A reply arrives from the event loop, so an error built then would have no frame of the
-// block's in its stack. The stack of the call is captured when the call is made instead.
-function withCallStack(error, origin) {
-  const frames = origin.stack.indexOf("\n");
-  error.stack = errorHeader(error) + (frames >= 0 ? origin.stack.slice(frames) : "");
+// block's in its stack. The error is built when the call is made instead (V8 formats a
+// stack lazily, so the code and message filled in later still head it). Reassigning
+// `stack` instead would not do: Deno replaces an error whose stack has no frames, when it
+// ends a module's top-level await, with a generic one.
+function failCall(error, code, message, retryAfter = null) {
+  error.code = code;
+  error.message = message;
+  error.retryAfter = retryAfter;
   return error;
 }
 
@@ -320,8 +324,7 @@ function call(op, args) {
     return Promise.reject(new SymposiumError("INVALID_ARGUMENT", `${callName(op)}: the arguments cannot be read (${scrub(error?.message ?? error)})`, capability, null, op));
   }
   const id = nextCallId++;
-  const origin = {};
-  Error.captureStackTrace(origin);
+  const failure = new SymposiumError("INTERNAL", "", capability, null, op);
   return new Promise((resolve, reject) => {
     try {
       post({ type: "call", id, op, args });
@@ -331,9 +334,9 @@ function call(op, args) {
     }
     const timer = setTimeout(() => {
       pending.delete(id);
-      reject(withCallStack(new SymposiumError("TIMEOUT", `${callName(op)} got no reply within ${config.callTimeoutMs} ms`, capability, null, op), origin));
+      reject(failCall(failure, "TIMEOUT", `${callName(op)} got no reply within ${config.callTimeoutMs} ms`));
     }, config.callTimeoutMs);
-    pending.set(id, { resolve, reject, timer, op, capability, origin });
+    pending.set(id, { resolve, reject, timer, op, failure });
   });
 }
 
@@ -355,15 +358,11 @@ function settle(reply) {
   } else {
     const error = reply.error ?? {};
     entry.reject(
-      withCallStack(
-        new SymposiumError(
-          typeof error.code === "string" ? error.code : "INTERNAL",
-          typeof error.message === "string" ? error.message : `${callName(entry.op)} failed`,
-          entry.capability,
-          error.retryAfter ?? null,
-          entry.op,
-        ),
-        entry.origin,
+      failCall(
+        entry.failure,
+        typeof error.code === "string" ? error.code : "INTERNAL",
+        typeof error.message === "string" ? error.message : `${callName(entry.op)} failed`,
+        error.retryAfter ?? null,
       ),
     );
   }
