@@ -286,7 +286,10 @@ class Isolate:
         cpu = signal_name == "SIGXCPU" or (
             signal_name == "SIGKILL" and not self._killed and self._cpu_used is not None and self._cpu_used >= self.cpu_limit_seconds
         )
-        if heap:
+        if memory and b"CodeRange" in stderr:
+            # A second V8 isolate (node:worker_threads) cannot reserve its code range.
+            reason = "the block tried to start a nested worker, which its memory limit does not allow"
+        elif heap:
             reason = f"the block ran out of memory: the JavaScript heap limit of {self.memory_mb} MB was reached"
         elif memory:
             reason = f"the block ran out of memory: the isolate's limit ({self.memory_mb} MB of JavaScript heap and as much again outside it) was reached"

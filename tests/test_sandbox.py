@@ -562,19 +562,54 @@ async def test_cant_import_remote_or_local_modules(pool, broker):
 
 async def test_cant_learn_server_paths(pool, broker):
     code = """
+    import nodeProcess from 'node:process';
     export default () => {
       const attempt = (f) => { try { return f(); } catch (e) { return e.name; } };
-      return { execPath: attempt(() => Deno.execPath()), cwd: attempt(() => Deno.cwd()), location: String(location.href).slice(0, 10),
-               meta: import.meta.url.slice(0, 10), mainModule: attempt(() => Deno.mainModule) ?? null, stdout: attempt(() => Deno.stdout) };
+      return { execPath: attempt(() => Deno.execPath()), nodeExecPath: nodeProcess.execPath, cwd: attempt(() => Deno.cwd()),
+               location: String(location.href).slice(0, 10), meta: import.meta.url.slice(0, 10),
+               mainModule: attempt(() => Deno.mainModule) ?? null, stdout: attempt(() => Deno.stdout) };
     };
     """
     _, done, _ = await run(pool, broker, code)
-    assert done["result"] == {"execPath": "NotCapable", "cwd": "/", "location": "blob:null/", "meta": "blob:null/", "mainModule": None, "stdout": "NotCapable"}
+    assert done["result"] == {
+        "execPath": "/usr/local/bin/deno",
+        "nodeExecPath": "/usr/local/bin/deno",
+        "cwd": "/",
+        "location": "blob:null/",
+        "meta": "blob:null/",
+        "mainModule": None,
+        "stdout": "NotCapable",
+    }
+
+
+async def test_it_keeps_node_builtins_usable_and_powerless(pool, broker):
+    code = """
+    import { Buffer } from 'node:buffer';
+    import path from 'node:path';
+    import fs from 'node:fs';
+    import process from 'node:process';
+    export default () => {
+      const attempt = (f) => { try { return f(); } catch (e) { return e.code ?? e.name; } };
+      return { base64: Buffer.from('hi').toString('base64'), joined: path.join('a', 'b'),
+               read: attempt(() => fs.readFileSync('/etc/passwd', 'utf8')), env: attempt(() => Object.keys(process.env)) };
+    };
+    """
+    _, done, _ = await run(pool, broker, code)
+    assert done["ok"], done
+    assert done["result"]["base64"] == "aGk=" and done["result"]["joined"] == "a/b"
+    assert done["result"]["read"] == "NotCapable"
+    assert done["result"]["env"] == "NotCapable"  # node:process is Deno's; the global `process` is ours
 
 
 async def test_cant_start_nested_workers(pool, broker):
     _, done, _ = await run(pool, broker, capture("new Worker('data:text/javascript,1', { type: 'module' })"))
     assert done["result"] == {"name": "NotCapable", "message": "new Worker() is not available to content blocks"}
+    # node:worker_threads reaches Deno's Worker by another way: the second V8 isolate
+    # cannot reserve its code range under RLIMIT_DATA, and the run ends, saying why.
+    code = "import { Worker } from 'node:worker_threads'; new Worker('1', { eval: true }); await new Promise((r) => setTimeout(r, 1000));"
+    _, done, exit = await run(pool, broker, code)
+    assert done is None and exit.memory_limit_hit
+    assert exit.reason == "the block tried to start a nested worker, which its memory limit does not allow"
 
 
 async def test_cant_reach_the_run_token(pool, broker):

@@ -452,15 +452,15 @@ defineGlobal("close", function close() {
 });
 
 // Deno.* stays as a browser-like worker with no permissions sees it, minus what would
-// reveal the server (the binary's path) or bypass the console (raw standard streams).
+// reveal the server (the binary's path, which Deno gives out without a permission; a
+// neutral path keeps node:process, which reads it, working) or bypass the console (raw
+// standard streams).
 const denoView = Object.create(null);
 for (const key of Reflect.ownKeys(Deno)) {
   if (["execPath", "stdin", "stdout", "stderr"].includes(key)) continue;
   Object.defineProperty(denoView, key, Object.getOwnPropertyDescriptor(Deno, key));
 }
-denoView.execPath = () => {
-  throw new NotCapable("Requires read access to <exec_path>, run again with the --allow-read flag");
-};
+denoView.execPath = () => "/usr/local/bin/deno";
 for (const stream of ["stdin", "stdout", "stderr"]) {
   Object.defineProperty(denoView, stream, { get: notAvailable(`Deno.${stream}`), enumerable: false });
 }
