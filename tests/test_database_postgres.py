@@ -5,16 +5,18 @@ pytest-django's test database, whose platform tables (auth_user, tenants_tenants
 ...) are the real ones. Skipped otherwise.
 """
 
+import dataclasses
 import os
 import re
 import threading
+import time
 
 import psycopg
 import pytest
 
 from capabilities import database
 from capabilities.base import CapabilityError
-from capabilities.database import postgres
+from capabilities.database import postgres, values
 from capabilities.database.limits import PG_POOL_MAX_SIZE
 from capabilities.database.sqltext import POSTGRES, parse_statement
 from capabilities.database.testing import close_postgres_pools, drop_postgres_tenants, postgres_configured
@@ -323,6 +325,18 @@ def test_it_returns_postgres_types_as_a_block_expects(mallory):
     assert row["span"] == "P1DT2H"
     assert row["big"] == str(2**62)
     assert row["addr"] == "192.168.0.1"
+
+
+def test_it_bounds_a_slow_result_read_in_several_fetches(mallory, monkeypatch):
+    # Rows of a SELECT are read through a server-side cursor, FETCH after FETCH. Each
+    # FETCH here takes 0.2 s, well under the timeout, but together they are bounded by
+    # it: the statement timeout is the whole statement's.
+    monkeypatch.setattr(values, "FETCH_BATCH", 10)
+    mallory.policy = dataclasses.replace(mallory.policy, database_statement_timeout_ms=600)
+    started = time.monotonic()
+    message = refused(lambda: q(mallory, "SELECT x, pg_sleep(0.02) FROM generate_series(1, 100) AS x"), "TIMEOUT")
+    assert "longer than 600 ms" in message
+    assert time.monotonic() - started < 1.0
 
 
 def test_it_refuses_nul_in_text(mallory):

@@ -132,6 +132,17 @@ def test_it_stops_the_database_at_the_storage_quota(make_tenant):
     assert database_path(ctx).stat().st_size <= 256 * 1024
 
 
+def test_cant_make_a_value_larger_than_a_reply(make_tenant):
+    # A gigabyte made in SQL would be a gigabyte of the worker's memory: no single value
+    # may be larger than the tenant's whole reply.
+    tenant = make_tenant("greedy", "Data")
+    PolicyOverride.objects.create(tenant=tenant, setting="database_max_result_bytes", value=str(1024 * 1024))
+    ctx = context_for(tenant)
+    message = refused(lambda: q(ctx, "SELECT length(zeroblob(1000000000)) AS n"), "INVALID_ARGUMENT")
+    assert "too big" in message
+    assert q(ctx, "SELECT length(zeroblob(1000)) AS n")["data"]["rows"] == [{"n": 1000}]
+
+
 def test_it_keeps_the_connection_unable_to_load_extensions(alpha):
     # load_extension is refused by the authorizer and never enabled on the connection:
     # even a statement the authorizer let through would find it off.

@@ -40,7 +40,7 @@ PG_POOL_MAX_IDLE_SECONDS = 30.0
 PG_MAX_OPEN_POOLS = 16
 # Connections one tenant's login role may hold on the server at once, over every worker:
 # a tenant can never take all of max_connections.
-PG_TENANT_CONNECTION_LIMIT = 10
+PG_TENANT_CONNECTION_LIMIT = 20
 # Seconds to wait for a free connection of the tenant's pool (also bounded by the call's
 # deadline).
 PG_POOL_WAIT_SECONDS = 10.0

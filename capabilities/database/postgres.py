@@ -400,6 +400,7 @@ class Runner:
         self.tenant = tenant
         self.conn = conn
         self.timeout_ms = ctx.policy.database_statement_timeout_ms
+        self.current_timeout_ms = self.timeout_ms
         self.call_limited = False
 
     def run(self, statements):
@@ -419,14 +420,35 @@ class Runner:
                 raise label(error, index, self.steps) from None
         return results
 
+    def _set_timeout(self, milliseconds):
+        # A round trip only when the timeout moves by more than a little: a statement's
+        # first FETCH starts a few milliseconds after its timeout was set.
+        milliseconds = max(int(milliseconds), 1)
+        if abs(milliseconds - self.current_timeout_ms) > 20:
+            self.conn.execute(sql.SQL("SET LOCAL statement_timeout = {}").format(sql.Literal(milliseconds)))
+            self.current_timeout_ms = milliseconds
+
+    def _time_left(self, statement_deadline):
+        """Milliseconds left for the statement, or TIMEOUT when there are none. Rows read
+        through a server-side cursor take several FETCHes; the statement timeout bounds
+        them together, not each one."""
+        left = statement_deadline - time.time()
+        if left <= 0:
+            raise self.timeout_error()
+        return left * 1000
+
+    def timeout_error(self):
+        if self.call_limited:
+            return CapabilityError("TIMEOUT", "The call's time ran out while the statement was running.")
+        return CapabilityError("TIMEOUT", f"The statement ran longer than {self.timeout_ms} ms, this tenant's statement timeout.")
+
     def _run_one(self, index, statement, params, collector):
-        remaining_ms = int(_remaining(self.ctx) * 1000) if self.ctx.deadline is not None else None
-        if remaining_ms is not None and remaining_ms <= 0:
+        remaining = _remaining(self.ctx)
+        if remaining <= 0:
             raise CapabilityError("TIMEOUT", "The call's time ran out before the statement could run.")
-        if remaining_ms is not None and remaining_ms < self.timeout_ms:
-            # The call ends before the statement timeout would: stop the statement then.
-            self.call_limited = True
-            self.conn.execute(sql.SQL("SET LOCAL statement_timeout = {}").format(sql.Literal(max(remaining_ms, 1))))
+        self.call_limited = remaining * 1000 < self.timeout_ms
+        statement_deadline = time.time() + min(self.timeout_ms / 1000.0, remaining)
+        self._set_timeout(self._time_left(statement_deadline))
         text = statement.driver_text()
         values = [_pg_param(p) for p in params]
         kind = classify(statement)
@@ -435,7 +457,11 @@ class Runner:
             with self.conn.cursor(name=f"symposium_{index}") as cursor:
                 cursor.execute(text, values)
                 keys = column_keys([c.name for c in cursor.description or []])
-                while batch := cursor.fetchmany(FETCH_BATCH):
+                while True:
+                    self._set_timeout(self._time_left(statement_deadline))
+                    batch = cursor.fetchmany(collector.batch_size())
+                    if not batch:
+                        break
                     rows.extend(collector.add_rows(keys, batch))
             row_count = len(rows)
         elif kind == "stream":
@@ -446,7 +472,7 @@ class Runner:
                     if not keys:
                         keys = column_keys([c.name for c in cursor.description or []])
                     batch.append(row)
-                    if len(batch) >= FETCH_BATCH:
+                    if len(batch) >= collector.batch_size():
                         rows.extend(collector.add_rows(keys, batch))
                         batch = []
             except psycopg.ProgrammingError as error:
@@ -460,7 +486,7 @@ class Runner:
             cursor.execute(text, values)
             if cursor.description:
                 keys = column_keys([c.name for c in cursor.description])
-                while batch := cursor.fetchmany(FETCH_BATCH):
+                while batch := cursor.fetchmany(collector.batch_size()):
                     rows.extend(collector.add_rows(keys, batch))
                 row_count = len(rows) if cursor.rowcount < 0 else cursor.rowcount
             else:
@@ -490,11 +516,7 @@ class Runner:
         primary = (diag.message_primary if diag is not None else None) or str(error).split("\n")[0]
         message = self.scrub(primary)
         if state == "57014":
-            if self.call_limited:
-                return CapabilityError("TIMEOUT", "The call's time ran out while the statement was running.")
-            return CapabilityError(
-                "TIMEOUT", f"The statement ran longer than {self.timeout_ms} ms, this tenant's statement timeout."
-            )
+            return self.timeout_error()
         if state == "42601":
             near = re.match(r'syntax error at or near "(.*)"$', primary)
             return CapabilityError("INVALID_ARGUMENT", f"syntax error near '{near.group(1)}'" if near else message)

@@ -21,7 +21,7 @@ import stat
 import time
 
 from capabilities.base import CapabilityError
-from capabilities.database.limits import FETCH_BATCH, MAX_PARAMS, MAX_SQL_LENGTH
+from capabilities.database.limits import MAX_PARAMS, MAX_SQL_LENGTH
 from capabilities.database.values import ResultCollector, column_keys
 
 logger = logging.getLogger(__name__)
@@ -155,6 +155,9 @@ class Session:
         conn.setlimit(sqlite3.SQLITE_LIMIT_ATTACHED, 0)
         conn.setlimit(sqlite3.SQLITE_LIMIT_VARIABLE_NUMBER, MAX_PARAMS)
         conn.setlimit(sqlite3.SQLITE_LIMIT_SQL_LENGTH, MAX_SQL_LENGTH * 4)
+        # No single value (string or blob) larger than a whole reply may be: a
+        # zeroblob(1e9) would otherwise take a gigabyte of the worker's memory.
+        conn.setlimit(sqlite3.SQLITE_LIMIT_LENGTH, int(min(self.ctx.policy.database_max_result_bytes, 1_000_000_000)))
         try:
             # WAL lets one call read while another writes. Set once, kept in the file.
             conn.execute("PRAGMA journal_mode=WAL")
@@ -219,7 +222,7 @@ class Session:
             keys = column_keys([d[0] for d in cursor.description]) if cursor.description else []
             rows = []
             while True:
-                batch = cursor.fetchmany(FETCH_BATCH)
+                batch = cursor.fetchmany(collector.batch_size())
                 if not batch:
                     break
                 rows.extend(collector.add_rows(keys, batch))

@@ -14,7 +14,7 @@ import math
 import uuid
 
 from capabilities.base import CapabilityError
-from capabilities.database.limits import VALUE_OVERHEAD
+from capabilities.database.limits import FETCH_BATCH, VALUE_OVERHEAD
 
 # The largest integer a JavaScript number holds exactly (Number.MAX_SAFE_INTEGER).
 MAX_SAFE_INTEGER = 2**53 - 1
@@ -143,6 +143,15 @@ class ResultCollector:
         self.max_bytes = policy.database_max_result_bytes
         self.rows = 0
         self.bytes = 0
+
+    def batch_size(self):
+        """How many rows to fetch next: FETCH_BATCH, or fewer when rows are large, so
+        that one batch cannot hold much more than the bytes still allowed."""
+        if not self.rows:
+            return min(50, FETCH_BATCH)
+        average = max(self.bytes // self.rows, 1)
+        room = max(self.max_bytes - self.bytes, 0)
+        return max(1, min(FETCH_BATCH, self.max_rows + 1 - self.rows, room // average + 1))
 
     def add_rows(self, keys, raw_rows):
         out = []
