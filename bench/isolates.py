@@ -143,7 +143,7 @@ def main():
     async def make_service(warm):
         service = RunService(server.port, warm_size=warm)
         if warm:
-            service.pool._limits.append((tenant.profile.memory_mb, tenant.profile.time_limit_seconds + 5))
+            await service.warm_up()
             await service.pool.fill()
         return service
 

@@ -130,6 +130,7 @@ class IsolateBrokerConsumer(AsyncWebsocketConsumer):
             "callTimeoutMs": LIMITS["call_timeout_ms"],
             "maxInFlight": LIMITS["max_in_flight"],
             "consoleCap": self.ctx.policy.console_output_cap,
+            "maxFrameBytes": frame_limit(self.ctx.policy),
         }))
 
     async def call(self, frame):
@@ -237,10 +238,15 @@ class IsolateBrokerConsumer(AsyncWebsocketConsumer):
             reply = {"type": "reply", "id": call_id, "ok": False,
                      "error": {"code": "INTERNAL", "message": f"{op_name} returned a value that cannot be sent.", "capability": capability}}
             error, outcome, text = reply["error"], "failed", encode_frame(reply)
+        if len(text) > LIMITS["reply_max"]:
+            reply = {"type": "reply", "id": call_id, "ok": False, "error": {
+                "code": "QUOTA_EXCEEDED", "capability": capability,
+                "message": f"The result of {op_name} is {len(text)} bytes encoded; one call can return at most {LIMITS['reply_max']}."}}
+            error, outcome, text = reply["error"], "failed", encode_frame(reply)
         duration_ms = (time.perf_counter() - started) * 1000
         self.bytes_out += len(text)
         if not self.finished:
-            await self.send(text)
+            await self.send_frame_text(text)
         audit.record(
             tenant_id=self.ctx.tenant_id, tenant_slug=self.ctx.tenant_slug, run_id=self.ctx.run_id,
             user_id=self.run.user_id, capability=capability, operation=op_name, target=target, outcome=outcome,
@@ -257,6 +263,15 @@ class IsolateBrokerConsumer(AsyncWebsocketConsumer):
             await self.group_event({"event": "image", "mime": envelope.get("mimeType") or "image/png",
                                     "data": base64.b64encode(image).decode(), "width": envelope.get("width"),
                                     "height": envelope.get("height")})
+
+    async def send_frame_text(self, text):
+        """Send a frame, in parts when it is larger than one websocket message should be."""
+        size = LIMITS["part_size"]
+        if len(text) <= size:
+            return await self.send(text)
+        for offset in range(0, len(text), size):
+            last = offset + size >= len(text)
+            await self.send(encode_frame({"type": "part", "text": text[offset:offset + size], "last": last}))
 
     async def log(self, frame):
         level = frame.get("level") if frame.get("level") in LOG_LEVELS else "log"

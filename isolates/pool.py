@@ -377,6 +377,15 @@ class IsolatePool:
             isolate = await self._spawn(memory_mb, cpu_seconds)
         return isolate
 
+    def keep_warm(self, limits):
+        """Also keep warm isolates for these (memory_mb, cpu_seconds) pairs."""
+        self._bind()
+        for memory_mb, cpu_seconds in limits:
+            key = (int(memory_mb), int(cpu_seconds))
+            if key not in self._limits:
+                self._limits.append(key)
+        self._request_refill()
+
     def warm_count(self, memory_mb=None, cpu_seconds=None):
         if memory_mb is None:
             return sum(len(q) for q in self._warm.values())

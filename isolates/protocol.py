@@ -3,7 +3,8 @@
 isolate -> broker: hello {token}, started, call {id, op, args}, log {level, text, t},
                    done {ok, result | error}
 broker -> isolate: start {code, name, input, env, callTimeoutMs, maxInFlight, consoleCap},
-                   reply {id, ok, envelope | error}, stop {reason}
+                   reply {id, ok, envelope | error}, stop {reason},
+                   part {text, last} (a large frame's text in slices)
 
 Binary values travel as {"$bytes": base64} anywhere in a frame.
 """
@@ -20,6 +21,11 @@ LIMITS = {
     # writeFile call therefore carries at most about 96 MB.
     "frame_ceiling": 128 * 1024 * 1024,
     "frame_floor": 8 * 1024 * 1024,
+    # A reply frame larger than this goes as "part" frames of this size: Deno's
+    # websocket client drops any message over 64 MiB.
+    "part_size": 8 * 1024 * 1024,
+    # The largest reply one call can return (about 96 MB of binary data in base64).
+    "reply_max": 128 * 1024 * 1024,
     # Calls one run may have in flight at once: enough for Promise.all over a page of
     # work, small enough that one run cannot fill the dispatcher's queues.
     "max_in_flight": 64,

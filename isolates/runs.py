@@ -22,7 +22,7 @@ from django.conf import settings
 from django.utils import timezone
 
 from isolates.broker import run_group, token_hash
-from tenants.models import BlockRun, Tenant
+from tenants.models import BlockRun, PermissionProfile, Tenant
 from tenants.policy import effective_policy
 
 logger = logging.getLogger(__name__)
@@ -50,6 +50,7 @@ class RunService:
 
         self.broker_port = broker_port
         self.pool = IsolatePool(broker_port, warm_size=settings.SYMPOSIUM_WARM_ISOLATES if warm_size is None else warm_size)
+        self.warming = False
         self.supervisors = {}
         self.isolates = {}
         self.stopping = {}
@@ -59,8 +60,15 @@ class RunService:
     def broker_url(self):
         return f"ws://127.0.0.1:{self.broker_port}/ws/isolate/"
 
+    async def warm_up(self):
+        """Start keeping warm isolates for every profile's limits (once)."""
+        if not self.warming:
+            self.warming = True
+            self.pool.keep_warm(await database_sync_to_async(profile_limits)())
+
     async def start(self, tenant, code, *, user=None, name="", input=None, source="runblock"):
         """Create the run and start supervising it. Raises RunRefused."""
+        await self.warm_up()
         token = secrets.token_urlsafe(32)
         run, policy = await self._create_run(tenant, code, user, name, input, source, token)
         self.supervisors[run.id] = asyncio.ensure_future(self._supervise(run, token, policy))
@@ -204,6 +212,18 @@ class RunService:
             "duration": run.duration, "calls": run.calls, "bytes_in": run.bytes_in, "bytes_out": run.bytes_out,
             "peak_memory_bytes": run.peak_memory_bytes, "console_truncated": run.console_truncated,
         })
+
+
+def profile_limits():
+    """The (memory, CPU) pairs of the profiles: the pool keeps warm isolates for each, so
+    every profile's runs start warm. A tenant with overridden limits starts cold."""
+    from django.db import DatabaseError
+
+    try:
+        profiles = list(PermissionProfile.objects.values_list("memory_mb", "time_limit_seconds"))
+    except DatabaseError:
+        return []
+    return [(memory, seconds + CPU_GRACE_SECONDS) for memory, seconds in profiles]
 
 
 def isolate_figures(isolate):

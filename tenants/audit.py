@@ -11,7 +11,7 @@ import logging
 import queue
 import threading
 
-from django.db import close_old_connections
+from django.db import IntegrityError, close_old_connections
 
 logger = logging.getLogger(__name__)
 
@@ -63,17 +63,42 @@ class AuditWriter:
                 except queue.Empty:
                     break
             if rows:
-                for attempt in range(3):
-                    try:
-                        close_old_connections()
-                        AuditLog.objects.bulk_create(rows)
-                        break
-                    except Exception:
-                        # The database may be restarting; the rows are kept and retried.
-                        logger.exception("audit: writing %d rows failed (attempt %d)", len(rows), attempt + 1)
-                        threading.Event().wait(0.5 * (attempt + 1))
+                self._write(rows)
             for waiter in waiters:
                 waiter.set()
+
+    def _write(self, rows):
+        from tenants.models import AuditLog
+
+        for attempt in range(5):
+            try:
+                close_old_connections()
+                AuditLog.objects.bulk_create(rows)
+                return
+            except IntegrityError:
+                # A tenant, run or user was deleted while its calls were in the queue:
+                # keep the rows, without the links that no longer resolve (tenant_slug
+                # still names the tenant).
+                for row in rows:
+                    self._write_one(row)
+                return
+            except Exception:
+                # The database may be restarting; the rows are kept and retried.
+                logger.exception("audit: writing %d rows failed (attempt %d)", len(rows), attempt + 1)
+                threading.Event().wait(0.2 * 2**attempt)
+        logger.error("audit: %d rows could not be written", len(rows))
+
+    def _write_one(self, row):
+        from tenants.models import AuditLog
+
+        try:
+            AuditLog.objects.bulk_create([row])
+        except IntegrityError:
+            row.tenant_id = row.run_id = row.user_id = None
+            try:
+                AuditLog.objects.bulk_create([row])
+            except Exception:
+                logger.exception("audit: a row could not be written")
 
 
 writer = AuditWriter()

@@ -241,6 +241,10 @@ function onStart(frame) {
   });
 }
 
+// A reply larger than one websocket message may carry (Deno's client drops messages
+// over 64 MiB) arrives as "part" frames: text slices of one frame, the last one marked.
+let frameParts = [];
+
 function onBrokerFrame(event) {
   if (typeof event.data !== "string") return;
   let frame;
@@ -250,6 +254,16 @@ function onBrokerFrame(event) {
     return;
   }
   if (frame === null || typeof frame !== "object") return;
+  if (frame.type === "part") {
+    if (typeof frame.text !== "string") return;
+    frameParts.push(frame.text);
+    if (frame.last === true) {
+      const text = frameParts.join("");
+      frameParts = [];
+      return onBrokerFrame({ data: text });
+    }
+    return;
+  }
   switch (frame.type) {
     case "start":
       return onStart(frame);

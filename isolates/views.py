@@ -1,0 +1,214 @@
+"""The block-runner page and what it reads over HTTP: a tenant's run history, one past
+run, and the files runs wrote (downloads). Plus a plain login page for members who are
+not staff (the admin's login refuses them).
+
+Every view that names a tenant checks the user's membership of it on the server. For
+someone who is not a member, a tenant and its runs and files do not exist (404): the
+answer must not tell an outsider which tenants there are.
+"""
+
+import os
+import stat
+from functools import wraps
+from pathlib import Path
+
+from django.conf import settings
+from django.contrib.auth import views as auth_views
+from django.contrib.auth.decorators import login_required
+from django.http import FileResponse, Http404, JsonResponse
+from django.shortcuts import render
+from django.urls import reverse
+from django.views.decorators.cache import never_cache
+from django.views.decorators.http import require_GET
+
+from capabilities.base import CapabilityError
+from capabilities.files.beneath import O_DIR, open_beneath
+from capabilities.files.paths import parse_tenant_path
+from isolates.runner import RUNNER_LIMITS, membership_for, record_refusal, run_detail, run_summary
+from tenants.models import BlockRun, Membership, Tenant
+
+LOGIN_URL = "/login/"
+EXAMPLES_DIR = Path(settings.BASE_DIR) / "examples"
+HISTORY_SIZE = 50
+
+# The examples menu: the seed's code examples verbatim, the three "usage examples" with
+# the driver that calls them appended (as runblock's tests run them), and the two
+# blocks of our own. `input` is what the input field is set to when one is picked.
+EXAMPLES = [
+    {"key": "hello", "title": "Hello, input", "group": "Start here", "inline": (
+        "// A block is an ES module. Its default export is called with the run's input,\n"
+        "// and what it returns is the run's result.\n"
+        "export default async function (input) {\n"
+        "  console.log('Hello from a sandboxed isolate');\n"
+        "  console.info('Input:', input);\n"
+        "  const id = symposium.utils.generateId();\n"
+        "  return { greeting: `Hello, ${input?.name ?? 'world'}!`, id };\n"
+        "}\n"), "input": '{"name": "Ada"}'},
+    {"key": "file-system", "title": "File system", "group": "Seed: API reference", "files": ["seed/file-system.js"]},
+    {"key": "network", "title": "Network", "group": "Seed: API reference", "files": ["seed/network.js"]},
+    {"key": "canvas", "title": "Canvas", "group": "Seed: API reference", "files": ["seed/canvas.js"]},
+    {"key": "database", "title": "Database", "group": "Seed: API reference", "files": ["seed/database.js"]},
+    {"key": "process", "title": "Process execution", "group": "Seed: API reference", "files": ["seed/process.js"]},
+    {"key": "utils", "title": "Utility functions", "group": "Seed: API reference", "files": ["seed/utils.js"]},
+    {"key": "process-uploaded-file", "title": "Content block with file processing", "group": "Seed: usage examples",
+     "files": ["seed/process-uploaded-file.js", "drivers/process-uploaded-file.js"], "input": '{"path": "uploads/people.csv"}'},
+    {"key": "interactive-dashboard", "title": "Interactive dashboard with canvas", "group": "Seed: usage examples",
+     "files": ["seed/interactive-dashboard.js", "drivers/interactive-dashboard.js"]},
+    {"key": "data-pipeline", "title": "Data pipeline with external APIs", "group": "Seed: usage examples",
+     "files": ["seed/data-pipeline.js", "drivers/data-pipeline.js"]},
+    {"key": "test-orchestrator", "title": "Test orchestrator (every capability)", "group": "Tools",
+     "files": ["test-orchestrator.js"]},
+    {"key": "setup-database", "title": "Set up the example database tables", "group": "Tools", "files": ["setup/database.js"]},
+]
+
+
+def examples():
+    """The menu with each example's code, read from examples/ (the files are small)."""
+    menu = []
+    for example in EXAMPLES:
+        code = example.get("inline") or "\n".join((EXAMPLES_DIR / name).read_text() for name in example["files"])
+        menu.append({"key": example["key"], "title": example["title"], "group": example["group"],
+                     "code": code, "input": example.get("input", ""),
+                     "name": f"{example['key']}.js"})
+    return menu
+
+
+def with_csp(view):
+    """A Content-Security-Policy for the runner's pages: scripts only from this site (the
+    vendored editor included), images from here or the data: URLs of exported images,
+    connections only back to this site (its websocket included). A block's output is
+    only ever inserted as text, but should a bug let markup through, nothing runs."""
+
+    @wraps(view)
+    def wrapped(request, *args, **kwargs):
+        response = view(request, *args, **kwargs)
+        response["Content-Security-Policy"] = (
+            "default-src 'self'; script-src 'self'; img-src 'self' data: blob:; "
+            "style-src 'self' 'unsafe-inline'; connect-src 'self'; object-src 'none'; "
+            "base-uri 'none'; frame-ancestors 'none'; form-action 'self'"
+        )
+        return response
+
+    return wrapped
+
+
+def member_or_404(request, slug, operation):
+    membership = membership_for(request.user, slug)
+    if membership is None:
+        record_refusal(request.user, operation, "PERMISSION_DENIED", f"{request.user.get_username()} is not a member.",
+                       tenant=Tenant.objects.filter(slug=slug).first(), slug=slug, target=request.path[:300])
+        raise Http404("No such tenant.")
+    return membership
+
+
+@never_cache
+@login_required(login_url=LOGIN_URL)
+@with_csp
+def runner_page(request):
+    memberships = list(
+        Membership.objects.filter(user=request.user)
+        .select_related("tenant", "tenant__profile").order_by("tenant__slug")
+    )
+    tenants = [
+        {"slug": m.tenant.slug, "name": m.tenant.name, "role": m.role, "can_run": m.can_run,
+         "profile": m.tenant.profile.name, "active": m.tenant.is_active,
+         "history_url": reverse("runner-history", args=[m.tenant.slug])}
+        for m in memberships
+    ]
+    chosen = request.GET.get("tenant") or request.session.get("runner_tenant")
+    selected = next((t for t in tenants if t["slug"] == chosen), tenants[0] if tenants else None)
+    history = []
+    if selected:
+        request.session["runner_tenant"] = selected["slug"]
+        history = [run_summary(r) for r in recent_runs(selected["slug"])]
+    context = {
+        "tenants": tenants,
+        "selected": selected,
+        "boot": {
+            "tenants": tenants,
+            "selected": selected["slug"] if selected else None,
+            "history": history,
+            "examples": examples(),
+            "limits": RUNNER_LIMITS,
+            "wsPath": "/ws/runner/",
+            "runUrl": reverse("runner-run", args=["TENANT", "RUN"]),
+            "user": request.user.get_username(),
+        },
+    }
+    return render(request, "runner/runner.html", context)
+
+
+def recent_runs(slug):
+    return BlockRun.objects.filter(tenant__slug=slug).select_related("user").order_by("-created")[:HISTORY_SIZE]
+
+
+@require_GET
+@never_cache
+@login_required(login_url=LOGIN_URL)
+def history_json(request, slug):
+    member_or_404(request, slug, "history")
+    return JsonResponse({"tenant": slug, "runs": [run_summary(r) for r in recent_runs(slug)]})
+
+
+@require_GET
+@never_cache
+@login_required(login_url=LOGIN_URL)
+def run_json(request, slug, run_id):
+    member_or_404(request, slug, "history")
+    run = BlockRun.objects.select_related("tenant", "user").filter(pk=run_id, tenant__slug=slug).first()
+    if run is None:
+        raise Http404("No such run.")
+    return JsonResponse(run_detail(run))
+
+
+@require_GET
+@never_cache
+@login_required(login_url=LOGIN_URL)
+def download_file(request, slug, path):
+    """A file of the tenant's storage, to a member of the tenant.
+
+    SECURITY: the path is a tenant path like a block's (capabilities.files.paths): no
+    '..', no NUL or control characters, the platform's folders invisible. It is opened
+    beneath the tenant's root without following any symbolic link or crossing a mount
+    (capabilities.files.beneath), so a link planted in storage leads nowhere. Only regular
+    files are served, always as an attachment of an opaque type with a sandboxing CSP:
+    a tenant's HTML or SVG file must never run as a page of this site."""
+    membership = member_or_404(request, slug, "download")
+    try:
+        tenant_path = parse_tenant_path(path)
+    except CapabilityError:
+        raise Http404("No such file.") from None
+    if tenant_path.is_root or tenant_path.reserved:
+        raise Http404("No such file.")
+    try:
+        root_fd = os.open(membership.tenant.storage_root(), O_DIR)
+    except OSError:
+        raise Http404("No such file.") from None
+    try:
+        fd = open_beneath(root_fd, tenant_path.parts, os.O_RDONLY | os.O_NONBLOCK)
+    except OSError:
+        raise Http404("No such file.") from None
+    finally:
+        os.close(root_fd)
+    if not stat.S_ISREG(os.fstat(fd).st_mode):
+        os.close(fd)
+        raise Http404("No such file.")
+    response = FileResponse(os.fdopen(fd, "rb"), as_attachment=True, filename=tenant_path.name,
+                            content_type="application/octet-stream")
+    response["Content-Security-Policy"] = "sandbox; default-src 'none'"
+    response["X-Content-Type-Options"] = "nosniff"
+    return response
+
+
+class RunnerLoginView(auth_views.LoginView):
+    """A plain login page for tenants' members (the admin's login is for staff only)."""
+
+    template_name = "runner/login.html"
+    redirect_authenticated_user = True
+
+    def get_default_redirect_url(self):
+        return reverse("runner")
+
+
+login_view = with_csp(RunnerLoginView.as_view())
+logout_view = auth_views.LogoutView.as_view(next_page=LOGIN_URL)
