@@ -49,6 +49,7 @@ def alpha(make_tenant):
     q(ctx, "INSERT INTO a_secret_table (value) VALUES (?)", ["alpha's secret"])
     q(ctx, "CREATE FUNCTION alpha_function() RETURNS int LANGUAGE sql AS 'SELECT 42'")
     q(ctx, "CREATE VIEW alpha_view AS SELECT value FROM a_secret_table")
+    q(ctx, "CREATE SEQUENCE alpha_seq")
     return ctx
 
 
@@ -235,6 +236,31 @@ def test_cant_see_another_tenants_tables(alpha, mallory):
     assert views["data"]["rows"] == []
 
 
+def test_cant_learn_another_tenants_names_from_errors(alpha, mallory):
+    # Functions that take an object's number answer with its name in their errors.
+    with admin() as conn:
+        sequence, table = conn.execute(
+            "SELECT (SELECT oid FROM pg_class WHERE relname = 'alpha_seq'), (SELECT oid FROM pg_class WHERE relname = 'a_secret_table')"
+        ).fetchone()
+    for sql, params in [
+        (f"SELECT nextval({sequence})", []),
+        (f"SELECT currval({sequence}::oid)", []),
+        (f"SELECT satisfies_hash_partition({table}, 1, 0, 1)", []),
+        ("SELECT satisfies_hash_partition(?, 1, 0, 1)", [table]),
+        ("SELECT nextval(?::text)", [str(sequence)]),
+    ]:
+        with pytest.raises(CapabilityError) as caught:
+            q(mallory, sql, params)
+        assert "alpha_seq" not in caught.value.message and "a_secret_table" not in caught.value.message
+        assert "outside this tenant's own schema" in caught.value.message
+    # The tenant's own objects are named as usual, even when the statement did not name them.
+    message = refused(lambda: q(mallory, "INSERT INTO mallory_table (x) VALUES (?), (?)", [1, "x"]), "INVALID_ARGUMENT")
+    assert "integer" in message
+    q(mallory, "CREATE TABLE keyed (id INT PRIMARY KEY)")
+    q(mallory, "INSERT INTO keyed VALUES (1)")
+    assert "keyed_pkey" in refused(lambda: q(mallory, "INSERT INTO keyed VALUES (1)"), "INVALID_ARGUMENT")
+
+
 def test_cant_escape_the_tenants_role_even_past_the_guard(alpha, mallory):
     # The statement guard is the second line. These go straight to the database, as the
     # tenant's login role inside SET LOCAL ROLE: the database itself must refuse them.
@@ -260,7 +286,9 @@ def test_cant_escape_the_tenants_role_even_past_the_guard(alpha, mallory):
         with pytest.raises(CapabilityError) as caught:
             past_the_guard(mallory, sql)
         assert caught.value.code in ("PERMISSION_DENIED", "INVALID_ARGUMENT"), (sql, caught.value.message)
-        assert re.search(r"permission denied|must be superuser|does not exist", caught.value.message, re.I), (sql, caught.value.message)
+        assert re.search(
+            r"permission denied|must be superuser|does not exist|outside this tenant's own schema", caught.value.message, re.I
+        ), (sql, caught.value.message)
     # RESET ROLE only drops the tenant to its login role, which can do nothing at all.
     reset = postgres.run(
         mallory,
@@ -274,6 +302,15 @@ def test_cant_escape_the_tenants_role_even_past_the_guard(alpha, mallory):
     with pytest.raises(CapabilityError):
         postgres.run(mallory, [(parse_statement("RESET ROLE", POSTGRES), []), (parse_statement("SELECT * FROM mallory_table", POSTGRES), [])])
     assert not os.path.exists("/tmp/symposium-copy-test")
+
+
+def test_cant_copy_to_a_program_or_a_file(mallory):
+    for sql in ["COPY (SELECT 1) TO PROGRAM 'id'", "COPY mallory_table FROM PROGRAM 'cat /etc/passwd'", "copy mallory_table to '/tmp/x'"]:
+        assert "COPY is not available" in refused(lambda: q(mallory, sql))
+    # And the database refuses it too, should the guard ever let one through.
+    message = refused(lambda: past_the_guard(mallory, "COPY (SELECT 1) TO PROGRAM 'touch /tmp/symposium-pwned'"))
+    assert "pg_execute_server_program" in message
+    assert not os.path.exists("/tmp/symposium-pwned")
 
 
 def test_it_discards_session_state_between_calls(mallory):

@@ -342,6 +342,23 @@ def classify(statement):
     return "execute"
 
 
+# PostgreSQL numbers the objects users create from 16384 (FirstNormalObjectId) up.
+FIRST_USER_OBJECT_NUMBER = 16384
+
+
+def _may_name_an_object_number(statement, params):
+    """Whether the statement holds a number that may be an object's (an OID), in its
+    text or its parameters: then any error may name that object."""
+    values = [t.value for t in statement.tokens if t.kind in ("number", "string")] + list(params)
+    for value in values:
+        if isinstance(value, bool):
+            continue
+        if isinstance(value, int) or isinstance(value, str) and value.strip().isdigit():
+            if int(value) >= FIRST_USER_OBJECT_NUMBER:
+                return True
+    return False
+
+
 def _pg_param(value):
     if isinstance(value, (dict, list)):
         return Jsonb(value)
@@ -415,7 +432,7 @@ class Runner:
             try:
                 results.append(self._run_one(index, statement, params, collector))
             except psycopg.Error as error:
-                raise label(self.error(error), index, self.steps) from None
+                raise label(self.error(error, statement, params), index, self.steps) from None
             except CapabilityError as error:
                 raise label(error, index, self.steps) from None
         return results
@@ -510,10 +527,52 @@ class Runner:
         message = re.sub(r'"?\bsymposium_[0-9a-f]{8}_t\d+(?:_login)?\b"?', "another role", message)
         return message[:500]
 
-    def error(self, error):
+    def names_foreign_objects(self, primary, statement):
+        """Whether an error message names an object the statement did not name and the
+        tenant does not own. Functions given an object's number (nextval(16400))
+        answer with the object's name: another tenant's, which the block must not learn."""
+        named = re.findall(r'"([^"]+)"', primary)
+        named += re.findall(r"\bfor (?:table|sequence|view|materialized view|relation|function|type|column|foreign table) ([\w$]+)$", primary)
+        if not named:
+            return False
+        known = set()
+        for token in statement.tokens:
+            if token.kind in ("word", "ident", "string"):
+                known.add(token.value.lower())
+                known.update(part.strip('"').lower() for part in token.value.split("."))
+        unknown = sorted({name for name in named if name.lower() not in known})
+        if not unknown:
+            return False
+        try:
+            self.conn.rollback()
+            owned = self.conn.execute(
+                """
+                SELECT count(DISTINCT name) FROM (
+                    SELECT relname::text AS name FROM pg_class WHERE relnamespace = to_regnamespace(%(schema)s)
+                    UNION ALL SELECT conname::text FROM pg_constraint WHERE connamespace = to_regnamespace(%(schema)s)
+                    UNION ALL SELECT proname::text FROM pg_proc WHERE pronamespace = to_regnamespace(%(schema)s)
+                    UNION ALL SELECT typname::text FROM pg_type WHERE typnamespace = to_regnamespace(%(schema)s)
+                    UNION ALL SELECT attname::text FROM pg_attribute a JOIN pg_class c ON c.oid = a.attrelid
+                        WHERE c.relnamespace = to_regnamespace(%(schema)s)
+                ) AS objects WHERE name = ANY(%(names)s)
+                """,
+                {"schema": self.tenant.schema, "names": unknown},
+            ).fetchone()[0]
+        except psycopg.Error:
+            return True
+        return owned < len(unknown)
+
+    def error(self, error, statement=None, params=()):
         state = getattr(error, "sqlstate", None) or ""
         diag = getattr(error, "diag", None)
         primary = (diag.message_primary if diag is not None else None) or str(error).split("\n")[0]
+        if statement is not None and (state.startswith("42") or _may_name_an_object_number(statement, params)) and self.names_foreign_objects(
+            primary, statement
+        ):
+            return CapabilityError(
+                "PERMISSION_DENIED" if state == "42501" else "INVALID_ARGUMENT",
+                "The statement refers to an object outside this tenant's own schema.",
+            )
         message = self.scrub(primary)
         if state == "57014":
             return self.timeout_error()

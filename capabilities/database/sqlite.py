@@ -140,7 +140,7 @@ class Session:
             # isolation_level=None: no implicit transactions; BEGIN and COMMIT are ours.
             # The busy timeout (another call of the tenant writing) counts against the
             # statement timeout.
-            self.conn = sqlite3.connect(str(path), timeout=min(self.timeout, remaining), isolation_level=None)
+            self.conn = sqlite3.connect(str(path), timeout=max(min(self.timeout, remaining), 0.001), isolation_level=None)
         except sqlite3.Error:
             logger.exception("tenant %s: cannot open the SQLite database", ctx.tenant_slug)
             raise CapabilityError("UPSTREAM_ERROR", "The tenant's database could not be opened.") from None

@@ -197,11 +197,11 @@ def _same_origin(a, b):
 
 def fetch(ctx, args):
     url = args.get("url")
-    method = args.get("method", "GET")
+    method = args.get("method") or "GET"
     if not isinstance(method, str) or method.upper() not in METHODS:
         raise CapabilityError("INVALID_ARGUMENT", f"The method must be one of {', '.join(sorted(METHODS))}.")
     method = method.upper()
-    mode = args.get("redirect", "follow")
+    mode = args.get("redirect") or "follow"
     if mode not in REDIRECT_MODES:
         raise CapabilityError("INVALID_ARGUMENT", "redirect must be 'follow', 'manual' or 'error'.")
     pairs = check_headers(args.get("headers"))
