@@ -117,6 +117,20 @@ class SameOriginValidator:
         return await WebsocketDenier()(scope, receive, send)
 
 
+async def current_user(scope):
+    """The user of the handshake's session as the session store has it now. The scope's
+    session object caches what it read at the handshake, so a fresh one is read."""
+    from importlib import import_module
+
+    from django.contrib.auth.models import AnonymousUser
+
+    key = getattr(scope.get("session"), "session_key", None)
+    if not key:
+        return AnonymousUser()
+    store = import_module(settings.SESSION_ENGINE).SessionStore(key)
+    return await get_user({"session": store})
+
+
 # -- what the page and the views share -------------------------------------------------
 
 
@@ -278,7 +292,7 @@ class BlockRunnerConsumer(AsyncWebsocketConsumer):
             return await self.refuse(str(kind)[:20], "INVALID_ARGUMENT", "Unknown request; expected start, stop or watch.")
         # The session is read again for every request: logging out elsewhere, or being
         # deactivated by an admin, takes effect on an open page at once.
-        user = await get_user(self.scope)
+        user = await current_user(self.scope)
         if not user.is_authenticated or not user.is_active:
             await self.send_json({"type": "error", "code": "UNAUTHENTICATED", "message": "Your session has ended; log in again."})
             return await self.close(code=4401)
