@@ -393,6 +393,16 @@ def test_it_drops_a_tenants_database(make_tenant):
     refused(lambda: q(ctx, "SELECT * FROM t"), "INVALID_ARGUMENT")
 
 
+def test_it_drops_every_tenant_of_a_database(make_tenant):
+    contexts = [context_for(make_tenant(f"gone{i}", "Data")) for i in range(2)]
+    for ctx in contexts:
+        q(ctx, "SELECT 1")
+    assert postgres.drop_all_tenants() >= 2
+    with admin() as conn:
+        target = postgres.Target.from_settings()
+        assert not conn.execute("SELECT 1 FROM pg_roles WHERE rolname LIKE %s", [f"symposium_{target.tag}_t%"]).fetchone()
+
+
 def test_it_never_logs_in_as_the_platform_for_tenant_sql(mallory):
     target, tenant = names_of(mallory)
     pool = postgres._pools[(target, tenant.login)]

@@ -241,6 +241,18 @@ def drop_tenant(tenant_id, target=None):
     _provisioned.discard((target, tenant.tenant_id))
 
 
+def drop_all_tenants(target=None):
+    """Drop every tenant schema and role of this database (the roles whose names carry
+    its tag). For decommissioning a platform database, and for test runs, whose
+    databases go away while roles, which belong to the whole server, would stay."""
+    target = target or Target.from_settings()
+    with psycopg.connect(target.conninfo(application_name="symposium-provision"), autocommit=True) as admin:
+        names = [row[0] for row in admin.execute("SELECT rolname FROM pg_roles WHERE rolname ~ %s", [rf"^symposium_{target.tag}_t\d+$"])]
+    for name in names:
+        drop_tenant(int(name.rsplit("_t", 1)[1]), target)
+    return len(names)
+
+
 # -- connection pools ------------------------------------------------------------------
 
 _pools = OrderedDict()

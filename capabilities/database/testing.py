@@ -40,10 +40,13 @@ def drop_postgres_tenants(tenant_ids):
 
 
 def close_postgres_pools():
-    """Close the connections to the test database, which is dropped after the run."""
+    """Close the connections to the test database, which is dropped after the run, and
+    drop what is left of tenants' roles there (other tests' blocks may have made some)."""
     from capabilities.database import postgres
 
     postgres.close_pools()
+    if postgres_configured():
+        postgres.drop_all_tenants()
 
 
 # Table definitions for the tests, per backend: SQLite's INTEGER PRIMARY KEY numbers rows
