@@ -27,16 +27,19 @@ _executor = concurrent.futures.ThreadPoolExecutor(
 
 
 def execute_operation(op_name, ctx, args):
-    """Run one call's handler. Returns the reply fields: {"ok": True, ...} or
+    """Run one call's handler. Returns {"ok": True, "envelope": {...}} or
     {"ok": False, "error": {...}}. Never raises."""
     op = OPERATIONS[op_name]
     try:
         result = op.handler(ctx, args)
         if not isinstance(result, dict):
             raise TypeError(f"{op_name} handler returned {type(result).__name__}")
-        return {"ok": True, **result}
+        return {"ok": True, "envelope": result}
     except CapabilityError as e:
-        return {"ok": False, "error": e.as_error()}
+        reply = {"ok": False, "error": e.as_error()}
+        if getattr(e, "attempts", None) is not None:
+            reply["attempts"] = e.attempts  # webhook deliveries, for the audit log
+        return reply
     except Exception:
         # A bug in a handler: the log has the traceback, the block gets no internals.
         logger.exception("capability %s failed", op_name)

@@ -220,12 +220,31 @@ class IsolateBrokerConsumer(AsyncWebsocketConsumer):
         call_id, op, target, started = entry
         outcome = "allowed" if reply.get("ok") else "failed"
         await self.answer(call_id, reply, op.capability, op.name, target, outcome, started)
+        attempts = reply.get("attempts") if not reply.get("ok") else (reply.get("envelope") or {}).get("attempts")
+        if op.name == "network.sendWebhook" and isinstance(attempts, list):
+            self.audit_attempts(op, target, attempts)
+
+    def audit_attempts(self, op, target, attempts):
+        """Each delivery attempt of a webhook is a row of its own, under the call's row."""
+        for attempt in attempts[:20]:
+            if not isinstance(attempt, dict):
+                continue
+            status = attempt.get("status")
+            delivered = isinstance(status, int) and 200 <= status < 300
+            audit.record(
+                tenant_id=self.ctx.tenant_id, tenant_slug=self.ctx.tenant_slug, run_id=self.ctx.run_id,
+                user_id=self.run.user_id, capability=op.capability, operation="network.sendWebhook.attempt",
+                target=target, outcome="allowed" if delivered else "failed",
+                error_code="" if delivered else "UPSTREAM_ERROR",
+                message=str(attempt.get("error") or (f"HTTP {status}" if status else ""))[:300],
+                duration_ms=attempt.get("durationMs") if isinstance(attempt.get("durationMs"), (int, float)) else None,
+            )
 
     async def answer(self, call_id, reply, capability, op_name, target, outcome, started):
         if reply.get("ok"):
             # The envelope's fields travel under "envelope": a field may be named like a
-            # frame key (getFileInfo returns a "type").
-            reply = {"type": "reply", "id": call_id, "ok": True, "envelope": {k: v for k, v in reply.items() if k != "ok"}}
+            # frame key (getFileInfo returns a "type", fetch an "ok").
+            reply = {"type": "reply", "id": call_id, "ok": True, "envelope": reply.get("envelope") or {}}
         else:
             reply = {"type": "reply", "id": call_id, "ok": False, "error": reply.get("error") or {}}
         error = reply.get("error") or {}

@@ -20,6 +20,13 @@ def close_other_sessions_at_the_end(django_db_setup, django_db_blocker):
     from django.db import connection
 
     if connection.vendor == "postgresql":
+        # Tenant databases are PostgreSQL schemas with roles of their own, which live
+        # on the server beyond the test database: remove what the tests made.
+        from capabilities.database import postgres
+
+        with django_db_blocker.unblock():
+            postgres.close_pools()
+            postgres.drop_all_tenants()
         with django_db_blocker.unblock(), connection.cursor() as cursor:
             cursor.execute(
                 "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "

@@ -186,3 +186,13 @@ def test_a_forged_login_link_is_refused(client, db):
 
 def test_the_profiles_exist_after_migrate(db):
     assert list(PermissionProfile.objects.values_list("name", flat=True)) == ["Basic", "Interactive", "Data", "Advanced"]
+
+
+@pytest.mark.django_db(transaction=True)
+def test_deleting_a_tenant_deletes_its_storage(admin_client, make_tenant):
+    tenant = make_tenant("doomed", "Data")
+    (tenant.storage_root() / "notes.txt").write_text("bye")
+    response = admin_client.post(f"/admin/tenants/tenant/{tenant.pk}/delete/", {"post": "yes"})
+    assert response.status_code == 302
+    assert not Tenant.objects.filter(slug="doomed").exists()
+    assert not tenant.storage_root().exists()

@@ -406,7 +406,9 @@ const symposium = Object.freeze({
   canvas: Object.freeze({
     createCanvas: method("canvas.createCanvas", (width, height) => ({ width, height })),
     draw: method("canvas.draw", (canvasId, ops) => ({ canvasId, ops })),
-    exportImage: method("canvas.exportImage", (canvasId, format = "png", opts) => ({ canvasId, format, ...options(opts) })),
+    // Like toDataURL(type, quality), a bare number is the quality.
+    exportImage: method("canvas.exportImage", (canvasId, format = "png", opts) =>
+      typeof opts === "number" ? { canvasId, format, quality: opts } : { canvasId, format, ...options(opts) }),
   }),
   database: Object.freeze({
     query: method("database.query", (sql, params = []) => ({ sql, params })),
