@@ -10,6 +10,7 @@ import pytest
 from django.contrib.auth import get_user_model
 
 from tenants.models import Membership, PermissionProfile, Tenant
+from tests.blocks import dispatch_path, rq_dispatch, run_block, seeded, server  # noqa: F401  (fixtures)
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -135,7 +135,16 @@ class Page:
         return self.receive_until(lambda f: f["type"] == "finished" and f["run"] == run_id, timeout)
 
     def events(self, run_id, kind=None):
-        return [f for f in self.frames if f.get("type") == "event" and f.get("run") == run_id and (kind is None or f["event"] == kind)]
+        """The run's events in order, console lines (sent in batches) one by one."""
+        events = []
+        for frame in self.frames:
+            if frame.get("run") != run_id:
+                continue
+            if frame["type"] == "logs":
+                events += [{"type": "event", "event": "log", "run": run_id, **line} for line in frame["lines"]]
+            elif frame["type"] == "event":
+                events.append(frame)
+        return [e for e in events if kind is None or e["event"] == kind]
 
     def disconnect(self):
         async def disconnect():
@@ -372,7 +381,7 @@ def test_it_stops_a_runaway_block(pages, tenants):
     page.connect()
     page.receive()
     run_id = page.start("acme", "console.log('spinning'); while (true) {}")["run"]
-    page.receive_until(lambda f: f.get("event") == "log")
+    page.receive_until(lambda f: f["type"] == "logs")
     started = time.monotonic()
     page.send({"type": "stop", "run": run_id})
     finished = page.finished(run_id)
@@ -427,7 +436,7 @@ def test_it_lets_a_viewer_watch_a_run(pages, tenants):
     alice.receive()
     code = "console.log('before'); await new Promise(r => setTimeout(r, 800)); console.log('after'); export default () => 'done';"
     run_id = alice.start("acme", code)["run"]
-    alice.receive_until(lambda f: f.get("event") == "log")
+    alice.receive_until(lambda f: f["type"] == "logs")
     victor = pages(tenants["victor"])
     victor.connect()
     victor.receive()
@@ -481,7 +490,7 @@ def test_it_keeps_the_run_going_when_the_page_goes_away(pages, tenants, server, 
     page.receive()
     code = "console.log('working'); await new Promise(r => setTimeout(r, 700)); export default () => 'finished alone';"
     run_id = page.start("acme", code)["run"]
-    page.receive_until(lambda f: f.get("event") == "log")
+    page.receive_until(lambda f: f["type"] == "logs")
     page.disconnect()
     page.communicator = None
     run = wait_for_run(server, run_id)
@@ -495,7 +504,7 @@ def test_it_kills_the_run_when_the_page_goes_away_if_set_to(pages, tenants, serv
     page.connect()
     page.receive()
     run_id = page.start("acme", "console.log('spinning'); while (true) {}")["run"]
-    page.receive_until(lambda f: f.get("event") == "log")
+    page.receive_until(lambda f: f["type"] == "logs")
     page.disconnect()
     page.communicator = None
     run = wait_for_run(server, run_id)

@@ -158,6 +158,12 @@ class Handler(BaseHTTPRequestHandler):
     def route_gzipped(self, params, body):
         self.reply(200, gzip.compress(b'{"compressed": true}'), "application/json", [("Content-Encoding", "gzip")])
 
+    def route_data(self, params, body):
+        """A small JSON API (the seed's api.example.com/data): items, limited by ?limit."""
+        limit = int(params.get("limit", "10"))
+        items = [{"id": n, "name": f"item {n}", "score": n * 7 % 10} for n in range(1, min(limit, 25) + 1)]
+        self.reply(200, json.dumps({"items": items, "count": len(items)}).encode(), "application/json")
+
     def route_webhook(self, params, body):
         state = self.server.state
         verified = None
@@ -174,6 +180,8 @@ class Handler(BaseHTTPRequestHandler):
             return self.reply(state.fail_status, b"try later", "text/plain")
         self.reply(200, b"thanks", "text/plain")
 
+    route_xyz = route_webhook  # the seed's https://webhook.site/xyz
+
 
 def verify_standard_webhook(key, headers, body):
     """The receiver's side of Standard Webhooks, written from the specification (not
@@ -187,8 +195,8 @@ def verify_standard_webhook(key, headers, body):
 
 
 class LocalServer:
-    def __init__(self, tls_context=None, host="127.0.0.1"):
-        self.httpd = ThreadingHTTPServer((host, 0), Handler)
+    def __init__(self, tls_context=None, host="127.0.0.1", port=0):
+        self.httpd = ThreadingHTTPServer((host, port), Handler)
         self.httpd.daemon_threads = True
         self.state = self.httpd.state = State()
         if tls_context is not None:

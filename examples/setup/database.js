@@ -1,9 +1,10 @@
 // Creates the tables the seed's database examples expect, with a few rows.
+// The same SQL works on both engines a tenant database may have (SQLite, PostgreSQL).
 await symposium.database.query(
   'CREATE TABLE IF NOT EXISTS users (id INTEGER PRIMARY KEY, name TEXT, active BOOLEAN, last_activity BIGINT)'
 );
 await symposium.database.query(
-  'CREATE TABLE IF NOT EXISTS logs (id INTEGER PRIMARY KEY, action TEXT, user_id INTEGER, timestamp BIGINT)'
+  'CREATE TABLE IF NOT EXISTS logs (action TEXT, user_id INTEGER, timestamp BIGINT)'
 );
 await symposium.database.query(
   'CREATE TABLE IF NOT EXISTS file_logs (file_path TEXT, processed_at BIGINT, record_count INTEGER)'
