@@ -65,7 +65,31 @@ def target_of(op, args):
     return value if isinstance(value, (str, int)) else ""
 
 
+def control_group(run_id):
+    """The group the run's own broker connection listens on (to be told to stop)."""
+    return f"run-control-{run_id}"
+
+
 class IsolateBrokerConsumer(AsyncWebsocketConsumer):
+    # The channel-layer messages this consumer handles: an allow-list, never a method
+    # picked by a message's type.
+    DISPATCH = {
+        "websocket.connect": "websocket_connect",
+        "websocket.receive": "websocket_receive",
+        "websocket.disconnect": "websocket_disconnect",
+        "capability.result": "capability_result",
+        "run.stop": "run_stop",
+    }
+
+    async def dispatch(self, message):
+        # Unlike Channels' default, no database connection sweep per message: it costs
+        # a thread hop per frame, and the helpers that use the database
+        # (database_sync_to_async) close stale connections themselves.
+        name = self.DISPATCH.get(message.get("type"))
+        if name is None:
+            raise ValueError(f"No handler for message type {str(message.get('type'))[:40]}")
+        await getattr(self, name)(message)
+
     async def connect(self):
         self.run = None
         self.ctx = None
@@ -79,6 +103,7 @@ class IsolateBrokerConsumer(AsyncWebsocketConsumer):
         self.bytes_in = 0
         self.bytes_out = 0
         self.finished = False
+        self.event_sender = None
         await self.accept()
 
     # -- frames from the isolate ---------------------------------------------------
@@ -317,6 +342,9 @@ class IsolateBrokerConsumer(AsyncWebsocketConsumer):
         self.finished = True
         ok = frame.get("ok") is True
         error = frame.get("error") if isinstance(frame.get("error"), dict) else {}
+        await self.group_event({"event": "done", "ok": ok, "result": frame.get("result") if ok else None,
+                                "error": None if ok else {k: error.get(k) for k in ("name", "code", "message", "stack")}})
+        await self.flush_events()
         await self.save_console()
         await self.finish_run(
             "succeeded" if ok else "failed",
@@ -324,8 +352,6 @@ class IsolateBrokerConsumer(AsyncWebsocketConsumer):
             error_code="" if ok else str(error.get("code") or error.get("name") or "Error")[:30],
             error=str(error.get("message") or "")[:10000] if not ok else "",
         )
-        await self.group_event({"event": "done", "ok": ok, "result": frame.get("result") if ok else None,
-                                "error": None if ok else {k: error.get(k) for k in ("name", "code", "message", "stack")}})
 
     async def refuse_frame(self, message):
         """A frame the runtime would never send: the sandbox is not behaving, end the run."""
@@ -338,6 +364,7 @@ class IsolateBrokerConsumer(AsyncWebsocketConsumer):
             await self.save_console()
             await self.finish_run("failed", error_code="INVALID_ARGUMENT", error=f"The run was stopped: {message}")
             await self.group_event({"event": "done", "ok": False, "error": {"code": "INVALID_ARGUMENT", "message": message}})
+            await self.flush_events()
             await self.send(encode_frame({"type": "stop", "reason": message}))
         await self.close(code=4400)
 
@@ -345,8 +372,11 @@ class IsolateBrokerConsumer(AsyncWebsocketConsumer):
         for key in list(self.in_flight):
             self.in_flight.pop(key, None)
         if self.run:
+            await self.flush_events()
+            if self.event_sender is not None:
+                self.event_sender.cancel()
             await self.save_console()
-            await self.channel_layer.group_discard(run_group(self.run.id), self.channel_name)
+            await self.channel_layer.group_discard(control_group(self.run.id), self.channel_name)
             if self.ctx is not None:
                 # A run's canvases die with it (they would expire on their own later).
                 await database_sync_to_async(discard_canvases, thread_sensitive=False)(self.ctx)
@@ -359,11 +389,27 @@ class IsolateBrokerConsumer(AsyncWebsocketConsumer):
     # -- state ------------------------------------------------------------------------
 
     async def group_event(self, event):
-        if self.run is not None:
-            await self.channel_layer.group_send(run_group(self.run.id), {"type": "run.event", "run": self.run.id, **event})
+        """Publish an event to whoever watches the run, in order, off the reply's path."""
+        if self.run is None:
+            return
+        if self.event_sender is None:
+            self.event_queue = asyncio.Queue()
+            self.event_sender = asyncio.ensure_future(self.send_events())
+        self.event_queue.put_nowait({"type": "run.event", "run": self.run.id, **event})
 
-    async def run_event(self, event):
-        pass  # this consumer is in the run's group only to receive run.stop
+    async def send_events(self):
+        while True:
+            event = await self.event_queue.get()
+            try:
+                await self.channel_layer.group_send(run_group(self.run.id), event)
+            except Exception:
+                logger.exception("publishing an event of run %s failed", self.run.id)
+            finally:
+                self.event_queue.task_done()
+
+    async def flush_events(self):
+        if self.event_sender is not None:
+            await self.event_queue.join()
 
     @database_sync_to_async
     def claim_run(self, token):
@@ -377,7 +423,7 @@ class IsolateBrokerConsumer(AsyncWebsocketConsumer):
 
     async def load_context(self):
         await self.refresh_context(force=True)
-        await self.channel_layer.group_add(run_group(self.run.id), self.channel_name)
+        await self.channel_layer.group_add(control_group(self.run.id), self.channel_name)
 
     async def refresh_context(self, force=False):
         if not force and time.monotonic() - self.policy_loaded < POLICY_TTL:

@@ -54,6 +54,12 @@ RUNNER_LIMITS = {
     "history_calls": 1000,
 }
 
+# Console lines are sent to the page in batches: one websocket message per line would
+# cost a block printing a megabyte a thousand messages, and the server's event loop
+# (which also carries the isolates' frames) the time to frame each one.
+LOG_BATCH_SECONDS = 0.05
+LOG_BATCH_BYTES = 256 * 1024
+
 IMAGE_TYPES = {"image/png", "image/jpeg", "image/webp", "image/gif", "image/bmp", "image/tiff"}
 CAP_NOTICE = "Console output reached this tenant's cap of"
 
@@ -268,6 +274,9 @@ class WatchedRun:
 class BlockRunnerConsumer(AsyncWebsocketConsumer):
     async def connect(self):
         self.watched = {}
+        self.pending_logs = []  # [(run_id, line)], in order, not yet sent
+        self.pending_bytes = 0
+        self.log_flusher = None
         await self.accept()
         user = self.scope.get("user")
         if user is None or not user.is_authenticated:
@@ -444,13 +453,42 @@ class BlockRunnerConsumer(AsyncWebsocketConsumer):
                 stored = console_text_of(frame.get("level"), text)
                 watched.console_chars += len(stored) + (1 if watched.console_lines else 0)
                 watched.console_lines += 1
-        elif kind == "call":
+            return await self.queue_log(watched.id, {"level": frame.get("level"), "text": text, "t": frame.get("t")})
+        await self.flush_logs()  # what the block printed before this event, first
+        if kind == "call":
             if frame.get("outcome") == "allowed" and frame.get("op") == "writeFile":
                 frame["download"] = file_url(watched.tenant_slug, str(frame.get("target", "")).strip("/"))
         elif kind == "image":
             if frame.get("mime") not in IMAGE_TYPES:
                 return
         await self.send_json(frame)
+
+    async def queue_log(self, run_id, line):
+        self.pending_logs.append((run_id, line))
+        self.pending_bytes += len(line["text"]) + 64
+        if self.pending_bytes >= LOG_BATCH_BYTES:
+            await self.flush_logs()
+        elif self.log_flusher is None:
+            self.log_flusher = asyncio.ensure_future(self.flush_logs_soon())
+
+    async def flush_logs_soon(self):
+        await asyncio.sleep(LOG_BATCH_SECONDS)
+        self.log_flusher = None
+        await self.flush_logs()
+
+    async def flush_logs(self):
+        """Sends the queued console lines: one `logs` frame per run, in order."""
+        if not self.pending_logs:
+            return
+        pending, self.pending_logs, self.pending_bytes = self.pending_logs, [], 0
+        batch_run, lines = None, []
+        for run_id, line in pending + [(None, None)]:
+            if run_id != batch_run and lines:
+                await self.send_json({"type": "logs", "run": batch_run, "lines": lines})
+                lines = []
+            batch_run = run_id
+            if line is not None:
+                lines.append(line)
 
     async def run_stop(self, event):
         pass  # meant for the isolate's broker, which is in the same group
@@ -459,6 +497,7 @@ class BlockRunnerConsumer(AsyncWebsocketConsumer):
         if watched.finished:
             return
         watched.finished = True
+        await self.flush_logs()
         final = await database_sync_to_async(self.final_record)(watched.id)
         if final is None or final["status"] not in BlockRun.FINISHED:
             watched.finished = False
@@ -483,6 +522,8 @@ class BlockRunnerConsumer(AsyncWebsocketConsumer):
         return {**run_final(run), "console": run.console}
 
     async def disconnect(self, code):
+        if self.log_flusher is not None:
+            self.log_flusher.cancel()
         kill = settings.SYMPOSIUM_KILL_RUNS_ON_DISCONNECT
         for watched in list(self.watched.values()):
             if watched.follower is not None:

@@ -21,7 +21,7 @@ from channels.layers import get_channel_layer
 from django.conf import settings
 from django.utils import timezone
 
-from isolates.broker import run_group, token_hash
+from isolates.broker import control_group, run_group, token_hash
 from tenants.models import BlockRun, PermissionProfile, Tenant
 from tenants.policy import effective_policy
 
@@ -182,7 +182,7 @@ class RunService:
     async def _stop_broker(self, run_id, reason):
         layer = get_channel_layer()
         if layer is not None:
-            await layer.group_send(run_group(run_id), {"type": "run.stop", "reason": reason})
+            await layer.group_send(control_group(run_id), {"type": "run.stop", "reason": reason})
 
     @database_sync_to_async
     def _finish(self, run_id, status, code, message, isolate=None):
