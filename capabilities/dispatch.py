@@ -73,11 +73,42 @@ def enqueue(op_name, ctx, args, reply_channel, call_key, timeout):
     )
 
 
-def send_reply(reply_channel, call_key, reply):
-    from asgiref.sync import async_to_sync
-    from channels.layers import get_channel_layer
+class ReplySender:
+    """Sends replies from a worker process to brokers over the channel layer.
 
-    async_to_sync(get_channel_layer().send)(reply_channel, {"type": "capability.result", "key": call_key, "reply": reply})
+    One event loop in one thread for the life of the worker, so that the channel
+    layer's Redis connections are made once and reused; async_to_sync would make a new
+    loop, and with it new connections, for every reply."""
+
+    def __init__(self):
+        import threading
+
+        self.loop = None
+        self.lock = threading.Lock()
+
+    def _ensure_loop(self):
+        import threading
+
+        with self.lock:
+            if self.loop is None or not self.thread.is_alive():
+                self.loop = asyncio.new_event_loop()
+                self.thread = threading.Thread(target=self.loop.run_forever, name="reply-sender", daemon=True)
+                self.thread.start()
+        return self.loop
+
+    def send(self, channel, message, timeout=10):
+        from channels.layers import get_channel_layer
+
+        layer = get_channel_layer()
+        future = asyncio.run_coroutine_threadsafe(layer.send(channel, message), self._ensure_loop())
+        return future.result(timeout)
+
+
+_reply_sender = ReplySender()
+
+
+def send_reply(reply_channel, call_key, reply):
+    _reply_sender.send(reply_channel, {"type": "capability.result", "key": call_key, "reply": reply})
 
 
 def report_job_failure(job, connection, exc_type, exc_value, tb):

@@ -1,0 +1,216 @@
+"""Benchmark: capability round trips from inside a block, next to their floors.
+
+    .venv/bin/python bench/capabilities.py [--calls 1000] [--redis redis://127.0.0.1:6379/2]
+
+For each capability, the time a block waits for one call (p50 / p99, in ms) on the
+inline path, and on the RQ path when --redis is given (a real `rqworker` process), next
+to the floor: the same work done directly in Python, without a block, a broker or a
+queue.
+
+- database.query: `SELECT id, name FROM items WHERE id = ?` on the tenant's SQLite
+  database; floor: the same query with the sqlite3 driver (a connection per query, as
+  the handler opens one per call, and a kept connection).
+- network.fetch: GET of a small JSON document from a server on 127.0.0.1; floor: the
+  same GET with httpx on a new connection (the handler opens one per request).
+- canvas: export of a 1920x1080 canvas holding 10,000 ops to PNG; floor: Pillow
+  ImageDraw drawing the same shapes and saving a PNG.
+- process.execute: `echo hello` in the sandbox; floor: subprocess.run(["echo", "hello"]).
+
+It uses a throwaway SQLite database and storage folder, never the project's own.
+"""
+
+import argparse
+import json
+import os
+import sqlite3
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(ROOT))
+
+
+def percentiles(values):
+    values = sorted(values)
+    p50 = statistics.median(values)
+    p99 = values[min(len(values) - 1, int(round(0.99 * (len(values) - 1))))]
+    return f"p50 {p50:9.3f} ms   p99 {p99:9.3f} ms   (n={len(values)})"
+
+
+def timed(fn, n):
+    times = []
+    for _ in range(n):
+        t0 = time.perf_counter()
+        fn()
+        times.append((time.perf_counter() - t0) * 1000)
+    return times
+
+
+LOOP = """
+const times = [];
+for (let i = 0; i < %(n)d + 10; i++) {
+  const t0 = performance.now();
+  await %(call)s;
+  if (i >= 10) times.push(performance.now() - t0);
+}
+export default () => times;
+"""
+
+CANVAS = """
+const ops = %(ops)s;
+const times = [];
+for (let i = 0; i < %(n)d; i++) {
+  const c = await symposium.canvas.createCanvas(1920, 1080);
+  await symposium.canvas.draw(c.canvasId, ops);
+  const t0 = performance.now();
+  const image = await symposium.canvas.exportImage(c.canvasId, 'png');
+  times.push(performance.now() - t0);
+}
+export default () => times;
+"""
+
+
+def setup(var_dir, redis_url):
+    os.environ["SYMPOSIUM_VAR_DIR"] = str(var_dir)
+    os.environ.pop("DATABASE_URL", None)
+    if redis_url:
+        os.environ["REDIS_URL"] = redis_url
+    else:
+        os.environ.pop("REDIS_URL", None)
+    os.environ["SYMPOSIUM_RQ_CAPABILITIES"] = ""
+    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "symposium.settings")
+    import django
+
+    django.setup()
+    from django.core.management import call_command
+
+    call_command("migrate", verbosity=0)
+    call_command("createtenant", "bench", "--profile", "Advanced", "--allow-host", "127.0.0.1", stdout=open(os.devnull, "w"))
+    from tenants.models import PolicyOverride, Tenant
+
+    tenant = Tenant.objects.get(slug="bench")
+    for capability in ("files", "network", "canvas", "database", "process"):
+        PolicyOverride.objects.create(tenant=tenant, setting=f"{capability}_rate_per_minute", value="0")
+    PolicyOverride.objects.create(tenant=tenant, setting="canvas_max_per_run", value="1000")
+    return tenant
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--calls", type=int, default=1000)
+    parser.add_argument("--exports", type=int, default=10)
+    parser.add_argument("--redis", default="", help="a Redis URL to also measure the RQ path (its database is flushed)")
+    options = parser.parse_args()
+
+    var_dir = Path(tempfile.mkdtemp(prefix="symposium-bench-"))
+    tenant = setup(var_dir, options.redis)
+
+    from capabilities.network.testing import LocalServer
+
+    http = LocalServer()
+
+    from django.conf import settings
+
+    from isolates.runs import RunService
+    from isolates.server import local_server
+
+    server = local_server()
+    service = None
+
+    async def make_service():
+        svc = RunService(server.port, warm_size=2)
+        await svc.warm_up()
+        return svc
+
+    service = server.call(make_service())
+
+    def block(code):
+        async def run():
+            started = await service.start(tenant, code, name="bench.js")
+            return await service.wait(started.id)
+
+        run = server.call(run(), 3600)
+        if run.status != "succeeded":
+            raise SystemExit(f"the benchmark block failed: {run.error_code} {run.error}")
+        return run.result
+
+    n = options.calls
+    url = http.url("/json")
+    setup_sql = block(
+        "await symposium.database.query('CREATE TABLE IF NOT EXISTS items (id INTEGER PRIMARY KEY, name TEXT)', []);"
+        "for (let i = 1; i <= 100; i++) await symposium.database.query('INSERT OR REPLACE INTO items (id, name) VALUES (?, ?)', [i, 'item ' + i]);"
+        "export default () => 'ok';"
+    )
+    assert setup_sql == "ok"
+
+    from tests.test_canvas_performance import as_ops, pillow_floor, shapes
+
+    items = shapes()
+    ops_json = json.dumps(as_ops(items))
+
+    def measure_paths(label, code, floors):
+        results = {}
+        settings.SYMPOSIUM_RQ_CAPABILITIES = []
+        results["inline"] = block(code)
+        if options.redis:
+            settings.SYMPOSIUM_RQ_CAPABILITIES = ["files", "network", "canvas", "database", "process"]
+            results["RQ"] = block(code)
+            settings.SYMPOSIUM_RQ_CAPABILITIES = []
+        for path, times in results.items():
+            print(f"{label:<16} {path:<7} {percentiles(times)}")
+        for name, times in floors.items():
+            print(f"{label:<16} {'floor':<7} {percentiles(times)}   {name}")
+
+    worker = None
+    if options.redis:
+        import django_rq
+
+        django_rq.get_queue("capabilities").connection.flushdb()
+        worker = subprocess.Popen(
+            [sys.executable, "manage.py", "rqworker", "capabilities", "--worker-class", "rq.SimpleWorker"],
+            cwd=ROOT, env=dict(os.environ), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )
+        time.sleep(2)
+    try:
+        print(f"Symposium capability benchmark: {n} calls per path, {options.exports} canvas exports")
+        db_file = tenant.storage_root() / ".symposium" / "database.sqlite3"
+
+        def per_call_connection():
+            with sqlite3.connect(db_file) as connection:
+                connection.execute("SELECT id, name FROM items WHERE id = ?", (42,)).fetchall()
+
+        kept = sqlite3.connect(db_file)
+        measure_paths("database.query", LOOP % {"n": n, "call": "symposium.database.query('SELECT id, name FROM items WHERE id = ?', [42])"}, {
+            "sqlite3, connection per query": timed(per_call_connection, n),
+            "sqlite3, kept connection": timed(lambda: kept.execute("SELECT id, name FROM items WHERE id = ?", (42,)).fetchall(), n),
+        })
+
+        import httpx
+
+        # The handler opens a connection per request (to the address it checked), so the
+        # comparable floor is a GET on a new connection.
+        fresh = httpx.Client(limits=httpx.Limits(max_keepalive_connections=0))
+        measure_paths("network.fetch", LOOP % {"n": n, "call": f"symposium.network.fetch('{url}')"},
+                      {"httpx.Client, new connection per GET": timed(lambda: fresh.get(url).json(), n)})
+
+        measure_paths("canvas export", CANVAS % {"n": options.exports, "ops": ops_json},
+                      {"Pillow ImageDraw, same shapes, PNG": timed(lambda: pillow_floor(items), options.exports)})
+
+        measure_paths("process echo", LOOP % {"n": max(50, n // 10), "call": "symposium.process.execute('echo', ['hello'])"},
+                      {"subprocess.run echo": timed(lambda: subprocess.run(["echo", "hello"], capture_output=True), max(50, n // 10))})
+    finally:
+        if worker is not None:
+            worker.terminate()
+            worker.wait(10)
+        server.call(service.shutdown(), 60)
+        http.close()
+    sys.stdout.flush()
+    os._exit(0)
+
+
+if __name__ == "__main__":
+    main()
