@@ -163,6 +163,7 @@ class IsolateBrokerConsumer(AsyncWebsocketConsumer):
         if not isinstance(call_id, (int, str)) or isinstance(call_id, bool):
             return await self.refuse_frame("The isolate sent a call without an id.")
         started = time.perf_counter()
+        self.calls += 1  # every call the block made, refused ones included
         op_name = frame.get("op")
         op = OPERATIONS.get(op_name) if isinstance(op_name, str) else None
         raw_args = frame.get("args", {})
@@ -203,7 +204,6 @@ class IsolateBrokerConsumer(AsyncWebsocketConsumer):
                 "message": f"Rate limit of {self.ctx.policy.rate_per_minute(capability)} {capability} calls per minute reached; retry in {retry:g} s.",
                 "retryAfter": retry}}, capability, op_label, target, "denied", started)
 
-        self.calls += 1
         deadline = time.time() + LIMITS["call_timeout_ms"] / 1000
         ctx = self.ctx_with_deadline(deadline)
         self.call_seq += 1
