@@ -34,7 +34,7 @@ from django.conf import settings
 from django.http.request import split_domain_port, validate_host
 from django.urls import reverse
 
-from isolates.broker import run_group
+from isolates.broker import control_group, run_group
 from tenants import audit
 from tenants.models import AuditLog, BlockRun, Membership
 
@@ -272,6 +272,27 @@ class WatchedRun:
 
 
 class BlockRunnerConsumer(AsyncWebsocketConsumer):
+    # The messages this consumer handles: an allow-list, never a method picked by a
+    # message's type.
+    DISPATCH = {
+        "websocket.connect": "websocket_connect",
+        "websocket.receive": "websocket_receive",
+        "websocket.disconnect": "websocket_disconnect",
+        "run.event": "run_event",
+    }
+
+    async def dispatch(self, message):
+        # Unlike Channels' default, no database connection sweep per message: a run's
+        # events arrive by the thousand, and the helpers that use the database
+        # (database_sync_to_async) close stale connections themselves.
+        name = self.DISPATCH.get(message.get("type"))
+        if name is None:
+            # Something else published to a run's group: not for the page, and no
+            # reason to drop the page's connection.
+            logger.warning("runner: ignored a message of type %s", str(message.get("type"))[:40])
+            return
+        await getattr(self, name)(message)
+
     async def connect(self):
         self.watched = {}
         self.pending_logs = []  # [(run_id, line)], in order, not yet sent
@@ -410,7 +431,7 @@ class BlockRunnerConsumer(AsyncWebsocketConsumer):
         reason = f"Stopped by {user.get_username()} from the runner page."
         if run.pk not in service.supervisors:
             # Another server process supervises it: ask its broker to end the isolate.
-            await self.channel_layer.group_send(run_group(run.pk), {"type": "run.stop", "reason": reason})
+            await self.channel_layer.group_send(control_group(run.pk), {"type": "run.stop", "reason": reason})
         await service.stop(run.pk, reason)
         await self.send_json({"type": "info", "run": run.pk, "message": "Stopping the run."})
         watched = self.watched.get(run.pk)
@@ -489,9 +510,6 @@ class BlockRunnerConsumer(AsyncWebsocketConsumer):
             batch_run = run_id
             if line is not None:
                 lines.append(line)
-
-    async def run_stop(self, event):
-        pass  # meant for the isolate's broker, which is in the same group
 
     async def send_finished(self, watched):
         if watched.finished:

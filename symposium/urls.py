@@ -1,9 +1,30 @@
+from django.conf import settings
 from django.contrib import admin
-from django.urls import path
+from django.contrib.staticfiles.views import serve as serve_static
+from django.urls import include, path, re_path
+from django.views.generic import RedirectView
 
+from isolates import views as runner
 from tenants.login import one_time_login
+from tenants.overview import overview_view
 
 urlpatterns = [
+    path("", RedirectView.as_view(pattern_name="runner"), name="home"),
+    # Before admin.site.urls, whose catch-all would take these paths.
+    path("admin/overview/", admin.site.admin_view(overview_view), name="admin-overview"),
     path("admin/", admin.site.urls),
+    path("django-rq/", include("django_rq.urls")),
+    path("login/", runner.login_view, name="login"),
+    path("logout/", runner.logout_view, name="logout"),
     path("login/<str:token>/", one_time_login, name="one-time-login"),
+    path("runner/", runner.runner_page, name="runner"),
+    path("runner/<slug:slug>/runs/", runner.history_json, name="runner-history"),
+    path("runner/<slug:slug>/runs/<str:run_id>/", runner.run_json, name="runner-run"),
+    path("runner/<slug:slug>/files/<path:path>", runner.download_file, name="runner-file"),
 ]
+
+if not settings.PRODUCTION:
+    # Development (runserver, runblock's and the tests' in-process Daphne) serves the
+    # static files itself, found by the staticfiles finders (never outside their
+    # folders). In production they are collected to STATIC_ROOT for the web server.
+    urlpatterns.append(re_path(r"^static/(?P<path>.*)$", serve_static, {"insecure": True}))

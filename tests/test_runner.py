@@ -301,6 +301,25 @@ def test_it_refuses_requests_it_does_not_know(pages, tenants):
     assert page.receive()["message"] == "There is no code to run."
 
 
+def test_it_ignores_channel_messages_it_does_not_handle(pages, tenants):
+    page = pages(tenants["alice"])
+    page.connect()
+    page.receive()
+    run_id = page.start("acme", "await new Promise(r => setTimeout(r, 300)); export default () => 'still here';")["run"]
+
+    async def publish():
+        from channels.layers import get_channel_layer
+
+        from isolates.broker import run_group
+
+        # Types that would name methods of the consumer under Channels' default dispatch.
+        for kind in ("send.finished", "run.stop", "disconnect"):
+            await get_channel_layer().group_send(run_group(run_id), {"type": kind, "code": 1000})
+
+    page.call(publish())
+    assert page.finished(run_id)["result"] == "still here"
+
+
 def test_it_stops_obeying_a_page_whose_session_ended(pages, tenants):
     page = pages(tenants["alice"])
     page.connect()

@@ -1,0 +1,665 @@
+// The block-runner page: an editor, a websocket to BlockRunnerConsumer, and the live view
+// of a run (console, capability calls, images, files, result, figures).
+//
+// Everything a block produced is untrusted: it is only ever put into the page as text
+// (textContent), images only as data: URLs of the image types the server sends.
+// Output can be large and fast (a block printing megabytes), so lines and calls are
+// queued and drawn at most once per animation frame, and only the newest lines are kept
+// in the page.
+
+import { EditorView, EditorState, keymap, Prec, indentWithTab, basicSetup, javascript } from "../vendor/codemirror/codemirror.bundle.js";
+
+const boot = JSON.parse(document.getElementById("runner-boot").textContent);
+const $ = (id) => document.getElementById(id);
+
+const MAX_LINES = 2000;       // console lines kept in the page
+const MAX_CALL_ROWS = 2000;   // call rows kept in the page
+const FOLD_CHARS = 160;       // a longer line is folded until clicked
+const MAX_LINE_CHARS = 20000; // characters of one line drawn when unfolded
+const MAX_IMAGES = 24;
+const IMAGE_TYPES = new Set(["image/png", "image/jpeg", "image/webp", "image/gif", "image/bmp", "image/tiff"]);
+const STORAGE_KEY = "symposium-runner-draft";
+
+// -- small helpers ----------------------------------------------------------------------
+
+function el(tag, props = {}, ...children) {
+  const node = document.createElement(tag);
+  for (const [key, value] of Object.entries(props)) {
+    if (key === "class") node.className = value;
+    else if (key === "text") node.textContent = value;
+    else if (key === "dataset") Object.assign(node.dataset, value);
+    else node.setAttribute(key, value);
+  }
+  for (const child of children) if (child != null) node.append(child);
+  return node;
+}
+
+function humanBytes(n) {
+  if (n == null) return "–";
+  const units = ["B", "KB", "MB", "GB"];
+  let i = 0;
+  while (n >= 1024 && i < units.length - 1) { n /= 1024; i++; }
+  return i === 0 ? `${n} B` : `${n.toFixed(1)} ${units[i]}`;
+}
+
+function humanSeconds(s) {
+  if (s == null) return "–";
+  return s < 1 ? `${Math.round(s * 1000)} ms` : `${s.toFixed(2)} s`;
+}
+
+function ago(iso) {
+  const seconds = (Date.now() - new Date(iso).getTime()) / 1000;
+  if (seconds < 60) return "just now";
+  if (seconds < 3600) return `${Math.floor(seconds / 60)} min ago`;
+  if (seconds < 86400) return `${Math.floor(seconds / 3600)} h ago`;
+  return new Date(iso).toLocaleDateString();
+}
+
+function tenant() {
+  return boot.tenants.find((t) => t.slug === state.tenant) || null;
+}
+
+// -- a list drawn in batches -------------------------------------------------------------
+
+class BatchedList {
+  constructor(container, scroller, render, { max, onDraw }) {
+    Object.assign(this, { container, scroller, render, max, onDraw });
+    this.queue = [];
+    this.total = 0;
+    this.scheduled = false;
+  }
+
+  push(item) {
+    this.queue.push(item);
+    this.total++;
+    // Lines that could never be shown are dropped before they cost a DOM node.
+    if (this.queue.length > this.max) this.queue.splice(0, this.queue.length - this.max);
+    this.schedule();
+  }
+
+  clear() {
+    this.queue = [];
+    this.total = 0;
+    this.container.replaceChildren();
+    this.onDraw?.(this);
+  }
+
+  schedule() {
+    if (this.scheduled) return;
+    this.scheduled = true;
+    // Background tabs get no animation frames; a timer still drains the queue there.
+    if (document.hidden) setTimeout(() => this.flush(), 250);
+    else requestAnimationFrame(() => this.flush());
+  }
+
+  flush() {
+    this.scheduled = false;
+    if (!this.queue.length) return;
+    const s = this.scroller;
+    const atBottom = s.scrollTop + s.clientHeight >= s.scrollHeight - 40;
+    const batch = this.queue;
+    this.queue = [];
+    const fragment = document.createDocumentFragment();
+    for (const item of batch) fragment.append(this.render(item));
+    if (batch.length >= this.max) this.container.replaceChildren(fragment);
+    else {
+      this.container.append(fragment);
+      let extra = this.container.childElementCount - this.max;
+      while (extra-- > 0) this.container.firstElementChild.remove();
+    }
+    if (atBottom) s.scrollTop = s.scrollHeight;
+    this.onDraw?.(this);
+  }
+
+  get hidden() {
+    return this.total - this.container.childElementCount - this.queue.length;
+  }
+}
+
+// -- page state ---------------------------------------------------------------------------
+
+const state = {
+  tenant: boot.selected,
+  ws: null,
+  connected: false,
+  retry: 0,
+  run: null, // {id, status, live, startedServer, startedLocal, files: Map, images}
+  pendingStart: false,
+  inputValid: true,
+  history: boot.history,
+};
+
+const consoleView = new BatchedList($("console"), $("tab-console"), renderLine, {
+  max: MAX_LINES,
+  onDraw: (list) => {
+    $("console-count").textContent = list.total.toLocaleString();
+    updateConsoleNote();
+  },
+});
+const callsView = new BatchedList($("calls"), $("tab-calls"), renderCall, {
+  max: MAX_CALL_ROWS,
+  onDraw: (list) => { $("calls-count").textContent = list.total.toLocaleString(); },
+});
+
+let consoleNotes = [];
+function updateConsoleNote() {
+  const notes = [...consoleNotes];
+  if (consoleView.hidden > 0) notes.unshift(`${consoleView.hidden.toLocaleString()} earlier lines are not shown here (the page keeps the last ${MAX_LINES.toLocaleString()}); the run's record keeps the console up to the tenant's cap.`);
+  $("console-note").hidden = !notes.length;
+  $("console-note").textContent = notes.join(" ");
+}
+
+// -- the editor ---------------------------------------------------------------------------
+
+const draft = (() => { try { return JSON.parse(localStorage.getItem(STORAGE_KEY) || "null"); } catch { return null; } })();
+const starter = boot.examples[0];
+const editor = new EditorView({
+  parent: $("editor"),
+  state: EditorState.create({
+    doc: draft?.code ?? starter.code,
+    extensions: [
+      basicSetup,
+      javascript(),
+      keymap.of([indentWithTab]),
+      Prec.highest(keymap.of([{ key: "Mod-Enter", run: () => { startRun(); return true; } }])),
+      EditorView.updateListener.of((update) => { if (update.docChanged) saveDraft(); }),
+    ],
+  }),
+});
+window.symposiumEditor = editor; // for tests and the curious: the page's one editor
+window.symposiumRunner = state;
+$("input").value = draft ? draft.input ?? "" : starter.input;
+$("block-name").value = draft?.name ?? starter.name;
+
+function code() { return editor.state.doc.toString(); }
+function setCode(text) { editor.dispatch({ changes: { from: 0, to: editor.state.doc.length, insert: text } }); }
+function saveDraft() {
+  try { localStorage.setItem(STORAGE_KEY, JSON.stringify({ code: code(), input: $("input").value, name: $("block-name").value })); } catch { /* full or disabled */ }
+}
+
+// Examples, grouped as in the menu's definition.
+{
+  const select = $("examples");
+  const groups = new Map();
+  for (const example of boot.examples) {
+    if (!groups.has(example.group)) select.append(groups.set(example.group, el("optgroup", { label: example.group })).get(example.group));
+    groups.get(example.group).append(el("option", { value: example.key, text: example.title }));
+  }
+  select.addEventListener("change", () => {
+    const example = boot.examples.find((e) => e.key === select.value);
+    if (!example) return;
+    setCode(example.code);
+    $("input").value = example.input || "";
+    $("block-name").value = example.name;
+    validateInput();
+    saveDraft();
+    select.value = "";
+    editor.focus();
+  });
+}
+
+// -- the input ----------------------------------------------------------------------------
+
+function validateInput() {
+  const text = $("input").value;
+  const box = $("input-state");
+  if (!text.trim()) {
+    state.inputValid = true;
+    box.className = "input-state";
+    box.textContent = "No input: the default export gets undefined.";
+  } else {
+    try {
+      JSON.parse(text);
+      state.inputValid = true;
+      box.className = "input-state ok";
+      box.textContent = "✓ Valid JSON";
+    } catch (error) {
+      state.inputValid = false;
+      box.className = "input-state bad";
+      box.textContent = `✗ Not valid JSON: ${error.message}`;
+    }
+  }
+  $("input").classList.toggle("invalid", !state.inputValid);
+  updateButtons();
+}
+$("input").addEventListener("input", () => { validateInput(); saveDraft(); });
+$("block-name").addEventListener("input", saveDraft);
+
+// -- buttons and status -------------------------------------------------------------------
+
+function running() {
+  return state.pendingStart || (state.run && state.run.live && !["succeeded", "failed", "timed_out", "killed"].includes(state.run.status));
+}
+
+function updateButtons() {
+  const t = tenant();
+  const canRun = Boolean(t && t.can_run);
+  $("viewer-note").hidden = canRun;
+  $("run").disabled = !state.connected || !canRun || !state.inputValid || running();
+  $("stop").disabled = !state.connected || !canRun || !running() || state.pendingStart;
+}
+
+function setStatus(status, label) {
+  const pill = $("status");
+  pill.className = `pill ${status}`;
+  pill.textContent = label || status.replace("_", " ");
+  if (state.run) state.run.status = status;
+  updateButtons();
+}
+
+let bannerTimer = null;
+function banner(message, { code = "", info = false, sticky = false, link = null } = {}) {
+  const box = $("banner");
+  box.replaceChildren();
+  box.className = info ? "banner info" : "banner";
+  if (code) box.append(el("b", { class: "mono", text: code }));
+  box.append(message);
+  if (link) box.append(" ", el("a", { href: link.href, text: link.text }));
+  box.hidden = false;
+  clearTimeout(bannerTimer);
+  if (!sticky) bannerTimer = setTimeout(() => { box.hidden = true; }, info ? 4000 : 10000);
+}
+
+// -- the output pane ----------------------------------------------------------------------
+
+function resetOutput(run) {
+  state.run = run;
+  consoleNotes = [];
+  consoleView.clear();
+  callsView.clear();
+  $("images").replaceChildren();
+  $("images").hidden = true;
+  $("file-list").replaceChildren();
+  $("files").hidden = true;
+  $("outcome").hidden = true;
+  $("run-id").textContent = run ? `run ${run.id}` : "";
+  $("load-code").hidden = !(run && run.code);
+  for (const id of ["fig-duration", "fig-calls", "fig-bytes", "fig-memory"]) $(id).textContent = "–";
+  updateConsoleNote();
+}
+
+function renderLine(line) {
+  const level = line.level || "log";
+  const full = String(line.text ?? "");
+  const body = el("span", { class: "x" });
+  if (full.length <= FOLD_CHARS) body.textContent = full;
+  else {
+    // A long line is folded to its start; a click shows (up to MAX_LINE_CHARS of) it.
+    const shown = full.slice(0, MAX_LINE_CHARS);
+    const hidden = full.length - FOLD_CHARS;
+    const more = el("button", { class: "more", type: "button", text: `… ${hidden.toLocaleString()} more characters` });
+    body.append(full.slice(0, FOLD_CHARS), more);
+    more.addEventListener("click", () => {
+      body.textContent = shown + (full.length > MAX_LINE_CHARS ? ` … (${(full.length - MAX_LINE_CHARS).toLocaleString()} more characters not shown; the run's record has the console)` : "");
+    });
+  }
+  const row = el("div", { class: `line ${level}` },
+    el("span", { class: "t", text: line.time ?? "" }),
+    el("span", { class: "lv", text: level === "system" ? "" : level }),
+    body);
+  if (line.title) row.title = line.title;
+  return row;
+}
+
+function renderCall(call) {
+  const error = call.code ? el("span", {}, el("span", { class: "err-code", text: call.code }), " ", el("span", { class: "err-msg", text: call.message || "" })) : "";
+  const row = el("tr", { class: `call ${call.outcome}` },
+    el("td", { class: "mono small", text: call.time ?? "" }),
+    el("td", { class: "op", text: call.op }),
+    el("td", { class: "target", text: call.target || "", title: call.target || "" }),
+    el("td", {}, el("span", { class: `badge ${call.outcome}`, text: call.outcome })),
+    el("td", { class: "num", text: call.ms != null ? Number(call.ms).toFixed(1) : "" }),
+    el("td", { class: "error" }, error));
+  return row;
+}
+
+function relTime(run, serverMs, localMs) {
+  // Logs carry the isolate's clock; calls are timed when they reach the page.
+  if (serverMs != null && run.startedServer != null) return `+${((serverMs - run.startedServer) / 1000).toFixed(3)}s`;
+  if (localMs != null && run.startedLocal != null) return `+${((localMs - run.startedLocal) / 1000).toFixed(3)}s`;
+  return "";
+}
+
+function addFile(path, url) {
+  const run = state.run;
+  if (!run || !path || !url || run.files.has(path)) return;
+  run.files.set(path, url);
+  drawFiles();
+}
+
+function drawFiles() {
+  const list = $("file-list");
+  list.replaceChildren();
+  for (const [path, url] of state.run.files) list.append(el("li", {}, el("a", { href: url, text: path, download: "" })));
+  $("files").hidden = state.run.files.size === 0;
+}
+
+function addImage(event) {
+  const run = state.run;
+  if (!IMAGE_TYPES.has(event.mime) || typeof event.data !== "string") return;
+  if (run.images >= MAX_IMAGES) return;
+  run.images++;
+  const src = `data:${event.mime};base64,${event.data}`;
+  const img = el("img", { src, alt: `Image ${run.images} exported by the block` });
+  img.addEventListener("click", () => img.classList.toggle("big"));
+  const bytes = Math.floor(event.data.length * 3 / 4);
+  const ext = event.mime.split("/")[1];
+  $("images").append(el("figure", { class: "image" }, img,
+    el("figcaption", {}, `${event.width ?? "?"}×${event.height ?? "?"} ${ext.toUpperCase()} · ${humanBytes(bytes)} · `,
+      el("a", { href: src, download: `${run.id}-${run.images}.${ext}`, text: "download" }))));
+  $("images").hidden = false;
+}
+
+function showFigures(f) {
+  $("fig-duration").textContent = humanSeconds(f.duration);
+  $("fig-calls").textContent = f.calls != null ? f.calls.toLocaleString() : "–";
+  $("fig-bytes").textContent = f.bytes_in != null ? `${humanBytes(f.bytes_in)} / ${humanBytes(f.bytes_out)}` : "–";
+  $("fig-memory").textContent = humanBytes(f.peak_memory_bytes);
+}
+
+function showOutcome(f) {
+  const box = $("outcome");
+  box.replaceChildren();
+  if (f.status === "succeeded") {
+    box.className = "outcome ok";
+    const text = f.result === undefined || f.result === null ? "(no result: the block returned nothing)" : JSON.stringify(f.result, null, 2);
+    box.append(el("h3", { text: "Result" }), el("pre", { class: "result", text }));
+  } else {
+    box.className = "outcome bad";
+    box.append(el("h3", { text: f.status === "timed_out" ? "Timed out" : f.status === "killed" ? "Stopped" : "Error" }),
+      el("div", {}, el("span", { class: "code-badge error-code", text: f.error_code || "ERROR" }), el("span", { class: "error-message", text: f.error || "" })));
+  }
+  box.hidden = false;
+}
+
+function parseStoredConsole(text) {
+  // The record keeps one line per console call; levels other than log/info are prefixed.
+  return text.split("\n").map((line) => {
+    const m = /^\[(warn|error|debug)\] ([\s\S]*)$/.exec(line);
+    return m ? { level: m[1], text: m[2] } : { level: "log", text: line };
+  });
+}
+
+function showFinished(f) {
+  const run = state.run;
+  run.live = false;
+  setStatus(f.status, { succeeded: "succeeded", failed: "failed", timed_out: "timed out", killed: "stopped" }[f.status]);
+  showFigures(f);
+  showOutcome(f);
+  for (const file of f.files || []) addFile(file.path, file.url);
+  if (f.files) {
+    // The final list is the record's: files deleted again are gone from it.
+    const keep = new Set(f.files.map((file) => file.path));
+    for (const path of [...run.files.keys()]) if (!keep.has(path)) run.files.delete(path);
+    drawFiles();
+  }
+  if (f.console_complete === false && typeof f.console === "string") {
+    consoleView.clear();
+    consoleNotes.push("Some lines did not reach the page live; this is the console as stored with the run.");
+    if (f.console) for (const line of parseStoredConsole(f.console)) consoleView.push(line);
+    // The record keeps what was printed, not the platform's notice about the cap.
+    if (f.console_truncated) consoleView.push({ level: "warn", text: "Console output reached this tenant's cap; the rest of what the block printed was dropped." });
+  }
+  if (f.console_truncated) consoleNotes.push("The block printed more than this tenant's console cap; the rest was dropped.");
+  updateConsoleNote();
+  refreshHistory();
+}
+
+// -- the websocket ------------------------------------------------------------------------
+
+function connect() {
+  const scheme = location.protocol === "https:" ? "wss" : "ws";
+  const ws = new WebSocket(`${scheme}://${location.host}${boot.wsPath}`);
+  state.ws = ws;
+  setConnection("connecting…", "");
+  ws.addEventListener("message", (message) => {
+    let frame;
+    try { frame = JSON.parse(message.data); } catch { return; }
+    handle(frame);
+  });
+  ws.addEventListener("close", (event) => {
+    state.connected = false;
+    state.pendingStart = false;
+    updateButtons();
+    if (event.code === 4401) return setConnection("logged out", "down");
+    setConnection("reconnecting…", "down");
+    const delay = Math.min(10000, 500 * 2 ** state.retry++);
+    setTimeout(connect, delay);
+  });
+}
+
+function setConnection(text, cls) {
+  $("conn").className = `conn ${cls}`;
+  $("conn").lastElementChild.textContent = text;
+}
+
+function send(frame) {
+  if (!state.ws || state.ws.readyState !== WebSocket.OPEN) {
+    banner("Not connected to the server; retrying.", { code: "OFFLINE" });
+    return false;
+  }
+  state.ws.send(JSON.stringify(frame));
+  return true;
+}
+
+function handle(frame) {
+  const run = state.run;
+  switch (frame.type) {
+    case "ready":
+      state.connected = true;
+      state.retry = 0;
+      setConnection("connected", "up");
+      // A run that was going when the connection dropped: follow it again.
+      if (run && run.live && run.id) {
+        run.resuming = true;
+        send({ type: "watch", run: run.id });
+      }
+      updateButtons();
+      break;
+    case "error":
+      state.connected = false;
+      banner(frame.message, { code: frame.code, sticky: true, link: { href: `/login/?next=${encodeURIComponent(location.pathname + location.search)}`, text: "Log in" } });
+      updateButtons();
+      break;
+    case "refused":
+      if (frame.request === "start") {
+        state.pendingStart = false;
+        setStatus(run ? run.status : "idle", run ? undefined : "idle");
+      }
+      banner(frame.message, { code: frame.code });
+      updateButtons();
+      break;
+    case "info":
+      banner(frame.message, { info: true });
+      break;
+    case "accepted":
+      state.pendingStart = false;
+      resetOutput({ id: frame.run, status: "starting", live: true, files: new Map(), images: 0, startedLocal: Date.now(), startedServer: null });
+      setStatus("running", "starting");
+      if (frame.summary) { state.history = [frame.summary, ...state.history.filter((r) => r.id !== frame.run)]; drawHistory(); }
+      break;
+    case "event":
+      if (!run || frame.run !== run.id) return;
+      onEvent(run, frame);
+      break;
+    case "logs":
+      // Console lines come in batches, in order.
+      if (!run || frame.run !== run.id || !Array.isArray(frame.lines)) return;
+      for (const line of frame.lines) onEvent(run, { event: "log", ...line });
+      break;
+    case "snapshot":
+      if (!run || frame.run !== run.id) return;
+      if (run.resuming) {
+        // Back after a dropped connection: keep what is shown; the finished record
+        // brings whatever was printed meanwhile.
+        run.resuming = false;
+        consoleNotes.push("The connection dropped for a moment; lines printed meanwhile appear when the run ends.");
+        updateConsoleNote();
+      } else showDetail(frame.detail, { live: true });
+      break;
+    case "finished":
+      if (!run || frame.run !== run.id) return;
+      showFinished(frame);
+      break;
+  }
+}
+
+function onEvent(run, event) {
+  switch (event.event) {
+    case "started":
+      run.startedServer = typeof event.t === "number" ? event.t * 1000 : null;
+      run.startedLocal = Date.now();
+      setStatus("running");
+      consoleView.push({ level: "system", text: "Run started in a fresh isolate.", time: "+0.000s" });
+      break;
+    case "log":
+      consoleView.push({ level: event.level, text: event.text, time: relTime(run, event.t, Date.now()),
+                         title: typeof event.t === "number" ? new Date(event.t).toISOString() : "" });
+      break;
+    case "call":
+      callsView.push({ ...event, time: relTime(run, null, Date.now()) });
+      if (event.download) addFile(String(event.target).replace(/^\/+/, ""), event.download);
+      break;
+    case "image":
+      addImage(event);
+      break;
+    case "done":
+      // The block's own end; "finished" follows with the figures.
+      showOutcome(event.ok ? { status: "succeeded", result: event.result }
+                           : { status: "failed", error_code: event.error?.code || event.error?.name, error: event.error?.message });
+      break;
+  }
+}
+
+// -- run and stop -------------------------------------------------------------------------
+
+function startRun() {
+  validateInput();
+  if ($("run").disabled) return;
+  const t = tenant();
+  if (!send({ type: "start", tenant: t.slug, code: code(), input: $("input").value, name: $("block-name").value.trim() || "block.js" })) return;
+  state.pendingStart = true;
+  $("banner").hidden = true;
+  setStatus("starting", "starting");
+}
+
+$("run").addEventListener("click", startRun);
+$("stop").addEventListener("click", () => {
+  if (!state.run || !state.run.id) return;
+  if (send({ type: "stop", run: state.run.id })) setStatus("stopping", "stopping");
+});
+
+// -- history ------------------------------------------------------------------------------
+
+function drawHistory() {
+  const list = $("history-list");
+  list.replaceChildren();
+  for (const run of state.history) {
+    const meta = run.error_code ? `${run.error_code} · ${run.user || run.source}` : `${run.calls} calls · ${humanSeconds(run.duration)} · ${run.user || run.source}`;
+    const item = el("li", { dataset: { run: run.id }, title: `${run.status_label} · ${new Date(run.created).toLocaleString()}` },
+      el("span", { class: `dot s-${run.status}` }),
+      el("span", { class: "name", text: run.name || run.id }),
+      el("span", { class: "when", text: ago(run.created) }),
+      el("span", { class: "meta", text: meta }));
+    if (state.run && state.run.id === run.id) item.classList.add("on");
+    item.addEventListener("click", () => openRun(run));
+    list.append(item);
+  }
+  $("history-empty").hidden = state.history.length > 0;
+}
+
+async function refreshHistory() {
+  const t = tenant();
+  if (!t) return;
+  try {
+    const response = await fetch(t.history_url, { credentials: "same-origin" });
+    if (!response.ok) return;
+    const data = await response.json();
+    if (data.tenant === state.tenant) { state.history = data.runs; drawHistory(); }
+  } catch { /* offline: keep what is shown */ }
+}
+
+async function openRun(summary) {
+  if (running()) return banner("A run is going; stop it or wait for it to end before opening another.", { info: true });
+  if (summary.status === "running" || summary.status === "queued") {
+    resetOutput({ id: summary.id, status: "running", live: true, files: new Map(), images: 0, startedLocal: Date.now(), startedServer: null });
+    setStatus("running", "watching");
+    send({ type: "watch", run: summary.id });
+    drawHistory();
+    return;
+  }
+  const url = boot.runUrl.replace("TENANT", encodeURIComponent(state.tenant)).replace("RUN", encodeURIComponent(summary.id));
+  const response = await fetch(url, { credentials: "same-origin" });
+  if (!response.ok) return banner("That run could not be loaded.", { code: String(response.status) });
+  const detail = await response.json();
+  resetOutput({ id: detail.id, status: detail.status, live: false, files: new Map(), images: 0, code: detail.code });
+  showDetail(detail, { live: false });
+  drawHistory();
+}
+
+function showDetail(detail, { live }) {
+  const run = state.run;
+  run.code = detail.code;
+  run.input = detail.input;
+  run.name = detail.name;
+  $("load-code").hidden = !detail.code;
+  consoleView.clear();
+  callsView.clear();
+  if (detail.console) for (const line of parseStoredConsole(detail.console)) consoleView.push(line);
+  for (const call of detail.calls || []) callsView.push({ ...call, time: new Date(call.t).toLocaleTimeString() });
+  for (const file of detail.files || []) addFile(file.path, file.url);
+  if (detail.status === "running" || detail.status === "queued") {
+    setStatus("running", live ? "watching" : "running");
+    showFigures(detail);
+  } else {
+    run.live = false;
+    setStatus(detail.status, { succeeded: "succeeded", failed: "failed", timed_out: "timed out", killed: "stopped" }[detail.status]);
+    showFigures(detail);
+    showOutcome(detail);
+    if (detail.console_truncated) consoleNotes.push("The block printed more than this tenant's console cap; the rest was dropped.");
+  }
+  consoleNotes.push(live ? "Watching a run: lines printed before you opened it appear when it ends." : "A past run: console and calls as recorded; exported images are shown only live.");
+  updateConsoleNote();
+}
+
+$("load-code").addEventListener("click", () => {
+  const run = state.run;
+  if (!run || !run.code) return;
+  setCode(run.code);
+  $("input").value = run.input == null ? "" : JSON.stringify(run.input, null, 2);
+  if (run.name) $("block-name").value = run.name;
+  validateInput();
+  saveDraft();
+});
+$("refresh-history").addEventListener("click", refreshHistory);
+
+// -- tenant and tabs ----------------------------------------------------------------------
+
+$("tenant").addEventListener("change", () => {
+  state.tenant = $("tenant").value;
+  const url = new URL(location.href);
+  url.searchParams.set("tenant", state.tenant);
+  history.replaceState(null, "", url);
+  state.history = [];
+  drawHistory();
+  refreshHistory();
+  updateButtons();
+});
+
+for (const tab of document.querySelectorAll(".tab")) {
+  tab.addEventListener("click", () => {
+    for (const other of document.querySelectorAll(".tab")) {
+      const on = other === tab;
+      other.classList.toggle("on", on);
+      other.setAttribute("aria-selected", String(on));
+      $(`tab-${other.dataset.tab}`).hidden = !on;
+    }
+  });
+}
+
+document.addEventListener("visibilitychange", () => { consoleView.schedule(); callsView.schedule(); });
+
+validateInput();
+drawHistory();
+updateButtons();
+connect();
