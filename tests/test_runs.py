@@ -210,3 +210,28 @@ def test_it_runs_the_file_example_through_rq_workers(run_block, seeded, rq_worke
     queue = django_rq.get_queue("capabilities")
     assert queue.failed_job_registry.count == 0
     assert rq_worker.poll() is None  # the worker is alive and took the jobs
+
+
+def test_100k_calls_without_awaiting_are_contained(run_block, acme):
+    PolicyOverride.objects.create(tenant=acme, setting="files_rate_per_minute", value="0")
+    code = """
+const outcomes = await Promise.allSettled(Array.from({ length: 100000 }, () => symposium.fileExists('x.txt')));
+const refused = outcomes.filter((o) => o.status === 'rejected');
+export default () => ({ answered: outcomes.length - refused.length, refused: refused.length,
+                        codes: [...new Set(refused.map((o) => o.reason.code))] });
+"""
+    run = run_block(acme, code, timeout=120)
+    assert run.status == "succeeded", (run.error_code, run.error)
+    assert run.result["answered"] + run.result["refused"] == 100000
+    # Past the cap, calls are refused at once; the first ones are answered.
+    assert run.result["codes"] == ["RATE_LIMITED"]
+    # Only what the in-flight cap let through reached the broker, and all of it is audited.
+    assert 0 < run.calls <= 64 * 4
+    assert len(audit_rows(run_id=run.id)) == run.calls
+
+
+def test_other_runs_carry_on_after_a_bomb(run_block, acme, make_tenant):
+    bomb = run_block(make_tenant("bomber", "Basic"), "const a = []; while (true) a.push(new Array(1e6).fill(1));")
+    assert bomb.status == "failed"
+    run = run_block(acme, "export default () => 'still here'")
+    assert run.status == "succeeded" and run.result == "still here"
