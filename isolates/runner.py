@@ -218,7 +218,7 @@ def run_detail(run):
         "code": run.code,
         "input": run.input,
         "console": run.console,
-        "calls": [
+        "call_log": [
             {"t": c["time"].timestamp() * 1000, "op": c["operation"], "target": c["target"], "outcome": c["outcome"],
              "code": c["error_code"], "message": c["message"], "ms": c["duration_ms"], "bytes": c["bytes_out"]}
             for c in calls

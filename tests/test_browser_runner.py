@@ -25,7 +25,11 @@ from django.utils import timezone
 from tenants.models import AuditLog, BlockRun, Membership, PolicyOverride
 from tenants.ratelimit import reset_limiter
 
-pytestmark = [pytest.mark.browser, pytest.mark.slow, pytest.mark.django_db(transaction=True)]
+pytestmark = [
+    pytest.mark.browser, pytest.mark.slow, pytest.mark.django_db(transaction=True),
+    # Development's static file view answers with a file iterator that ASGI reads in a thread.
+    pytest.mark.filterwarnings("ignore:StreamingHttpResponse must consume synchronous iterators"),
+]
 
 CHROMIUM = Path("/usr/bin/chromium")
 ROOT = Path(__file__).resolve().parent.parent
@@ -73,6 +77,13 @@ class BrowserThread:
                     except BaseException as e:  # handed to the test's thread
                         done.set_exception(e)
                     finally:
+                        # Let the pages' last requests (a history refresh) end before the
+                        # test's database goes away.
+                        for page in context.pages:
+                            try:
+                                page.wait_for_load_state("networkidle", timeout=3000)
+                            except Exception:
+                                pass
                         context.close()
                 browser.close()
         except BaseException as e:
@@ -167,6 +178,13 @@ def set_code(page, code):
 
 def wait_status(page, text, timeout=TIMEOUT):
     page.wait_for_function("(text) => document.getElementById('status').textContent === text", arg=text, timeout=timeout)
+    drawn(page)
+
+
+def drawn(page):
+    """Waits until lines and calls already received are drawn (the page draws them in
+    batches, on the next animation frame)."""
+    page.evaluate("new Promise((resolve) => requestAnimationFrame(() => requestAnimationFrame(resolve)))")
 
 
 def test_it_runs_the_seed_canvas_example_and_shows_the_image(browser, base_url, people):
@@ -201,6 +219,8 @@ def test_it_runs_the_seed_canvas_example_and_shows_the_image(browser, base_url, 
         item.click()
         wait_status(page, "succeeded")
         assert "Created canvas:" in page.locator("#console").inner_text()
+        assert page.locator("#fig-calls").inner_text() == "3"
+        assert page.locator("#calls tr").count() == 3
         shot(page, "05-history")
         return run_id
 
@@ -298,6 +318,7 @@ def printing_block(page, code, name):
         page.wait_for_function("['succeeded', 'failed', 'timed out', 'stopped'].includes(document.getElementById('status').textContent)",
                                timeout=TIMEOUT)
     finally:
+        drawn(page)
         shot(page, name)
     assert page.locator("#status").text_content() == "succeeded", page.locator("#outcome").inner_text()
     return time.monotonic() - started, slowest

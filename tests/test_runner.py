@@ -273,6 +273,19 @@ def test_cant_start_a_run_as_a_viewer(pages, tenants):
     assert [r.operation for r in runner_audit(user=tenants["victor"])] == ["start"]
 
 
+def test_it_refuses_a_run_the_run_service_refuses(pages, tenants):
+    acme = tenants["acme"]
+    acme.is_active = False
+    acme.save()
+    page = pages(tenants["alice"])
+    page.connect()
+    page.receive()
+    refused = page.start("acme", "1")
+    assert (refused["code"], refused["message"]) == ("PERMISSION_DENIED", "This tenant is suspended; it can start no run.")
+    [row] = runner_audit()
+    assert (row.operation, row.tenant_slug, row.error_code) == ("start", "acme", "PERMISSION_DENIED")
+
+
 def test_it_validates_the_input_on_the_server(pages, tenants):
     page = pages(tenants["alice"])
     page.connect()

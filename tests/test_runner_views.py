@@ -136,9 +136,10 @@ def test_it_shows_a_past_run_with_its_calls_and_files(login, tenants, storage_ro
     audit_row(tenants["acme"], run=run, capability="canvas", operation="canvas.createCanvas", outcome="denied",
               error_code="PERMISSION_DENIED", message="no canvas")
     detail = login(tenants["victor"]).get(f"/runner/acme/runs/{run.pk}/").json()
+    assert detail["calls"] == 2  # the run's figure; the calls themselves are the call log
     assert detail["console"] == "hello\n[warn] careful" and detail["result"] == {"ok": True}
     assert detail["files"] == [{"path": "out/a.txt", "url": "/runner/acme/files/out/a.txt"}]
-    assert [(c["op"], c["outcome"], c["code"]) for c in detail["calls"]] == [
+    assert [(c["op"], c["outcome"], c["code"]) for c in detail["call_log"]] == [
         ("writeFile", "allowed", ""), ("writeFile", "allowed", ""), ("deleteFile", "allowed", ""),
         ("canvas.createCanvas", "denied", "PERMISSION_DENIED")]
 

@@ -315,8 +315,10 @@ function renderCall(call) {
 
 function relTime(run, serverMs, localMs) {
   // Logs carry the isolate's clock; calls are timed when they reach the page.
-  if (serverMs != null && run.startedServer != null) return `+${((serverMs - run.startedServer) / 1000).toFixed(3)}s`;
-  if (localMs != null && run.startedLocal != null) return `+${((localMs - run.startedLocal) / 1000).toFixed(3)}s`;
+  // The isolate may print a moment before the broker notes the start: never below zero.
+  const since = (t, start) => `+${(Math.max(0, t - start) / 1000).toFixed(3)}s`;
+  if (serverMs != null && run.startedServer != null) return since(serverMs, run.startedServer);
+  if (localMs != null && run.startedLocal != null) return since(localMs, run.startedLocal);
   return "";
 }
 
@@ -606,7 +608,7 @@ function showDetail(detail, { live }) {
   consoleView.clear();
   callsView.clear();
   if (detail.console) for (const line of parseStoredConsole(detail.console)) consoleView.push(line);
-  for (const call of detail.calls || []) callsView.push({ ...call, time: new Date(call.t).toLocaleTimeString() });
+  for (const call of detail.call_log || []) callsView.push({ ...call, time: new Date(call.t).toLocaleTimeString() });
   for (const file of detail.files || []) addFile(file.path, file.url);
   if (detail.status === "running" || detail.status === "queued") {
     setStatus("running", live ? "watching" : "running");
