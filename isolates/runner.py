@@ -316,6 +316,7 @@ class BlockRunnerConsumer(AsyncWebsocketConsumer):
         except (ValueError, RecursionError):
             return await self.refuse("?", "INVALID_ARGUMENT", "The request is not JSON.")
         kind = frame.get("type") if isinstance(frame, dict) else None
+        kind = kind if isinstance(kind, str) else None
         # An explicit list: a frame's type never picks a method by name.
         handler = {"start": self.start_run, "stop": self.stop_run, "watch": self.watch_run}.get(kind)
         if handler is None:

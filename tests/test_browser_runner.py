@@ -81,7 +81,7 @@ class BrowserThread:
                         # test's database goes away.
                         for page in context.pages:
                             try:
-                                page.wait_for_load_state("networkidle", timeout=3000)
+                                page.wait_for_function("!window.symposiumRunner || window.symposiumRunner.fetching === 0", timeout=3000)
                             except Exception:
                                 pass
                         context.close()

@@ -306,6 +306,10 @@ def test_it_refuses_requests_it_does_not_know(pages, tenants):
     page.receive()
     page.send({"type": "websocket.close"})  # a type must never pick a method by name
     assert page.receive()["message"] == "Unknown request; expected start, stop or watch."
+    page.send({"type": ["start"], "tenant": "acme", "code": "1"})
+    assert page.receive()["message"] == "Unknown request; expected start, stop or watch."
+    page.send("[1, 2]")
+    assert page.receive()["message"] == "Unknown request; expected start, stop or watch."
     page.send("not json")
     assert page.receive()["message"] == "The request is not JSON."
     page.send({"type": "start", "tenant": "acme", "code": "x" * (RUNNER_LIMITS["frame_bytes"] + 1)})

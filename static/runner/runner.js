@@ -127,6 +127,7 @@ const state = {
   pendingStart: false,
   inputValid: true,
   history: boot.history,
+  fetching: 0, // requests in flight (history, past runs)
 };
 
 const consoleView = new BatchedList($("console"), $("tab-console"), renderLine, {
@@ -570,15 +571,24 @@ function drawHistory() {
   $("history-empty").hidden = state.history.length > 0;
 }
 
+async function getJSON(url) {
+  state.fetching++;
+  try {
+    const response = await fetch(url, { credentials: "same-origin" });
+    return response.ok ? { ok: true, data: await response.json() } : { ok: false, status: response.status };
+  } catch {
+    return { ok: false, status: "offline" };
+  } finally {
+    state.fetching--;
+  }
+}
+
 async function refreshHistory() {
   const t = tenant();
   if (!t) return;
-  try {
-    const response = await fetch(t.history_url, { credentials: "same-origin" });
-    if (!response.ok) return;
-    const data = await response.json();
-    if (data.tenant === state.tenant) { state.history = data.runs; drawHistory(); }
-  } catch { /* offline: keep what is shown */ }
+  const { ok, data } = await getJSON(t.history_url);
+  // Offline or refused: keep what is shown.
+  if (ok && data.tenant === state.tenant) { state.history = data.runs; drawHistory(); }
 }
 
 async function openRun(summary) {
@@ -591,9 +601,8 @@ async function openRun(summary) {
     return;
   }
   const url = boot.runUrl.replace("TENANT", encodeURIComponent(state.tenant)).replace("RUN", encodeURIComponent(summary.id));
-  const response = await fetch(url, { credentials: "same-origin" });
-  if (!response.ok) return banner("That run could not be loaded.", { code: String(response.status) });
-  const detail = await response.json();
+  const { ok, data: detail, status } = await getJSON(url);
+  if (!ok) return banner("That run could not be loaded.", { code: String(status) });
   resetOutput({ id: detail.id, status: detail.status, live: false, files: new Map(), images: 0, code: detail.code });
   showDetail(detail, { live: false });
   drawHistory();
