@@ -4,12 +4,27 @@
 the same results and errors. The broker calls `dispatch_call`, which picks the path per
 capability (settings.SYMPOSIUM_RQ_CAPABILITIES) and delivers the reply to a callback.
 On the RQ path the job sends its reply to the broker's channel over the channel layer.
+
+A worker can die in the middle of a call (SIGKILL, out of memory, its machine lost), and
+RQ itself only notices minutes later. So every job marks its progress in Redis, and the
+broker's `JobWatcher` looks at those marks twice a second:
+
+    symposium:call:<job>:claim   "worker" once a worker starts the job, "done" once its
+                                 reply is sent, "abandoned" once the broker gave up on it
+    symposium:call:<job>:alive   refreshed every JOB_HEARTBEAT_SECONDS by a thread of the
+                                 job, expires JOB_HEARTBEAT_TTL_MS after the worker stops
+
+The claim is taken with SET NX by whichever comes first, the worker starting the job or
+the broker abandoning it, so a job the broker gave up on never runs afterwards. What the
+broker then does (retry on another worker, or fail the call with a clear error) is
+decided in `isolates/broker.py` by the operation's `idempotent` flag.
 """
 
 import asyncio
 import concurrent.futures
 import logging
 import os
+import threading
 import time
 
 from django.conf import settings
@@ -40,10 +55,38 @@ def execute_operation(op_name, ctx, args):
         if getattr(e, "attempts", None) is not None:
             reply["attempts"] = e.attempts  # webhook deliveries, for the audit log
         return reply
-    except Exception:
+    except Exception as e:
+        unavailable = unavailable_service(e)
+        if unavailable:
+            # Not a bug: a part of the platform is restarting. Say which, and that a
+            # retry can work.
+            logger.warning("capability %s failed: %s unavailable: %s", op_name, unavailable, str(e)[:200])
+            return unavailable_reply(op_name, unavailable)
         # A bug in a handler: the log has the traceback, the block gets no internals.
         logger.exception("capability %s failed", op_name)
         return {"ok": False, "error": {"code": "INTERNAL", "message": f"{op_name} failed because of an internal error."}}
+
+
+def unavailable_service(error):
+    """Which part of the platform an exception says is unreachable ("database", "Redis"),
+    or None when it is something else (a bug)."""
+    from django.db import InterfaceError, OperationalError
+
+    try:
+        import redis
+    except ImportError:  # pragma: no cover - redis comes with django-rq
+        redis = None
+    if redis is not None and isinstance(error, (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError)):
+        return "Redis"
+    if isinstance(error, (OperationalError, InterfaceError)):
+        return "database"
+    return None
+
+
+def unavailable_reply(op_name, service):
+    what = {"Redis": "the platform's job queue and shared state (Redis)", "database": "the platform's database"}[service]
+    return {"ok": False, "error": {"code": "INTERNAL", "retryAfter": 1,
+                                   "message": f"{op_name} could not run: {what} is unavailable right now; retry shortly."}}
 
 
 def uses_rq(capability):
@@ -61,6 +104,8 @@ def enqueue(op_name, ctx, args, reply_channel, call_key, timeout):
     from rq import Callback
 
     queue = django_rq.get_queue("capabilities")
+    # A failed connection is retried by redis-py on the next command; a Redis that is
+    # down fails at once with ConnectionError (the broker says so to the block).
     return queue.enqueue(
         "capabilities.dispatch.run_job",
         op_name, ctx, args, reply_channel, call_key,
@@ -107,8 +152,8 @@ class ReplySender:
 _reply_sender = ReplySender()
 
 
-def send_reply(reply_channel, call_key, reply):
-    _reply_sender.send(reply_channel, {"type": "capability.result", "key": call_key, "reply": reply})
+def send_reply(reply_channel, call_key, reply, job_id=None):
+    _reply_sender.send(reply_channel, {"type": "capability.result", "key": call_key, "reply": reply, "job": job_id})
 
 
 def report_job_failure(job, connection, exc_type, exc_value, tb):
@@ -117,17 +162,263 @@ def report_job_failure(job, connection, exc_type, exc_value, tb):
     op_name, ctx, args, reply_channel, call_key = job.args
     from rq.timeouts import JobTimeoutException
 
+    try:
+        if connection.get(claim_key(job.id)) == b"abandoned":
+            return  # the broker gave up on this job already and answered the call
+    except Exception:
+        pass
     if exc_type is not None and issubclass(exc_type, JobTimeoutException):
         reply = {"ok": False, "error": {"code": "TIMEOUT", "message": f"{op_name} ran past its time limit and was stopped."}}
+    elif exc_type is not None and exc_type.__name__ in ("AbandonedJobError", "WorkHorseTerminated"):
+        reply = worker_stopped_reply(op_name)
     else:
         logger.error("job for %s failed: %s", op_name, exc_value)
         reply = {"ok": False, "error": {"code": "INTERNAL", "message": f"{op_name} failed because of an internal error."}}
-    send_reply(reply_channel, call_key, reply)
+    send_reply(reply_channel, call_key, reply, job.id)
 
 
 def run_job(op_name, ctx, args, reply_channel, call_key):
-    """The RQ job: run the handler, send the reply to the broker that asked."""
+    """The RQ job: claim the call, run the handler while a heartbeat says the worker
+    lives, send the reply to the broker that asked."""
+    from rq import get_current_job
+
     if ctx.deadline and time.time() > ctx.deadline:
         # The block stopped waiting; running it now would only do work nobody reads.
         return
-    send_reply(reply_channel, call_key, execute_operation(op_name, ctx, args))
+    job = get_current_job()
+    if job is None:  # called directly, outside a worker: no claim, no heartbeat
+        return send_reply(reply_channel, call_key, execute_operation(op_name, ctx, args))
+    connection = job.connection
+    marks_ttl = max(60, int((ctx.deadline or time.time()) - time.time()) + 60)
+    if not connection.set(claim_key(job.id), "worker", nx=True, ex=marks_ttl):
+        # The broker abandoned this job (its first worker died before starting it) and
+        # answered or retried the call: running it now could do it twice.
+        return
+    heartbeat = JobHeartbeat(connection, job.id)
+    heartbeat.start()
+    try:
+        reply = execute_operation(op_name, ctx, args)
+        send_reply(reply_channel, call_key, reply, job.id)
+        connection.set(claim_key(job.id), "done", xx=True, ex=marks_ttl)
+    finally:
+        heartbeat.stop()
+
+
+# -- knowing when a worker died with a call --------------------------------------------
+
+CALL_KEY_PREFIX = "symposium:call:"
+# A running job refreshes its "alive" mark this often; the mark lasts JOB_HEARTBEAT_TTL_MS.
+# A worker that dies is noticed JOB_HEARTBEAT_TTL_MS (+ one WATCH_INTERVAL) later.
+JOB_HEARTBEAT_SECONDS = 0.5
+JOB_HEARTBEAT_TTL_MS = 2000
+# How often the broker looks at the marks of its calls in flight (one pipeline for all).
+WATCH_INTERVAL = 0.5
+# A job off the queue but never claimed this long after: the worker that took it died
+# before it started it (a worker claims a job within milliseconds of taking it).
+TAKEN_GRACE = 3.0
+# A job that says "done" but whose reply has not arrived this long after: the reply was
+# lost on the way (the channel layer's Redis restarted).
+DONE_GRACE = 5.0
+
+
+def claim_key(job_id):
+    return f"{CALL_KEY_PREFIX}{job_id}:claim"
+
+
+def alive_key(job_id):
+    return f"{CALL_KEY_PREFIX}{job_id}:alive"
+
+
+class JobHeartbeat:
+    """A thread of the job that keeps its "alive" mark fresh while the handler runs. It
+    dies with the worker's process, which is the point."""
+
+    def __init__(self, connection, job_id):
+        self.connection = connection
+        self.key = alive_key(job_id)
+        self.stopped = threading.Event()
+        self.thread = threading.Thread(target=self._run, name="job-heartbeat", daemon=True)
+
+    def start(self):
+        self._beat()
+        self.thread.start()
+
+    def stop(self):
+        self.stopped.set()
+        self.thread.join(2)
+        try:
+            self.connection.delete(self.key)
+        except Exception:
+            pass
+
+    def _beat(self):
+        try:
+            self.connection.set(self.key, "1", px=JOB_HEARTBEAT_TTL_MS)
+        except Exception:
+            logger.warning("a job's heartbeat could not be written")
+
+    def _run(self):
+        while not self.stopped.wait(JOB_HEARTBEAT_SECONDS):
+            self._beat()
+
+
+# Why the broker stopped waiting for a job.
+UNAVAILABLE = "unavailable"  # Redis cannot be reached
+VANISHED = "vanished"  # the job is gone from Redis (restarted, flushed) without a reply
+WORKER_DIED = "worker_died"  # claimed by a worker that stopped while running it
+NEVER_STARTED = "never_started"  # taken by a worker that died before it started it
+REPLY_LOST = "reply_lost"  # ran to the end, but its reply never arrived
+
+
+def worker_stopped_reply(op_name):
+    return {"ok": False, "error": {"code": "INTERNAL", "message":
+            f"{op_name} was interrupted: the worker running it stopped. It may or may not have taken effect."}}
+
+
+def lost_reply(op_name, reason):
+    """The reply to a call whose job was lost and is not retried."""
+    if reason == WORKER_DIED:
+        return worker_stopped_reply(op_name)
+    if reason == UNAVAILABLE:
+        return unavailable_reply(op_name, "Redis")
+    if reason == REPLY_LOST:
+        return {"ok": False, "error": {"code": "INTERNAL", "message":
+                f"{op_name} ran, but its reply was lost on the way back (the platform's message layer restarted)."}}
+    if reason == NEVER_STARTED:
+        return {"ok": False, "error": {"code": "INTERNAL", "message":
+                f"{op_name} was not run: the worker that took it stopped before starting it."}}
+    return {"ok": False, "error": {"code": "INTERNAL", "message":
+            f"{op_name} was lost by the job queue (its Redis restarted) and may or may not have run."}}
+
+
+def may_retry(reason, idempotent):
+    """Whether a lost job can be queued again: always when it never started (its claim
+    makes sure it never will), otherwise only for an operation that is safe to run twice."""
+    if reason == UNAVAILABLE:
+        return False
+    return reason == NEVER_STARTED or idempotent
+
+
+class JobWatcher:
+    """Watches the RQ jobs of this process's calls in flight, in one Redis pipeline every
+    WATCH_INTERVAL, and resolves a job's future with the reason when it is lost."""
+
+    def __init__(self, url, queue_key):
+        import redis.asyncio
+
+        self.loop = asyncio.get_running_loop()
+        self.client = redis.asyncio.Redis.from_url(url, socket_connect_timeout=2, socket_timeout=5)
+        self.queue_key = queue_key
+        self.jobs = {}  # job id -> [future, time watched, time first seen done or None]
+        self.task = None
+
+    def watch(self, job_id):
+        """A future resolved with a reason (see above) if the job is lost; call forget()
+        once the call is answered."""
+        future = self.loop.create_future()
+        self.jobs[job_id] = [future, time.monotonic(), None]
+        if self.task is None or self.task.done():
+            self.task = asyncio.ensure_future(self._watch())
+        return future
+
+    def forget(self, job_id):
+        entry = self.jobs.pop(job_id, None)
+        if entry is not None and not entry[0].done():
+            entry[0].cancel()
+
+    async def _watch(self):
+        while self.jobs:
+            await asyncio.sleep(WATCH_INTERVAL)
+            try:
+                await self.check()
+            except Exception:
+                logger.exception("watching RQ jobs failed")
+
+    def _lose(self, job_id, reason):
+        entry = self.jobs.pop(job_id, None)
+        if entry is not None and not entry[0].done():
+            entry[0].set_result(reason)
+
+    async def check(self):
+        import redis
+        from rq.job import Job
+
+        ids = list(self.jobs)
+        if not ids:
+            return
+        try:
+            pipe = self.client.pipeline(transaction=False)
+            for job_id in ids:
+                pipe.get(claim_key(job_id))
+                pipe.exists(alive_key(job_id))
+                pipe.exists(Job.key_for(job_id))
+            marks = await pipe.execute()
+        except (redis.exceptions.RedisError, OSError):
+            for job_id in ids:
+                self._lose(job_id, UNAVAILABLE)
+            return
+        now = time.monotonic()
+        unclaimed = []
+        for i, job_id in enumerate(ids):
+            claim, alive, exists = marks[3 * i:3 * i + 3]
+            entry = self.jobs.get(job_id)
+            if entry is None:
+                continue
+            if claim == b"worker":
+                if not alive:
+                    await self._abandon(job_id, force=True)
+                    self._lose(job_id, WORKER_DIED)
+            elif claim == b"done":
+                entry[2] = entry[2] or now
+                if now - entry[2] > DONE_GRACE:
+                    self._lose(job_id, REPLY_LOST)
+            elif claim is None:
+                if not exists:
+                    self._lose(job_id, VANISHED)
+                elif now - entry[1] > TAKEN_GRACE:
+                    unclaimed.append(job_id)
+        if unclaimed:
+            await self._check_taken(unclaimed)
+
+    async def _check_taken(self, job_ids):
+        """Unclaimed jobs that are no longer waiting in the queue were taken by a worker
+        that never started them: abandon them (unless a worker claims them first)."""
+        import redis
+
+        try:
+            pipe = self.client.pipeline(transaction=False)
+            for job_id in job_ids:
+                pipe.lpos(self.queue_key, job_id)
+            positions = await pipe.execute()
+        except (redis.exceptions.RedisError, OSError):
+            return  # the next check sees Redis down
+        for job_id, position in zip(job_ids, positions):
+            if position is None and await self._abandon(job_id):
+                self._lose(job_id, NEVER_STARTED)
+
+    async def _abandon(self, job_id, force=False):
+        """Mark the job abandoned: a worker that has not claimed it yet never will, and
+        RQ's late failure callback for it stays silent. True if the mark was set."""
+        import redis
+
+        try:
+            if force:
+                return bool(await self.client.set(claim_key(job_id), "abandoned", xx=True, ex=3600))
+            return bool(await self.client.set(claim_key(job_id), "abandoned", nx=True, ex=3600))
+        except (redis.exceptions.RedisError, OSError):
+            return False
+
+
+_watchers = {}
+
+
+def job_watcher():
+    """This event loop's JobWatcher (one Redis client per loop)."""
+    import django_rq
+
+    loop = asyncio.get_running_loop()
+    watcher = _watchers.get(id(loop))
+    if watcher is None or watcher.loop is not loop:
+        queue = django_rq.get_queue("capabilities")
+        watcher = _watchers[id(loop)] = JobWatcher(settings.RQ_QUEUES["capabilities"]["URL"], queue.key)
+    return watcher

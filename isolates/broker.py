@@ -10,14 +10,19 @@ answered with `{id, ok, ...}` before its deadline.
 
 import asyncio
 import base64
+import functools
 import hashlib
 import logging
 import time
 from pathlib import Path
 
 from channels.db import database_sync_to_async
+from channels.exceptions import StopConsumer
 from channels.generic.websocket import AsyncWebsocketConsumer
+from channels.layers import get_channel_layer
+from channels.utils import await_many_dispatch
 from django.conf import settings
+from django.db import InterfaceError, OperationalError
 from django.utils import timezone
 
 from capabilities import dispatch
@@ -39,6 +44,15 @@ FORBIDDEN_ARGS = {"run", "runId", "tenant", "tenantId", "tenant_id", "profile", 
 POLICY_TTL = 1.0
 # Exported images up to this size are also sent to whoever watches the run.
 IMAGE_EVENT_MAX = 8 * 1024 * 1024
+# The platform's database being unreachable (restarting), as opposed to a bug.
+DATABASE_UNAVAILABLE = (OperationalError, InterfaceError)
+# How long the block's own outcome is retried while the database restarts.
+OUTCOME_RETRY_SECONDS = 30
+
+
+def rq_retries():
+    # How many times a call whose RQ worker died is queued again (when that is safe).
+    return int(getattr(settings, "SYMPOSIUM_RQ_RETRIES", 2))
 
 
 def token_hash(token):
@@ -81,6 +95,55 @@ class IsolateBrokerConsumer(AsyncWebsocketConsumer):
         "run.stop": "run_stop",
     }
 
+    async def __call__(self, scope, receive, send):
+        """As Channels' AsyncConsumer.__call__, except that the channel layer's receive
+        survives a restart of its Redis: a connection error there would otherwise end
+        this consumer, and with it the websocket and the run. Replies of RQ jobs in
+        flight may be lost with Redis; the JobWatcher answers those calls."""
+        self.scope = scope
+        self.channel_layer = get_channel_layer(self.channel_layer_alias)
+        self.base_send = send
+        if self.channel_layer is None:
+            sources = [receive]
+        else:
+            self.channel_name = await self.channel_layer.new_channel()
+            self.channel_receive = functools.partial(self.channel_layer.receive, self.channel_name)
+            sources = [receive, self.resilient_channel_receive]
+        try:
+            await await_many_dispatch(sources, self.dispatch)
+        except StopConsumer:
+            pass
+
+    async def resilient_channel_receive(self):
+        delay = 0.1
+        while True:
+            try:
+                message = await self.channel_receive()
+            except (ConnectionError, OSError) as e:
+                await self.channel_layer_failed(e, delay)
+            except Exception as e:
+                # redis-py's errors are not OSErrors; anything else is not ours to hide.
+                if type(e).__module__.split(".")[0] != "redis":
+                    raise
+                await self.channel_layer_failed(e, delay)
+            else:
+                if delay > 0.1:
+                    await self.rejoin_control_group()
+                return message
+            delay = min(delay * 2, 2.0)
+
+    async def channel_layer_failed(self, error, delay):
+        logger.warning("the channel layer failed (%s); retrying in %.1f s", str(error)[:200], delay)
+        await asyncio.sleep(delay)
+
+    async def rejoin_control_group(self):
+        """A Redis that restarted forgot the groups: join the run's control group again."""
+        if getattr(self, "run", None) is not None:
+            try:
+                await self.channel_layer.group_add(control_group(self.run.id), self.channel_name)
+            except Exception:
+                logger.warning("rejoining the control group of run %s failed", self.run.id)
+
     async def dispatch(self, message):
         # Unlike Channels' default, no database connection sweep per message: it costs
         # a thread hop per frame, and the helpers that use the database
@@ -95,6 +158,7 @@ class IsolateBrokerConsumer(AsyncWebsocketConsumer):
         self.ctx = None
         self.policy_loaded = 0.0
         self.in_flight = {}
+        self.call_jobs = {}  # call key -> the RQ job currently answering it
         self.call_seq = 0
         self.console_bytes = 0
         self.console_parts = []
@@ -138,14 +202,27 @@ class IsolateBrokerConsumer(AsyncWebsocketConsumer):
 
     async def hello(self, frame):
         token = frame.get("token")
-        run = await self.claim_run(token) if isinstance(token, str) and len(token) < 200 else None
+        try:
+            run = await self.claim_run(token) if isinstance(token, str) and len(token) < 200 else None
+        except DATABASE_UNAVAILABLE:
+            # The run cannot be looked up: the isolate exits when the connection closes,
+            # and its run service records the run as failed once the database is back.
+            logger.warning("a run could not be claimed: the database is unavailable")
+            await self.close(code=1011)
+            return
         if run is None:
             audit.record(tenant=None, tenant_slug="", capability="broker", operation="hello", outcome="denied",
                          error_code="PERMISSION_DENIED", message="A connection presented an unknown or used run token.")
             await self.close(code=4403)
             return
         self.run = run
-        await self.load_context()
+        try:
+            await self.load_context()
+        except DATABASE_UNAVAILABLE:
+            logger.warning("run %s could not start: the database is unavailable", run.id)
+            self.run = None
+            await self.close(code=1011)
+            return
         await self.send(encode_frame({
             "type": "start",
             "code": run.code,
@@ -167,7 +244,6 @@ class IsolateBrokerConsumer(AsyncWebsocketConsumer):
         op_name = frame.get("op")
         op = OPERATIONS.get(op_name) if isinstance(op_name, str) else None
         raw_args = frame.get("args", {})
-        await self.refresh_context()
         capability = op.capability if op else "broker"
         op_label = op_name if isinstance(op_name, str) else "?"
 
@@ -175,6 +251,13 @@ class IsolateBrokerConsumer(AsyncWebsocketConsumer):
             return self.answer(call_id, {"ok": False, "error": {"code": code, "message": message, **extra}},
                                capability, op_label, "", "denied", started)
 
+        try:
+            await self.refresh_context()
+        except DATABASE_UNAVAILABLE:
+            # The policy cannot be read again: fail closed (a suspension or a lowered
+            # limit must not be missed), and say why.
+            return await refuse("INTERNAL", f"{op_label[:40]} was not run: the platform's database is unavailable right now; retry shortly.",
+                                retryAfter=1)
         if op is None:
             return await refuse("INVALID_ARGUMENT", f"Unknown operation {str(op_name)[:40]!r}.")
         try:
@@ -196,7 +279,17 @@ class IsolateBrokerConsumer(AsyncWebsocketConsumer):
         if not decision.allowed:
             return await self.answer(call_id, {"ok": False, "error": {"code": decision.code, "message": decision.message}},
                                      capability, op_label, target, "denied", started)
-        rate = check_rate(self.ctx.tenant_id, capability, self.ctx.policy.rate_per_minute(capability))
+        try:
+            rate = check_rate(self.ctx.tenant_id, capability, self.ctx.policy.rate_per_minute(capability))
+        except Exception as e:
+            if dispatch.unavailable_service(e) is None:
+                raise
+            # Rate limits live in Redis: while it restarts they cannot be checked, and an
+            # unchecked call could exceed them. Refuse, and say when to try again.
+            return await self.answer(call_id, {"ok": False, "error": {
+                "code": "RATE_LIMITED", "retryAfter": 1,
+                "message": f"The rate limit of {capability} calls cannot be checked right now (the platform's Redis is unavailable); retry in 1 s."}},
+                capability, op_label, target, "denied", started)
         if not rate.allowed:
             retry = round(rate.retry_after, 3)
             return await self.answer(call_id, {"ok": False, "error": {
@@ -223,23 +316,62 @@ class IsolateBrokerConsumer(AsyncWebsocketConsumer):
         await self.complete(key, reply)
 
     async def run_rq(self, key, op, ctx, args, deadline):
-        try:
-            await database_sync_to_async(dispatch.enqueue, thread_sensitive=False)(
-                op.name, ctx, args, self.channel_name, key, deadline - time.time())
-        except Exception:
-            logger.exception("enqueueing %s failed", op.name)
-            return await self.complete(key, {"ok": False, "error": {
-                "code": "INTERNAL", "message": f"{op.name} could not be queued; the job queue is unavailable."}})
-        await asyncio.sleep(max(0.0, deadline - time.time()))
-        if key in self.in_flight:
-            await self.complete(key, timeout_reply(op))
+        """Queue the call as an RQ job and wait for its reply until the deadline, watching
+        the job: a job whose worker died is queued again when that is safe, or answered
+        at once with what happened, instead of leaving the block waiting for TIMEOUT."""
+        watcher = dispatch.job_watcher()
+        for attempt in range(rq_retries() + 1):
+            try:
+                job = await database_sync_to_async(dispatch.enqueue, thread_sensitive=False)(
+                    op.name, ctx, args, self.channel_name, key, deadline - time.time())
+            except Exception as e:
+                if dispatch.unavailable_service(e) is None:
+                    logger.exception("enqueueing %s failed", op.name)
+                return await self.complete(key, {"ok": False, "error": {
+                    "code": "INTERNAL", "retryAfter": 1,
+                    "message": f"{op.name} could not be queued: the platform's job queue (Redis) is unavailable; retry shortly."}})
+            if key not in self.in_flight:
+                return  # the run ended meanwhile
+            self.call_jobs[key] = job.id
+            lost = watcher.watch(job.id)
+            try:
+                reason = await asyncio.wait_for(asyncio.shield(lost), timeout=max(0.0, deadline - time.time()))
+            except asyncio.TimeoutError:
+                reason = None
+            finally:
+                watcher.forget(job.id)
+            if key not in self.in_flight or self.call_jobs.get(key) != job.id:
+                return  # answered (the reply won the race)
+            if reason is None:
+                return await self.complete(key, timeout_reply(op))
+            retry = dispatch.may_retry(reason, op.idempotent) and attempt < rq_retries() and deadline - time.time() > 1
+            self.audit_lost_job(key, op, reason, retry)
+            if not retry:
+                return await self.complete(key, dispatch.lost_reply(op.name, reason))
+        await self.complete(key, dispatch.lost_reply(op.name, reason))
+
+    def audit_lost_job(self, key, op, reason, retried):
+        """A row for each lost attempt, besides the call's own row: admins see which calls
+        were interrupted and retried."""
+        entry = self.in_flight.get(key)
+        what = dispatch.lost_reply(op.name, reason)["error"]["message"]
+        audit.record(
+            tenant_id=self.ctx.tenant_id, tenant_slug=self.ctx.tenant_slug, run_id=self.ctx.run_id,
+            user_id=self.run.user_id, capability=op.capability, operation=f"{op.name}.attempt",
+            target=entry[2] if entry else "", outcome="failed", error_code="INTERNAL",
+            message=what + (" It was queued again." if retried else ""),
+        )
 
     async def capability_result(self, event):
         """A reply from an RQ worker, over the channel layer."""
+        job = event.get("job")
+        if job is not None and self.call_jobs.get(event["key"]) not in (None, job):
+            return  # from an attempt given up on (its worker was taken for dead)
         await self.complete(event["key"], event["reply"])
 
     async def complete(self, key, reply):
         entry = self.in_flight.pop(key, None)
+        self.call_jobs.pop(key, None)
         if entry is None:
             return  # answered already (timed out), or the run is over
         call_id, op, target, started = entry
@@ -345,13 +477,27 @@ class IsolateBrokerConsumer(AsyncWebsocketConsumer):
         await self.group_event({"event": "done", "ok": ok, "result": frame.get("result") if ok else None,
                                 "error": None if ok else {k: error.get(k) for k in ("name", "code", "message", "stack")}})
         await self.flush_events()
-        await self.save_console()
-        await self.finish_run(
-            "succeeded" if ok else "failed",
+        outcome = dict(
+            status="succeeded" if ok else "failed",
             result=frame.get("result") if ok else None,
             error_code="" if ok else str(error.get("code") or error.get("name") or "Error")[:30],
             error=str(error.get("message") or "")[:10000] if not ok else "",
         )
+        # The block's outcome is worth waiting for: retried while the database restarts
+        # (the run service waits as long before it records a failure instead).
+        give_up = time.monotonic() + OUTCOME_RETRY_SECONDS
+        delay = 0.2
+        while True:
+            try:
+                await self.save_console()
+                await self.finish_run(**outcome)
+                return
+            except DATABASE_UNAVAILABLE:
+                if time.monotonic() + delay > give_up:
+                    logger.error("the outcome of run %s could not be recorded", self.run.id)
+                    return
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5)
 
     async def refuse_frame(self, message):
         """A frame the runtime would never send: the sandbox is not behaving, end the run."""
@@ -371,12 +517,19 @@ class IsolateBrokerConsumer(AsyncWebsocketConsumer):
     async def disconnect(self, code):
         for key in list(self.in_flight):
             self.in_flight.pop(key, None)
+        self.call_jobs.clear()
         if self.run:
             await self.flush_events()
             if self.event_sender is not None:
                 self.event_sender.cancel()
-            await self.save_console()
-            await self.channel_layer.group_discard(control_group(self.run.id), self.channel_name)
+            try:
+                await self.save_console()
+            except DATABASE_UNAVAILABLE:
+                logger.warning("the console of run %s could not be saved: the database is unavailable", self.run.id)
+            try:
+                await self.channel_layer.group_discard(control_group(self.run.id), self.channel_name)
+            except Exception:
+                logger.warning("leaving the control group of run %s failed", self.run.id)
             if self.ctx is not None:
                 # A run's canvases die with it (they would expire on their own later).
                 await database_sync_to_async(discard_canvases, thread_sensitive=False)(self.ctx)
@@ -398,12 +551,18 @@ class IsolateBrokerConsumer(AsyncWebsocketConsumer):
         self.event_queue.put_nowait({"type": "run.event", "run": self.run.id, **event})
 
     async def send_events(self):
+        failing = False
         while True:
             event = await self.event_queue.get()
             try:
                 await self.channel_layer.group_send(run_group(self.run.id), event)
-            except Exception:
-                logger.exception("publishing an event of run %s failed", self.run.id)
+                failing = False
+            except Exception as e:
+                # Watchers miss events while the channel layer is down (they read the
+                # run's record at the end); one line per outage, not one per event.
+                if not failing:
+                    logger.warning("publishing events of run %s failed: %s", self.run.id, str(e)[:200])
+                failing = True
             finally:
                 self.event_queue.task_done()
 
@@ -423,7 +582,12 @@ class IsolateBrokerConsumer(AsyncWebsocketConsumer):
 
     async def load_context(self):
         await self.refresh_context(force=True)
-        await self.channel_layer.group_add(control_group(self.run.id), self.channel_name)
+        try:
+            await self.channel_layer.group_add(control_group(self.run.id), self.channel_name)
+        except Exception:
+            # Only stops asked from another server process use the group; the run
+            # service of this one stops the isolate directly. Run without it.
+            logger.warning("joining the control group of run %s failed", self.run.id)
 
     async def refresh_context(self, force=False):
         if not force and time.monotonic() - self.policy_loaded < POLICY_TTL:

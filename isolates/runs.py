@@ -7,20 +7,29 @@ the isolate until it exits: past the profile's time limit the isolate's process 
 killed and the run ends `timed_out`; an isolate that dies (out of memory, killed from
 outside) ends its run `failed` with the reason. The broker records what the block itself
 reports (its result or error); whichever outcome is written first stands.
+
+Faults (docs/deploy.md): the service heartbeats its server process and reaps the runs of
+servers that stopped (`isolates/reaper.py`); it refuses new runs past a per-process cap
+(SYMPOSIUM_MAX_RUNS_PER_PROCESS) with "busy, retry after" instead of overloading the
+machine; a run's last write is retried while the database restarts; and a process that
+exits normally fails its unfinished runs on the way out.
 """
 
 import asyncio
+import atexit
 import logging
-import os
 import secrets
-import socket
+import threading
 import time
+from datetime import timedelta
 
 from channels.db import database_sync_to_async
 from channels.layers import get_channel_layer
 from django.conf import settings
+from django.db import InterfaceError, OperationalError, transaction
 from django.utils import timezone
 
+from isolates import reaper
 from isolates.broker import control_group, run_group, token_hash
 from tenants.models import BlockRun, PermissionProfile, Tenant
 from tenants.policy import effective_policy
@@ -33,15 +42,39 @@ CPU_GRACE_SECONDS = 5
 # How long after an isolate exits cleanly the supervisor waits for the broker to record
 # the block's own outcome before calling the run failed.
 DONE_GRACE_SECONDS = 2.0
+# Database errors that mean "unavailable, try again" (a restart, a lost connection), as
+# opposed to a bug.
+UNAVAILABLE_ERRORS = (OperationalError, InterfaceError)
+# A run of this process that its supervisor no longer knows (its last write failed for
+# longer than the retry window) is failed by the keeper once it is this old.
+UNTRACKED_GRACE_SECONDS = 10
+# Runs are created one at a time per process: on SQLite (the single-process setup) this
+# is what makes "count, then create" atomic; PostgreSQL also locks the tenant's row.
+_create_lock = threading.Lock()
+
+
+def max_runs_per_process():
+    # Runs one server process supervises at once. Each holds an isolate (about 20 MB
+    # when idle, up to its profile's memory limit) and a share of the server's loop.
+    return int(getattr(settings, "SYMPOSIUM_MAX_RUNS_PER_PROCESS", 100))
+
+
+def finish_retry_seconds():
+    # How long the last write of a run is retried while the database is unavailable.
+    return float(getattr(settings, "SYMPOSIUM_FINISH_RETRY_SECONDS", 60))
 
 
 class RunRefused(Exception):
-    """A run that cannot start; code and message are shown to whoever asked."""
+    """A run that cannot start; code and message are shown to whoever asked. Codes:
+    PERMISSION_DENIED (suspended tenant), RATE_LIMITED (the tenant's concurrent runs),
+    BUSY (this server's cap on runs), UNAVAILABLE (the platform's database is down).
+    `retry_after` (seconds) is set when trying again later can work."""
 
-    def __init__(self, code, message):
+    def __init__(self, code, message, retry_after=None):
         super().__init__(message)
         self.code = code
         self.message = message
+        self.retry_after = retry_after
 
 
 class RunService:
@@ -54,23 +87,46 @@ class RunService:
         self.supervisors = {}
         self.isolates = {}
         self.stopping = {}
-        self.server_name = f"{socket.gethostname()}:{os.getpid()}"
+        self.server_name = reaper.new_server_name()
+        self.keeper = None
+        self.beating = False
+        self.starting = 0  # start() calls between the cap's check and their supervisor
+        atexit.register(self._fail_unfinished_at_exit)
 
     @property
     def broker_url(self):
         return f"ws://127.0.0.1:{self.broker_port}/ws/isolate/"
 
     async def warm_up(self):
-        """Start keeping warm isolates for every profile's limits (once)."""
+        """Start keeping warm isolates for every profile's limits, and the heartbeat (once)."""
         if not self.warming:
             self.warming = True
             self.pool.keep_warm(await database_sync_to_async(profile_limits)())
+        if self.keeper is None:
+            self.keeper = asyncio.ensure_future(self._keep())
 
     async def start(self, tenant, code, *, user=None, name="", input=None, source="runblock"):
         """Create the run and start supervising it. Raises RunRefused."""
-        await self.warm_up()
-        token = secrets.token_urlsafe(32)
-        run, policy = await self._create_run(tenant, code, user, name, input, source, token)
+        in_progress = len(self.supervisors) + self.starting
+        if in_progress >= max_runs_per_process():
+            # Refused before any work: the runs in flight keep the machine to themselves.
+            raise RunRefused("BUSY", f"This server is busy ({in_progress} runs in progress, its limit); retry in a few seconds.",
+                             retry_after=2)
+        self.starting += 1
+        try:
+            await self.warm_up()
+            if not self.beating:
+                # The server's row exists before its first run names it, so that no reaper
+                # takes the run for an orphan.
+                await database_sync_to_async(reaper.beat)(self.server_name, len(self.supervisors))
+                self.beating = True
+            token = secrets.token_urlsafe(32)
+            run, policy = await self._create_run(tenant, code, user, name, input, source, token)
+        except UNAVAILABLE_ERRORS:
+            logger.exception("starting a run failed")
+            raise RunRefused("UNAVAILABLE", "The platform's database is unavailable; retry in a few seconds.", retry_after=5) from None
+        finally:
+            self.starting -= 1
         self.supervisors[run.id] = asyncio.ensure_future(self._supervise(run, token, policy))
         return run
 
@@ -103,25 +159,79 @@ class RunService:
                 logger.exception("a run did not stop")
 
     async def shutdown(self):
+        if self.keeper is not None:
+            self.keeper.cancel()
         await self.stop_all("The server is shutting down.")
         await self.pool.shutdown()
+        try:
+            await database_sync_to_async(reaper.forget)(self.server_name)
+        except Exception:
+            logger.exception("removing the heartbeat of %s failed", self.server_name)
+
+    # -- heartbeat and reaping ---------------------------------------------------------
+
+    async def _keep(self):
+        """Heartbeat this process, and reap the runs of servers that stopped, for as long
+        as the service lives."""
+        while True:
+            try:
+                await database_sync_to_async(reaper.beat)(self.server_name, len(self.supervisors))
+                self.beating = True
+                reaped = await database_sync_to_async(reaper.reap)(alive={self.server_name})
+                reaped += await database_sync_to_async(self._fail_untracked)(set(self.supervisors))
+                await self._announce_reaped(reaped)
+            except asyncio.CancelledError:
+                raise
+            except UNAVAILABLE_ERRORS as e:
+                logger.warning("heartbeat of %s failed: %s", self.server_name, str(e).strip()[:200])
+            except Exception:
+                logger.exception("heartbeat of %s failed", self.server_name)
+            await asyncio.sleep(reaper.heartbeat_seconds())
+
+    def _fail_untracked(self, supervised):
+        """Runs of this process that no supervisor follows any more (their last write was
+        lost while the database was down): failed, never left running."""
+        old = timezone.now() - timedelta(seconds=UNTRACKED_GRACE_SECONDS)
+        ids = set(BlockRun.objects.filter(server=self.server_name, status__in=reaper.UNFINISHED, created__lt=old)
+                  .values_list("id", flat=True)) - supervised
+        if not ids:
+            return []
+        BlockRun.objects.filter(id__in=ids, status__in=reaper.UNFINISHED).update(
+            status="failed", error_code="INTERNAL", finished=timezone.now(),
+            error="The platform lost track of this run while its database was unavailable; it was stopped.")
+        return sorted(ids)
+
+    async def _announce_reaped(self, run_ids):
+        if not run_ids:
+            return
+        layer = get_channel_layer()
+        runs = await database_sync_to_async(lambda: list(BlockRun.objects.filter(id__in=run_ids)))()
+        for run in runs:
+            try:
+                await layer.group_send(run_group(run.id), reaper.finished_event(run))
+            except Exception:
+                logger.exception("announcing the end of reaped run %s failed", run.id)
+                return
+
+    def _fail_unfinished_at_exit(self):
+        """At a normal exit of the process (Daphne stopped with SIGTERM) its isolates die
+        with it: say so in their runs at once instead of waiting for the reaper."""
+        if not self.supervisors:
+            return
+        try:
+            BlockRun.objects.filter(server=self.server_name, status__in=reaper.UNFINISHED).update(
+                status="failed", error_code=reaper.SERVER_STOPPED_CODE, error=reaper.SERVER_STOPPED_MESSAGE,
+                finished=timezone.now())
+            reaper.forget(self.server_name)
+        except Exception:
+            pass  # the reaper of another process (or the next one) does it
 
     # -- internals -------------------------------------------------------------------
 
     @database_sync_to_async
     def _create_run(self, tenant, code, user, name, input, source, token):
-        tenant = Tenant.objects.select_related("profile").get(pk=tenant.pk)
-        if not tenant.is_active:
-            raise RunRefused("PERMISSION_DENIED", "This tenant is suspended; it can start no run.")
-        policy = effective_policy(tenant)
-        running = BlockRun.objects.filter(tenant=tenant, status__in=("queued", "running")).count()
-        if running >= policy.concurrent_runs:
-            raise RunRefused("RATE_LIMITED", f"This tenant already has {running} runs in progress, its limit; retry when one ends.")
-        run = BlockRun.objects.create(
-            tenant=tenant, user=user, source=source, name=name[:200], code=code, input=input,
-            token_hash=token_hash(token), server=self.server_name,
-        )
-        return run, policy
+        return create_run(tenant, code, user=user, name=name, input=input, source=source,
+                          token=token, server=self.server_name)
 
     async def _supervise(self, run, token, policy):
         isolate = None
@@ -159,7 +269,10 @@ class RunService:
             logger.exception("supervising run %s failed", run.id)
             if isolate is not None:
                 isolate.kill()
-            await self._finish(run.id, "failed", "INTERNAL", "The platform could not run this block; the error is logged.")
+            try:
+                await self._finish(run.id, "failed", "INTERNAL", "The platform could not run this block; the error is logged.")
+            except UNAVAILABLE_ERRORS:
+                pass  # logged; the keeper fails the run once the database is back
         finally:
             self.isolates.pop(run.id, None)
             self.stopping.pop(run.id, None)
@@ -168,11 +281,18 @@ class RunService:
 
     async def _await_outcome(self, run_id, exit_info):
         """Whether the broker recorded the block's own outcome (waiting a little for it
-        when the isolate exited cleanly, as it does right after sending it)."""
-        deadline = time.monotonic() + (DONE_GRACE_SECONDS if exit_info.returncode == 0 else 0.2)
+        when the isolate exited cleanly, as it does right after sending it). While the
+        database is unavailable the broker cannot record it either: wait for it longer."""
+        started = time.monotonic()
+        deadline = started + (DONE_GRACE_SECONDS if exit_info.returncode == 0 else 0.2)
         while True:
-            status = await database_sync_to_async(
-                lambda: BlockRun.objects.filter(pk=run_id).values_list("status", flat=True).first())()
+            try:
+                status = await database_sync_to_async(
+                    lambda: BlockRun.objects.filter(pk=run_id).values_list("status", flat=True).first())()
+            except UNAVAILABLE_ERRORS:
+                status = None
+                deadline = max(deadline, min(time.monotonic() + 1, started + finish_retry_seconds()))
+                await asyncio.sleep(0.5)
             if status in BlockRun.FINISHED:
                 return True
             if time.monotonic() > deadline:
@@ -182,36 +302,55 @@ class RunService:
     async def _stop_broker(self, run_id, reason):
         layer = get_channel_layer()
         if layer is not None:
-            await layer.group_send(control_group(run_id), {"type": "run.stop", "reason": reason})
+            try:
+                await layer.group_send(control_group(run_id), {"type": "run.stop", "reason": reason})
+            except Exception:
+                # The isolate is killed already; its broker connection ends with it.
+                logger.warning("telling the broker of run %s to stop failed", run_id)
 
-    @database_sync_to_async
-    def _finish(self, run_id, status, code, message, isolate=None):
+    async def _finish(self, run_id, status, code, message, isolate=None):
+        """Record how the run ended (unless an outcome was recorded first), retrying
+        while the database restarts."""
+        await self._write_retrying(self._finish_sync, run_id, status, code, message, isolate_figures(isolate))
+
+    def _finish_sync(self, run_id, status, code, message, figures):
         from tenants import audit
 
         audit.flush()
-        figures = isolate_figures(isolate)
         BlockRun.objects.filter(pk=run_id, status__in=("queued", "running")).update(
             status=status, error_code=code, error=message, finished=timezone.now())
         if figures:
             BlockRun.objects.filter(pk=run_id).update(**figures)
 
-    @database_sync_to_async
-    def _record_figures(self, run_id, isolate):
+    async def _record_figures(self, run_id, isolate):
         figures = isolate_figures(isolate)
         if figures:
-            BlockRun.objects.filter(pk=run_id).update(**figures)
+            await self._write_retrying(lambda: BlockRun.objects.filter(pk=run_id).update(**figures))
+
+    async def _write_retrying(self, write, *args):
+        give_up = time.monotonic() + finish_retry_seconds()
+        delay = 0.2
+        while True:
+            try:
+                return await database_sync_to_async(write)(*args)
+            except UNAVAILABLE_ERRORS as e:
+                if time.monotonic() + delay > give_up:
+                    # The keeper fails the run once the database is back (_fail_untracked).
+                    logger.error("recording the end of a run failed for %d s: %s", finish_retry_seconds(), str(e).strip()[:200])
+                    raise
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 5)
 
     async def _announce_finished(self, run_id):
         layer = get_channel_layer()
         if layer is None:
             return
-        run = await database_sync_to_async(BlockRun.objects.get)(pk=run_id)
-        await layer.group_send(run_group(run_id), {
-            "type": "run.event", "run": run_id, "event": "finished", "status": run.status,
-            "error_code": run.error_code, "error": run.error, "result": run.result,
-            "duration": run.duration, "calls": run.calls, "bytes_in": run.bytes_in, "bytes_out": run.bytes_out,
-            "peak_memory_bytes": run.peak_memory_bytes, "console_truncated": run.console_truncated,
-        })
+        try:
+            run = await database_sync_to_async(BlockRun.objects.get)(pk=run_id)
+            await layer.group_send(run_group(run_id), reaper.finished_event(run))
+        except Exception:
+            # Watchers read the run's record themselves (the runner page does on reconnect).
+            logger.warning("announcing the end of run %s failed", run_id)
 
 
 def profile_limits():
@@ -245,7 +384,34 @@ def describe_exit(exit_info, policy):
         return "MEMORY_LIMIT", f"The block ran out of memory (this tenant's limit is {policy.memory_mb} MB)."
     if exit_info.cpu_limit_hit:
         return "TIMEOUT", f"The block used more CPU time than its limit of {policy.time_limit_seconds} s."
+    if exit_info.returncode == 0:
+        # The block ended and said so, but its outcome never reached the run's record.
+        return "INTERNAL", "The block finished, but its outcome could not be recorded (the platform's database or message layer failed)."
     return "CRASHED", exit_info.reason
+
+
+def create_run(tenant, code, *, user=None, name="", input=None, source="runblock", token, server):
+    """Create a run of the tenant unless it is suspended or at its concurrency limit.
+
+    The count and the insert must be one step, or two servers starting runs for the same
+    tenant at the same moment would both see room for one more. On PostgreSQL the
+    tenant's row is locked (SELECT ... FOR UPDATE) for the duration, which serialises
+    run creation per tenant across every server process of the platform; on SQLite,
+    which has one server process, a lock in the process does it."""
+    with _create_lock, transaction.atomic():
+        tenant = Tenant.objects.select_for_update().select_related("profile").get(pk=tenant.pk)
+        if not tenant.is_active:
+            raise RunRefused("PERMISSION_DENIED", "This tenant is suspended; it can start no run.")
+        policy = effective_policy(tenant)
+        running = BlockRun.objects.filter(tenant=tenant, status__in=("queued", "running")).count()
+        if running >= policy.concurrent_runs:
+            raise RunRefused("RATE_LIMITED", f"This tenant already has {running} runs in progress, its limit; retry when one ends.",
+                             retry_after=1)
+        run = BlockRun.objects.create(
+            tenant=tenant, user=user, source=source, name=name[:200], code=code, input=input,
+            token_hash=token_hash(token), server=server,
+        )
+    return run, policy
 
 
 _services = {}

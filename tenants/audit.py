@@ -5,11 +5,27 @@ known. Rows go to a queue that one background thread drains into bulk inserts, s
 capability call never waits for the database. `flush()` waits until everything queued
 so far is written; the broker calls it before a run's record is finished, so a run that
 is over always has all its rows.
+
+Nothing is dropped when the database is unavailable (restarting): the writer keeps the
+rows and retries, backing off up to RETRY_MAX_SECONDS. Past SYMPOSIUM_AUDIT_BACKLOG rows
+held in memory, the oldest go to a file under SYMPOSIUM_VAR_DIR (one JSON object per
+line) and are written to the database once it is back, by this process or, if it died
+first, by the next process on this machine that writes audit rows.
+
+The one window where rows can be lost is a process killed (SIGKILL, power loss) while
+rows sit in its queue: the writer starts a batch the moment a row arrives, so this is
+the time of one insert, milliseconds, unless the database is down. A process that exits
+normally flushes its queue on the way out (atexit).
 """
 
+import atexit
+import json
 import logging
+import os
 import queue
 import threading
+from datetime import datetime
+from pathlib import Path
 
 from django.db import IntegrityError, close_old_connections
 
@@ -18,6 +34,24 @@ logger = logging.getLogger(__name__)
 # A target longer than this is cut: the audit log names what a call was about, it does
 # not keep payloads.
 TARGET_MAX = 300
+# Backoff between attempts while the database is unavailable.
+RETRY_MAX_SECONDS = 5.0
+# How long a process that is exiting waits for its rows to be written.
+EXIT_FLUSH_SECONDS = 5.0
+SPILL_PREFIX = "audit-backlog-"
+
+
+def backlog_limit():
+    from django.conf import settings
+
+    # Rows kept in memory while the database is down (about 1 KB each).
+    return int(getattr(settings, "SYMPOSIUM_AUDIT_BACKLOG", 50_000))
+
+
+def spill_dir():
+    from django.conf import settings
+
+    return Path(getattr(settings, "SYMPOSIUM_AUDIT_SPILL_DIR", "") or settings.VAR_DIR)
 
 
 class AuditWriter:
@@ -27,6 +61,9 @@ class AuditWriter:
         self.queue = queue.SimpleQueue()
         self.thread = None
         self.lock = threading.Lock()
+        self.failing = False  # the last write failed: the database is unavailable
+        self.spilled = 0  # rows in this process's spill file
+        self.adopted = False
 
     def record(self, **fields):
         from tenants.models import AuditLog
@@ -37,6 +74,10 @@ class AuditWriter:
         self.queue.put(AuditLog(**fields))
 
     def flush(self, timeout=10):
+        """Wait until every row queued so far is written. Returns False at once while the
+        database is unavailable (the rows are kept, and written once it is back)."""
+        if self.failing:
+            return False
         self._ensure_thread()
         done = threading.Event()
         self.queue.put(done)
@@ -49,44 +90,65 @@ class AuditWriter:
                 self.thread.start()
 
     def _run(self):
-        from tenants.models import AuditLog
-
+        pending = []  # rows taken from the queue and not yet written, oldest first
+        waiters = []
+        delay = 0.2
         while True:
-            item = self.queue.get()
-            rows, waiters = [], []
-            while True:
-                (waiters if isinstance(item, threading.Event) else rows).append(item)
-                if len(rows) >= self.BATCH:
-                    break
-                try:
-                    item = self.queue.get_nowait()
-                except queue.Empty:
-                    break
-            if rows:
-                self._write(rows)
+            if not pending and not waiters:
+                pending_item = self.queue.get()
+                self._take(pending_item, pending, waiters)
+            self._drain(pending, waiters)
+            if pending and not self._write(pending[: self.BATCH]):
+                self.failing = True
+                for waiter in waiters:
+                    waiter.set()  # nobody waits on a database that is down
+                waiters.clear()
+                self._spill_excess(pending)
+                threading.Event().wait(delay)
+                delay = min(delay * 2, RETRY_MAX_SECONDS)
+                continue
+            del pending[: self.BATCH]
+            if pending:
+                continue
+            if self.failing or not self.adopted:
+                self.failing = False
+                delay = 0.2
+                self._replay_spilled()
             for waiter in waiters:
                 waiter.set()
+            waiters.clear()
+
+    def _take(self, item, pending, waiters):
+        (waiters if isinstance(item, threading.Event) else pending).append(item)
+
+    def _drain(self, pending, waiters):
+        # While the database is down, take everything: what is over the backlog limit
+        # goes to disk instead of piling up in the queue.
+        while self.failing or len(pending) < self.BATCH * 4:
+            try:
+                self._take(self.queue.get_nowait(), pending, waiters)
+            except queue.Empty:
+                return
 
     def _write(self, rows):
+        """Write the rows; False if the database is unavailable (they are kept)."""
         from tenants.models import AuditLog
 
-        for attempt in range(5):
-            try:
-                close_old_connections()
-                AuditLog.objects.bulk_create(rows)
-                return
-            except IntegrityError:
-                # A tenant, run or user was deleted while its calls were in the queue:
-                # keep the rows, without the links that no longer resolve (tenant_slug
-                # still names the tenant).
-                for row in rows:
-                    self._write_one(row)
-                return
-            except Exception:
-                # The database may be restarting; the rows are kept and retried.
-                logger.exception("audit: writing %d rows failed (attempt %d)", len(rows), attempt + 1)
-                threading.Event().wait(0.2 * 2**attempt)
-        logger.error("audit: %d rows could not be written", len(rows))
+        try:
+            close_old_connections()
+            AuditLog.objects.bulk_create(rows)
+            return True
+        except IntegrityError:
+            # A tenant, run or user was deleted while its calls were in the queue:
+            # keep the rows, without the links that no longer resolve (tenant_slug
+            # still names the tenant).
+            for row in rows:
+                self._write_one(row)
+            return True
+        except Exception as e:
+            if not self.failing:
+                logger.error("audit: writing %d rows failed, keeping them to retry: %s", len(rows), str(e).strip()[:200])
+            return False
 
     def _write_one(self, row):
         from tenants.models import AuditLog
@@ -94,13 +156,95 @@ class AuditWriter:
         try:
             AuditLog.objects.bulk_create([row])
         except IntegrityError:
+            row.pk = None
             row.tenant_id = row.run_id = row.user_id = None
             try:
                 AuditLog.objects.bulk_create([row])
             except Exception:
                 logger.exception("audit: a row could not be written")
 
+    # -- rows past the backlog, on disk --------------------------------------------
+
+    def _spill_path(self, pid=None):
+        return spill_dir() / f"{SPILL_PREFIX}{pid or os.getpid()}.jsonl"
+
+    def _spill_excess(self, pending):
+        """Keep at most backlog_limit() rows in memory: the oldest others go to disk."""
+        excess = len(pending) - backlog_limit()
+        if excess <= 0:
+            return
+        rows, pending[:excess] = pending[:excess], []
+        try:
+            path = self._spill_path()
+            path.parent.mkdir(parents=True, exist_ok=True)
+            with open(path, "a") as f:
+                for row in rows:
+                    f.write(json.dumps(row_fields(row)) + "\n")
+                f.flush()
+                os.fsync(f.fileno())
+            self.spilled += len(rows)
+        except OSError:
+            logger.exception("audit: %d rows could not be kept on disk either; they are lost", len(rows))
+
+    def _replay_spilled(self):
+        """Write rows kept on disk: this process's, and those of processes of this
+        machine that died with rows on disk."""
+        from tenants.models import AuditLog
+
+        self.adopted = True
+        folder = spill_dir()
+        try:
+            candidates = sorted(folder.glob(f"{SPILL_PREFIX}*.jsonl"))
+        except OSError:
+            return
+        for path in candidates:
+            pid = path.stem[len(SPILL_PREFIX):]
+            if pid != str(os.getpid()) and (not pid.isdigit() or Path(f"/proc/{pid}").exists()):
+                continue  # another live process's backlog: it replays it itself
+            claimed = path.with_suffix(f".replaying-{os.getpid()}")
+            try:
+                os.rename(path, claimed)  # whoever renames it first replays it
+            except OSError:
+                continue
+            try:
+                with open(claimed) as f:
+                    rows = [AuditLog(**parse_fields(json.loads(line))) for line in f if line.strip()]
+                for start in range(0, len(rows), self.BATCH):
+                    if not self._write(rows[start:start + self.BATCH]):
+                        # The database went away again: put the rest back for later.
+                        with open(self._spill_path(), "a") as f:
+                            for row in rows[start:]:
+                                f.write(json.dumps(row_fields(row)) + "\n")
+                        self.failing = True
+                        break
+                os.unlink(claimed)
+            except (OSError, ValueError):
+                logger.exception("audit: replaying %s failed", claimed.name)
+        self.spilled = 0
+
+    def flush_at_exit(self):
+        if self.thread is not None and self.thread.is_alive():
+            if not self.flush(EXIT_FLUSH_SECONDS) and self.failing:
+                logger.error("audit: exiting while the database is unavailable; unwritten rows are lost")
+
+
+def row_fields(row):
+    fields = {}
+    for field in row._meta.concrete_fields:
+        if field.primary_key:
+            continue
+        value = getattr(row, field.attname)
+        fields[field.attname] = value.isoformat() if isinstance(value, datetime) else value
+    return fields
+
+
+def parse_fields(fields):
+    if isinstance(fields.get("time"), str):
+        fields["time"] = datetime.fromisoformat(fields["time"])
+    return fields
+
 
 writer = AuditWriter()
 record = writer.record
 flush = writer.flush
+atexit.register(writer.flush_at_exit)
