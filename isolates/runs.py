@@ -182,10 +182,14 @@ class RunService:
                 await self._announce_reaped(reaped)
             except asyncio.CancelledError:
                 raise
-            except UNAVAILABLE_ERRORS as e:
+            except RuntimeError as e:
+                if "shutdown" in str(e):
+                    return  # the interpreter is exiting
                 logger.warning("heartbeat of %s failed: %s", self.server_name, str(e).strip()[:200])
-            except Exception:
-                logger.exception("heartbeat of %s failed", self.server_name)
+            except Exception as e:
+                # Best effort: the next beat tries again; a stale heartbeat costs this
+                # server its runs only after SYMPOSIUM_HEARTBEAT_STALE_SECONDS.
+                logger.warning("heartbeat of %s failed: %s", self.server_name, str(e).strip()[:200])
             await asyncio.sleep(reaper.heartbeat_seconds())
 
     def _fail_untracked(self, supervised):
