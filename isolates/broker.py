@@ -79,6 +79,32 @@ def target_of(op, args):
     return value if isinstance(value, (str, int)) else ""
 
 
+# Runs whose isolates connect to this process's broker, prepared by the run service
+# (which has just read the tenant), by token hash; and the connections still open, by
+# run id.
+_prepared = {}
+_open = {}
+
+
+def prepare_connection(run, tenant, policy, env):
+    """Keep what the broker needs at hello, so it need not read it again."""
+    _prepared[run.token_hash] = (run, tenant, policy, env, time.monotonic())
+    if len(_prepared) > 10000:
+        # Runs whose isolate never said hello (it died first): forget the oldest.
+        for key in sorted(_prepared, key=lambda k: _prepared[k][4])[:1000]:
+            _prepared.pop(key, None)
+
+
+async def wait_closed(run_id, timeout):
+    """Wait until this process's broker has let go of the run's connection, if it has one."""
+    closed = _open.get(run_id)
+    if closed is not None:
+        try:
+            await asyncio.wait_for(closed.wait(), timeout)
+        except asyncio.TimeoutError:
+            logger.warning("the broker still holds run %s after %s s", run_id, timeout)
+
+
 def control_group(run_id):
     """The group the run's own broker connection listens on (to be told to stop)."""
     return f"run-control-{run_id}"
@@ -168,6 +194,8 @@ class IsolateBrokerConsumer(AsyncWebsocketConsumer):
         self.bytes_out = 0
         self.finished = False
         self.event_sender = None
+        self.prepared = None
+        self.closed = None
         await self.accept()
 
     # -- frames from the isolate ---------------------------------------------------
@@ -216,6 +244,7 @@ class IsolateBrokerConsumer(AsyncWebsocketConsumer):
             await self.close(code=4403)
             return
         self.run = run
+        self.closed = _open[run.id] = asyncio.Event()
         try:
             await self.load_context()
         except DATABASE_UNAVAILABLE:
@@ -530,6 +559,9 @@ class IsolateBrokerConsumer(AsyncWebsocketConsumer):
                 await self.channel_layer.group_discard(control_group(self.run.id), self.channel_name)
             except Exception:
                 logger.warning("leaving the control group of run %s failed", self.run.id)
+            if self.closed is not None:
+                self.closed.set()
+                _open.pop(self.run.id, None)
             if self.ctx is not None:
                 # A run's canvases die with it (they would expire on their own later).
                 await database_sync_to_async(discard_canvases, thread_sensitive=False)(self.ctx)
@@ -578,6 +610,9 @@ class IsolateBrokerConsumer(AsyncWebsocketConsumer):
             token_used=True, status="running", started=timezone.now())
         if claimed != 1:
             return None
+        self.prepared = _prepared.pop(digest, None)
+        if self.prepared is not None:
+            return self.prepared[0]
         return BlockRun.objects.select_related("tenant").get(token_hash=digest)
 
     async def load_context(self):
@@ -592,7 +627,11 @@ class IsolateBrokerConsumer(AsyncWebsocketConsumer):
     async def refresh_context(self, force=False):
         if not force and time.monotonic() - self.policy_loaded < POLICY_TTL:
             return
-        tenant, policy, env = await self.read_tenant()
+        if self.prepared is not None:
+            _, tenant, policy, env, _ = self.prepared
+            self.prepared = None
+        else:
+            tenant, policy, env = await self.read_tenant()
         self.tenant_active = tenant.is_active
         self.env = env
         self.ctx = CallContext(

@@ -30,7 +30,7 @@ from django.db import InterfaceError, OperationalError, transaction
 from django.utils import timezone
 
 from isolates import reaper
-from isolates.broker import control_group, run_group, token_hash
+from isolates.broker import control_group, prepare_connection, run_group, token_hash, wait_closed
 from tenants.models import BlockRun, PermissionProfile, Tenant
 from tenants.policy import effective_policy
 
@@ -42,6 +42,9 @@ CPU_GRACE_SECONDS = 5
 # How long after an isolate exits cleanly the supervisor waits for the broker to record
 # the block's own outcome before calling the run failed.
 DONE_GRACE_SECONDS = 2.0
+# How long the supervisor waits for this process's broker to finish with a run whose
+# isolate has exited (it may be relaying a backlog of console events).
+CLOSE_GRACE_SECONDS = 30.0
 # Database errors that mean "unavailable, try again" (a restart, a lost connection), as
 # opposed to a bug.
 UNAVAILABLE_ERRORS = (OperationalError, InterfaceError)
@@ -287,6 +290,9 @@ class RunService:
         """Whether the broker recorded the block's own outcome (waiting a little for it
         when the isolate exited cleanly, as it does right after sending it). While the
         database is unavailable the broker cannot record it either: wait for it longer."""
+        # The broker records the outcome before it lets go of the run's connection, and
+        # it may still be relaying the run's last events: wait for it to close first.
+        await wait_closed(run_id, CLOSE_GRACE_SECONDS)
         started = time.monotonic()
         deadline = started + (DONE_GRACE_SECONDS if exit_info.returncode == 0 else 0.2)
         while True:
@@ -415,6 +421,9 @@ def create_run(tenant, code, *, user=None, name="", input=None, source="runblock
             tenant=tenant, user=user, source=source, name=name[:200], code=code, input=input,
             token_hash=token_hash(token), server=server,
         )
+    # The isolate connects back to this process's broker: hand it what it would read
+    # from the database again when the isolate says hello.
+    prepare_connection(run, tenant, policy, {s.name: s.value for s in tenant.secrets.all()})
     return run, policy
 
 
