@@ -344,11 +344,6 @@ def test_it_stays_responsive_when_a_block_prints_10_mb(browser, base_url, people
     assert slowest < 1.0 and elapsed < 20
 
 
-@pytest.mark.xfail(
-    bool(settings.REDIS_URL), strict=False,
-    reason="with channels-redis the broker falls behind relaying 1000 log frames and RunService's 2 s "
-    "DONE_GRACE_SECONDS records the run CRASHED before the broker reads 'done' (reported, isolates/runs.py)",
-)
 def test_it_stays_responsive_when_a_block_prints_ten_thousand_lines(browser, base_url, people):
     def steps(context):
         page = open_runner(context, base_url)

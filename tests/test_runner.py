@@ -567,11 +567,6 @@ def test_it_stays_responsive_when_a_block_prints_10_mb(pages, tenants):
     assert elapsed < 10
 
 
-@pytest.mark.xfail(
-    bool(settings.REDIS_URL), strict=False,
-    reason="with channels-redis the broker falls behind relaying 1000 log frames and RunService's 2 s "
-    "DONE_GRACE_SECONDS records the run CRASHED before the broker reads 'done' (reported, isolates/runs.py)",
-)
 def test_it_relays_a_block_printing_ten_thousand_lines(pages, tenants):
     page = pages(tenants["alice"])
     page.connect()
