@@ -13,7 +13,6 @@ It uses a throwaway SQLite database and storage folder, never the project's own.
 """
 
 import argparse
-import asyncio
 import json
 import os
 import statistics

@@ -7,7 +7,6 @@ never would) and checks what comes back, what the run records and what is audite
 import asyncio
 import json
 import secrets
-import threading
 
 import pytest
 from channels.db import database_sync_to_async

@@ -7,7 +7,6 @@ Alice owns "acme", Bob is a member, Victor only a viewer; Mallory owns "globex" 
 should have no access to Acme's stuff.
 """
 
-import asyncio
 import json
 import time
 

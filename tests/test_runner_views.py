@@ -328,4 +328,4 @@ def test_it_shows_the_tenants_policy_beside_its_profile(admin_client, tenants, a
     assert "293.0 KB" in html and "of 100.0 MB" in html  # storage against quota
     assert html.count('class="sym-badge succeeded"') >= 3  # recent runs
     assert "network.fetch" in html and "slow.example" in html  # audit trail
-    assert f"/runner/?tenant=acme" in html and f"?tenant__id__exact={acme.pk}" in html
+    assert "/runner/?tenant=acme" in html and f"?tenant__id__exact={acme.pk}" in html

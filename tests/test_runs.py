@@ -4,7 +4,6 @@ run, on PostgreSQL with RQ workers."""
 
 import json
 import os
-import shutil
 import subprocess
 import sys
 import time

@@ -6,7 +6,6 @@ isolates/sandbox.py, exactly as the pool runs Deno, and have it attempt what a b
 had broken out of V8 would try. Each attempt must fail, with the error the rule gives.
 """
 
-import ctypes
 import errno
 import json
 import os
