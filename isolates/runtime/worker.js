@@ -295,6 +295,17 @@ function rateLimitMessage(op) {
   return message;
 }
 
+const refusalErrors = new Map();
+
+function refusalError(op, capability) {
+  let error = refusalErrors.get(op);
+  if (error === undefined) {
+    error = new SymposiumError("RATE_LIMITED", rateLimitMessage(op), capability, null, op);
+    refusalErrors.set(op, error);
+  }
+  return error;
+}
+
 // A reply arrives from the event loop, so an error built then would have no frame of the
 // block's in its stack. The error is built when the call is made instead (V8 formats a
 // stack lazily, so the code and message filled in later still head it). Reassigning
@@ -312,8 +323,10 @@ function call(op, args) {
   if (pending.size >= config.maxInFlight) {
     // Rejected a moment later, not at once, so the caller has attached its handlers by
     // then: Deno's bookkeeping of promises rejected before they have a handler costs
-    // O(n²), and a block firing 100,000 calls would wait minutes on it.
-    const error = new SymposiumError("RATE_LIMITED", rateLimitMessage(op), capability, null, op);
+    // O(n²), and a block firing 100,000 calls would wait minutes on it. One error per
+    // operation serves every refusal, so that 100,000 refusals cost 100,000 promises,
+    // not 100,000 errors with their stacks too.
+    const error = refusalError(op, capability);
     return new Promise((_, reject) => queueMicrotask(() => reject(error)));
   }
   try {
