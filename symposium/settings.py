@@ -125,7 +125,10 @@ else:
             "ENGINE": "django.db.backends.sqlite3",
             "NAME": VAR_DIR / "symposium.sqlite3",
             # WAL lets the broker write audit rows while pages read them.
-            "OPTIONS": {"init_command": "PRAGMA journal_mode=WAL;", "timeout": 20},
+            # IMMEDIATE: a transaction takes the write lock when it begins, so one that
+            # reads and then writes waits its turn (busy timeout) instead of failing with
+            # "database is locked" when another thread wrote in between.
+            "OPTIONS": {"init_command": "PRAGMA journal_mode=WAL;", "timeout": 20, "transaction_mode": "IMMEDIATE"},
             # Tests use a file too: the broker, the audit writer and the isolates'
             # supervisor write from several threads, which an in-memory shared-cache
             # database refuses ("table is locked") instead of waiting.
