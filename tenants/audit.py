@@ -23,6 +23,7 @@ import json
 import logging
 import os
 import queue
+import socket
 import threading
 from datetime import datetime
 from pathlib import Path
@@ -165,8 +166,10 @@ class AuditWriter:
 
     # -- rows past the backlog, on disk --------------------------------------------
 
-    def _spill_path(self, pid=None):
-        return spill_dir() / f"{SPILL_PREFIX}{pid or os.getpid()}.jsonl"
+    def _spill_path(self):
+        # Named by host and pid: several containers may share the folder, and pids are
+        # only unique within one of them.
+        return spill_dir() / f"{SPILL_PREFIX}{socket.gethostname()}-{os.getpid()}.jsonl"
 
     def _spill_excess(self, pending):
         """Keep at most backlog_limit() rows in memory: the oldest others go to disk."""
@@ -198,8 +201,10 @@ class AuditWriter:
         except OSError:
             return
         for path in candidates:
-            pid = path.stem[len(SPILL_PREFIX):]
-            if pid != str(os.getpid()) and (not pid.isdigit() or Path(f"/proc/{pid}").exists()):
+            host, _, pid = path.stem[len(SPILL_PREFIX):].rpartition("-")
+            if host != socket.gethostname() or not pid.isdigit():
+                continue  # another machine's: its own processes replay it
+            if pid != str(os.getpid()) and Path(f"/proc/{pid}").exists():
                 continue  # another live process's backlog: it replays it itself
             claimed = path.with_suffix(f".replaying-{os.getpid()}")
             try:
