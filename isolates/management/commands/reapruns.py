@@ -1,6 +1,7 @@
 import time
 
 from django.core.management.base import BaseCommand, CommandError
+from django.db import close_old_connections
 
 
 class Command(BaseCommand):
@@ -21,8 +22,16 @@ class Command(BaseCommand):
         if every < 0:
             raise CommandError("--every takes a number of seconds, 0 or more.")
         while True:
-            reaped = reap()
-            announce(reaped)
+            try:
+                reaped = reap()
+                announce(reaped)
+            except Exception as e:
+                if not every:
+                    raise
+                # Looping (a service): the database or Redis may be restarting; try again.
+                self.stderr.write(f"Reaping failed, trying again in {every:g} s: {str(e).strip()[:200]}")
+                close_old_connections()
+                reaped = []
             if reaped or not every:
                 self.stdout.write(f"Failed {len(reaped)} run(s) of stopped servers." + (f" ({', '.join(sorted(reaped)[:10])})" if reaped else ""))
             if not every:
