@@ -232,3 +232,17 @@ SYMPOSIUM_WARM_ISOLATES = envint("SYMPOSIUM_WARM_ISOLATES", 2)
 SYMPOSIUM_BROKER_PORT = envint("SYMPOSIUM_BROKER_PORT", 8000)
 # What happens to a run started from the runner page when its page goes away.
 SYMPOSIUM_KILL_RUNS_ON_DISCONNECT = envbool("SYMPOSIUM_KILL_RUNS_ON_DISCONNECT", "false")
+
+# Reliability (docs/deploy.md says what each bounds).
+# Runs one server process supervises at once; past it new runs are refused as busy.
+SYMPOSIUM_MAX_RUNS_PER_PROCESS = envint("SYMPOSIUM_MAX_RUNS_PER_PROCESS", 100)
+# How often a server process writes its heartbeat, and when silence means it is dead.
+SYMPOSIUM_HEARTBEAT_SECONDS = envint("SYMPOSIUM_HEARTBEAT_SECONDS", 5)
+SYMPOSIUM_HEARTBEAT_STALE_SECONDS = envint("SYMPOSIUM_HEARTBEAT_STALE_SECONDS", 30)
+# How long a run's last write is retried while the database restarts.
+SYMPOSIUM_FINISH_RETRY_SECONDS = envint("SYMPOSIUM_FINISH_RETRY_SECONDS", 60)
+# How often a call whose RQ worker died is queued again, where that is safe (reads).
+SYMPOSIUM_RQ_RETRIES = envint("SYMPOSIUM_RQ_RETRIES", 2)
+# Audit rows held in memory while the database is down; the rest go to files here.
+SYMPOSIUM_AUDIT_BACKLOG = envint("SYMPOSIUM_AUDIT_BACKLOG", 50000)
+SYMPOSIUM_AUDIT_SPILL_DIR = os.environ.get("SYMPOSIUM_AUDIT_SPILL_DIR", "")
