@@ -35,6 +35,14 @@ def envint(name, default):
         raise ImproperlyConfigured(f"{name} must be an integer, not {value!r}") from None
 
 
+def envfloat(name, default):
+    value = os.environ.get(name, default)
+    try:
+        return float(value)
+    except (TypeError, ValueError):
+        raise ImproperlyConfigured(f"{name} must be a number, not {value!r}") from None
+
+
 def envsecret(name):
     """A secret from NAME, or from the file that NAME_FILE points to."""
     if os.environ.get(f"{name}_FILE"):
@@ -237,10 +245,10 @@ SYMPOSIUM_KILL_RUNS_ON_DISCONNECT = envbool("SYMPOSIUM_KILL_RUNS_ON_DISCONNECT",
 # Runs one server process supervises at once; past it new runs are refused as busy.
 SYMPOSIUM_MAX_RUNS_PER_PROCESS = envint("SYMPOSIUM_MAX_RUNS_PER_PROCESS", 100)
 # How often a server process writes its heartbeat, and when silence means it is dead.
-SYMPOSIUM_HEARTBEAT_SECONDS = envint("SYMPOSIUM_HEARTBEAT_SECONDS", 5)
-SYMPOSIUM_HEARTBEAT_STALE_SECONDS = envint("SYMPOSIUM_HEARTBEAT_STALE_SECONDS", 30)
+SYMPOSIUM_HEARTBEAT_SECONDS = envfloat("SYMPOSIUM_HEARTBEAT_SECONDS", 5)
+SYMPOSIUM_HEARTBEAT_STALE_SECONDS = envfloat("SYMPOSIUM_HEARTBEAT_STALE_SECONDS", 30)
 # How long a run's last write is retried while the database restarts.
-SYMPOSIUM_FINISH_RETRY_SECONDS = envint("SYMPOSIUM_FINISH_RETRY_SECONDS", 60)
+SYMPOSIUM_FINISH_RETRY_SECONDS = envfloat("SYMPOSIUM_FINISH_RETRY_SECONDS", 60)
 # How often a call whose RQ worker died is queued again, where that is safe (reads).
 SYMPOSIUM_RQ_RETRIES = envint("SYMPOSIUM_RQ_RETRIES", 2)
 # Audit rows held in memory while the database is down; the rest go to files here.
