@@ -29,4 +29,5 @@ test-embedded:
 
 test-services:
 	@echo "== Test run 2 of 2: PostgreSQL, Redis (RQ workers, channels-redis)"
+	@$(PY) scripts/ensure_database.py $(PG_URL)
 	DATABASE_URL=$(PG_URL) REDIS_URL=$(REDIS_TEST_URL) $(PY) -m pytest $(PYTEST_ARGS)
