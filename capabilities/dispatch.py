@@ -190,12 +190,14 @@ def run_job(op_name, ctx, args, reply_channel, call_key):
         return send_reply(reply_channel, call_key, execute_operation(op_name, ctx, args))
     connection = job.connection
     marks_ttl = max(60, int((ctx.deadline or time.time()) - time.time()) + 60)
+    # Alive before claimed: a claim without an alive mark means a dead worker.
+    heartbeat = JobHeartbeat(connection, job.id)
+    heartbeat.start()
     if not connection.set(claim_key(job.id), "worker", nx=True, ex=marks_ttl):
         # The broker abandoned this job (its first worker died before starting it) and
         # answered or retried the call: running it now could do it twice.
+        heartbeat.stop()
         return
-    heartbeat = JobHeartbeat(connection, job.id)
-    heartbeat.start()
     try:
         reply = execute_operation(op_name, ctx, args)
         send_reply(reply_channel, call_key, reply, job.id)
@@ -208,9 +210,12 @@ def run_job(op_name, ctx, args, reply_channel, call_key):
 
 CALL_KEY_PREFIX = "symposium:call:"
 # A running job refreshes its "alive" mark this often; the mark lasts JOB_HEARTBEAT_TTL_MS.
-# A worker that dies is noticed JOB_HEARTBEAT_TTL_MS (+ one WATCH_INTERVAL) later.
+# A worker that dies is noticed JOB_HEARTBEAT_TTL_MS (+ one WATCH_INTERVAL) later. The
+# margin is wide because the heartbeat is a thread: a handler inside a long C call that
+# holds the GIL (a large canvas export), or a starved machine, delays it, and a worker
+# taken for dead when it is not fails a call that would have succeeded.
 JOB_HEARTBEAT_SECONDS = 0.5
-JOB_HEARTBEAT_TTL_MS = 2000
+JOB_HEARTBEAT_TTL_MS = 5000
 # How often the broker looks at the marks of its calls in flight (one pipeline for all).
 WATCH_INTERVAL = 0.5
 # A job off the queue but never claimed this long after: the worker that took it died
@@ -268,6 +273,7 @@ VANISHED = "vanished"  # the job is gone from Redis (restarted, flushed) without
 WORKER_DIED = "worker_died"  # claimed by a worker that stopped while running it
 NEVER_STARTED = "never_started"  # taken by a worker that died before it started it
 REPLY_LOST = "reply_lost"  # ran to the end, but its reply never arrived
+EXPIRED = "expired"  # no worker took it before its deadline (RQ dropped it: its ttl)
 
 
 def worker_stopped_reply(op_name):
@@ -287,6 +293,9 @@ def lost_reply(op_name, reason):
     if reason == NEVER_STARTED:
         return {"ok": False, "error": {"code": "INTERNAL", "message":
                 f"{op_name} was not run: the worker that took it stopped before starting it."}}
+    if reason == EXPIRED:
+        return {"ok": False, "error": {"code": "TIMEOUT", "message":
+                f"{op_name} was not run: no worker took it before its deadline (the platform's workers are busy or down)."}}
     return {"ok": False, "error": {"code": "INTERNAL", "message":
             f"{op_name} was lost by the job queue (its Redis restarted) and may or may not have run."}}
 
@@ -294,7 +303,7 @@ def lost_reply(op_name, reason):
 def may_retry(reason, idempotent):
     """Whether a lost job can be queued again: always when it never started (its claim
     makes sure it never will), otherwise only for an operation that is safe to run twice."""
-    if reason == UNAVAILABLE:
+    if reason in (UNAVAILABLE, EXPIRED):
         return False
     return reason == NEVER_STARTED or idempotent
 
@@ -309,14 +318,14 @@ class JobWatcher:
         self.loop = asyncio.get_running_loop()
         self.client = redis.asyncio.Redis.from_url(url, socket_connect_timeout=2, socket_timeout=5)
         self.queue_key = queue_key
-        self.jobs = {}  # job id -> [future, time watched, time first seen done or None]
+        self.jobs = {}  # job id -> [future, time watched, time first seen done or None, deadline]
         self.task = None
 
-    def watch(self, job_id):
+    def watch(self, job_id, deadline):
         """A future resolved with a reason (see above) if the job is lost; call forget()
-        once the call is answered."""
+        once the call is answered. `deadline`: time.time() by which RQ drops the job."""
         future = self.loop.create_future()
-        self.jobs[job_id] = [future, time.monotonic(), None]
+        self.jobs[job_id] = [future, time.monotonic(), None, deadline]
         if self.task is None or self.task.done():
             self.task = asyncio.ensure_future(self._watch())
         return future
@@ -347,7 +356,10 @@ class JobWatcher:
         if not ids:
             return
         try:
-            pipe = self.client.pipeline(transaction=False)
+            # MULTI/EXEC: the marks of a job are read at one instant. Read one by one, a
+            # job finishing in between ("done" set, "alive" deleted) would look like a
+            # job whose worker died.
+            pipe = self.client.pipeline(transaction=True)
             for job_id in ids:
                 pipe.get(claim_key(job_id))
                 pipe.exists(alive_key(job_id))
@@ -374,7 +386,7 @@ class JobWatcher:
                     self._lose(job_id, REPLY_LOST)
             elif claim is None:
                 if not exists:
-                    self._lose(job_id, VANISHED)
+                    self._lose(job_id, EXPIRED if time.time() >= entry[3] - 1.5 else VANISHED)
                 elif now - entry[1] > TAKEN_GRACE:
                     unclaimed.append(job_id)
         if unclaimed:

@@ -362,7 +362,7 @@ class IsolateBrokerConsumer(AsyncWebsocketConsumer):
             if key not in self.in_flight:
                 return  # the run ended meanwhile
             self.call_jobs[key] = job.id
-            lost = watcher.watch(job.id)
+            lost = watcher.watch(job.id, deadline)
             try:
                 reason = await asyncio.wait_for(asyncio.shield(lost), timeout=max(0.0, deadline - time.time()))
             except asyncio.TimeoutError:

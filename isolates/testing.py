@@ -175,18 +175,27 @@ class PrivatePostgres:
 
 
 class PlatformProcess:
-    """A Daphne server or an RQ worker, started as a real process."""
+    """A Daphne server or an RQ worker, started as a real process. With `restart`, it is
+    started again whenever it exits on its own, as systemd's Restart=always or compose's
+    restart policy would (a test's own kill() is not "on its own")."""
 
-    def __init__(self, command, env, log, ready):
+    def __init__(self, command, env, log, ready, restart=None):
         self.command = command
         self.env = env
         self.log = log
         self.ready = ready
+        self.restart = restart  # the command for a restart, or None
+        self.restarts = 0
+        self.stopping = False
         self.process = None
 
     def start(self, timeout=30):
         self.log_file = open(self.log, "ab")
         self.process = subprocess.Popen(self.command, cwd=ROOT, env=self.env, stdout=self.log_file, stderr=subprocess.STDOUT)
+        if self.restart is not None:
+            import threading
+
+            threading.Thread(target=self._supervise, name="supervisor", daemon=True).start()
         try:
             wait_until(lambda: self.process.poll() is not None or self.ready(self), timeout, f"{self.command[2]} starting")
         except TimeoutError:
@@ -203,7 +212,20 @@ class PlatformProcess:
     def alive(self):
         return self.process is not None and self.process.poll() is None
 
+    def _supervise(self):
+        while True:
+            self.process.wait()
+            if self.stopping:
+                return
+            time.sleep(0.5)
+            if self.stopping:
+                return
+            self.restarts += 1
+            self.process = subprocess.Popen(self.restart(self.restarts), cwd=ROOT, env=self.env, stdout=self.log_file,
+                                            stderr=subprocess.STDOUT)
+
     def kill(self, sig=signal.SIGKILL):
+        self.stopping = True
         if self.alive():
             self.process.send_signal(sig)
             try:
@@ -252,7 +274,7 @@ class Platform:
         self.processes = []
         self.settings = {
             # Faults are noticed in a second or two instead of half a minute.
-            "SYMPOSIUM_HEARTBEAT_SECONDS": "0.5",
+            "SYMPOSIUM_HEARTBEAT_SECONDS": "1",
             "SYMPOSIUM_HEARTBEAT_STALE_SECONDS": "3",
             "SYMPOSIUM_FINISH_RETRY_SECONDS": "30",
             # Cold starts only: warming isolates for four profiles in every server would
@@ -274,7 +296,7 @@ class Platform:
     def env(self, **overrides):
         env = {k: v for k, v in os.environ.items() if not k.startswith(("DATABASE_URL", "REDIS_URL", "SYMPOSIUM_", "DJANGO_"))}
         env.update({
-            "DJANGO_SETTINGS_MODULE": "isolates.testing_settings",
+            "DJANGO_SETTINGS_MODULE": "symposium.settings",
             "DATABASE_URL": self.pg.url(),
             "REDIS_URL": self.redis.url,
             "SYMPOSIUM_STORAGE_ROOT": str(self.storage_root),
@@ -311,7 +333,8 @@ class Platform:
         self.processes.append(server)
         return server.start()
 
-    def start_worker(self, name=None, **env):
+    def start_worker(self, name=None, restart=False, **env):
+        """An RQ worker; with `restart`, started again (under a new name) when it exits."""
         name = name or f"worker-{free_port()}"
         client = self.redis.client()
 
@@ -319,10 +342,12 @@ class Platform:
             state = client.hget(f"rq:worker:{name}", "state")
             return state == b"idle"
 
-        worker = PlatformProcess(
-            [sys.executable, "manage.py", "rqworker", "capabilities", "--worker-class", "rq.SimpleWorker", "--name", name],
-            self.env(**env), self.folder / f"{name}.log", ready=idle,
-        )
+        def command(restarts=0):
+            return [sys.executable, "manage.py", "rqworker", "capabilities", "--worker-class", "rq.SimpleWorker",
+                    "--name", f"{name}-{restarts}" if restarts else name]
+
+        worker = PlatformProcess(command(), self.env(**env), self.folder / f"{name}.log", ready=idle,
+                                 restart=command if restart else None)
         worker.name = name
         self.processes.append(worker)
         return worker.start()
