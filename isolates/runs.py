@@ -176,6 +176,7 @@ class RunService:
     async def _keep(self):
         """Heartbeat this process, and reap the runs of servers that stopped, for as long
         as the service lives."""
+        failures = 0
         while True:
             try:
                 await database_sync_to_async(reaper.beat)(self.server_name, len(self.supervisors))
@@ -183,16 +184,20 @@ class RunService:
                 reaped = await database_sync_to_async(reaper.reap)(alive={self.server_name})
                 reaped += await database_sync_to_async(self._fail_untracked)(set(self.supervisors))
                 await self._announce_reaped(reaped)
+                if failures:
+                    logger.warning("heartbeat of %s works again after %d failed attempts", self.server_name, failures)
+                failures = 0
             except asyncio.CancelledError:
                 raise
-            except RuntimeError as e:
-                if "shutdown" in str(e):
-                    return  # the interpreter is exiting
-                logger.warning("heartbeat of %s failed: %s", self.server_name, str(e).strip()[:200])
             except Exception as e:
+                if isinstance(e, RuntimeError) and "shutdown" in str(e):
+                    return  # the interpreter is exiting
                 # Best effort: the next beat tries again; a stale heartbeat costs this
-                # server its runs only after SYMPOSIUM_HEARTBEAT_STALE_SECONDS.
-                logger.warning("heartbeat of %s failed: %s", self.server_name, str(e).strip()[:200])
+                # server its runs only after SYMPOSIUM_HEARTBEAT_STALE_SECONDS. Said once,
+                # then once a minute, while it lasts.
+                if failures % max(1, int(60 / reaper.heartbeat_seconds())) == 0:
+                    logger.warning("heartbeat of %s failed: %s", self.server_name, str(e).strip()[:200])
+                failures += 1
             await asyncio.sleep(reaper.heartbeat_seconds())
 
     def _fail_untracked(self, supervised):

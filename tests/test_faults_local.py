@@ -13,9 +13,9 @@ from django.utils import timezone
 
 from isolates import reaper
 from isolates.models import ServerProcess
-from isolates.testing import wait_until
 from isolates.runs import RunRefused, create_run
-from tenants.models import BlockRun, PolicyOverride
+from isolates.testing import wait_until
+from tenants.models import BlockRun
 
 pytestmark = [pytest.mark.django_db(transaction=True)]
 
