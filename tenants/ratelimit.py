@@ -77,7 +77,9 @@ class RedisRateLimiter:
     def __init__(self, url, prefix="symposium:rate:"):
         import redis
 
-        self.client = redis.Redis.from_url(url)
+        # Calls are counted on the server's event loop: a Redis that hangs must not
+        # freeze it, so a count that takes over a second fails (and the call with it).
+        self.client = redis.Redis.from_url(url, socket_connect_timeout=1, socket_timeout=1)
         self.script = self.client.register_script(GCRA_SCRIPT)
         self.prefix = prefix
 

@@ -108,7 +108,8 @@ async def test_it_reports_peak_memory_and_cpu_time(broker):
         _, done, exit = await run_block(pool, broker, code, memory_mb=128)
         assert done["result"] == 80 * 1024 * 1024
         assert exit.peak_rss_bytes > 80 * 1024 * 1024
-        assert exit.cpu_seconds >= 0.3
+        # It spins for 300 ms of wall time; on a busy machine it gets less of the CPU.
+        assert exit.cpu_seconds >= 0.1
 
 
 async def test_it_measures_an_idle_isolate(broker):
