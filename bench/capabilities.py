@@ -26,12 +26,13 @@ import sqlite3
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
+
+from bench.throwaway import throwaway_platform  # noqa: E402
 
 
 def percentiles(values):
@@ -74,31 +75,6 @@ export default () => times;
 """
 
 
-def setup(var_dir, redis_url):
-    os.environ["SYMPOSIUM_VAR_DIR"] = str(var_dir)
-    os.environ.pop("DATABASE_URL", None)
-    if redis_url:
-        os.environ["REDIS_URL"] = redis_url
-    else:
-        os.environ.pop("REDIS_URL", None)
-    os.environ["SYMPOSIUM_RQ_CAPABILITIES"] = ""
-    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "symposium.settings")
-    import django
-
-    django.setup()
-    from django.core.management import call_command
-
-    call_command("migrate", verbosity=0)
-    call_command("createtenant", "bench", "--profile", "Advanced", "--allow-host", "127.0.0.1", stdout=open(os.devnull, "w"))
-    from tenants.models import PolicyOverride, Tenant
-
-    tenant = Tenant.objects.get(slug="bench")
-    for capability in ("files", "network", "canvas", "database", "process"):
-        PolicyOverride.objects.create(tenant=tenant, setting=f"{capability}_rate_per_minute", value="0")
-    PolicyOverride.objects.create(tenant=tenant, setting="canvas_max_per_run", value="1000")
-    return tenant
-
-
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--calls", type=int, default=1000)
@@ -106,8 +82,8 @@ def main():
     parser.add_argument("--redis", default="", help="a Redis URL to also measure the RQ path (its database is flushed)")
     options = parser.parse_args()
 
-    var_dir = Path(tempfile.mkdtemp(prefix="symposium-bench-"))
-    tenant = setup(var_dir, options.redis)
+    overrides = {f"{c}_rate_per_minute": 0 for c in ("files", "network", "canvas", "database", "process")}
+    tenant = throwaway_platform(options.redis, allow_hosts=["127.0.0.1"], overrides={**overrides, "canvas_max_per_run": 1000})
 
     from capabilities.network.testing import LocalServer
 

@@ -25,6 +25,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+from bench.throwaway import throwaway_platform  # noqa: E402
+
 
 def percentiles(values):
     values = sorted(values)
@@ -77,31 +79,6 @@ def deno_floor(n):
     return json.loads(out.stdout)
 
 
-def setup_django(var_dir, redis_url):
-    os.environ["SYMPOSIUM_VAR_DIR"] = str(var_dir)
-    os.environ.pop("DATABASE_URL", None)
-    if redis_url:
-        os.environ["REDIS_URL"] = redis_url
-        os.environ["SYMPOSIUM_RQ_CAPABILITIES"] = ""  # chosen per measurement below
-    else:
-        os.environ.pop("REDIS_URL", None)
-    os.environ.setdefault("DJANGO_SETTINGS_MODULE", "symposium.settings")
-    import django
-
-    django.setup()
-    from django.core.management import call_command
-
-    call_command("migrate", verbosity=0)
-    call_command("createtenant", "bench", "--profile", "Advanced", stdout=open(os.devnull, "w"))
-    from tenants.models import PolicyOverride, Tenant
-
-    tenant = Tenant.objects.get(slug="bench")
-    # The benchmark makes thousands of calls a minute; rate limits are not what it measures.
-    PolicyOverride.objects.create(tenant=tenant, setting="files_rate_per_minute", value="0")
-    PolicyOverride.objects.create(tenant=tenant, setting="concurrent_runs", value="1000")
-    return tenant
-
-
 async def start_times(service, tenant, runs):
     times = []
     for _ in range(runs):
@@ -129,8 +106,8 @@ def main():
     parser.add_argument("--redis", default="", help="a Redis URL to also measure the RQ path (its database is flushed)")
     options = parser.parse_args()
 
-    var_dir = Path(tempfile.mkdtemp(prefix="symposium-bench-"))
-    tenant = setup_django(var_dir, options.redis)
+    # The benchmark makes thousands of calls a minute; rate limits are not what it measures.
+    tenant = throwaway_platform(options.redis, overrides={"files_rate_per_minute": 0, "concurrent_runs": 1000})
     from django.conf import settings
 
     from isolates.runs import RunService
