@@ -23,7 +23,6 @@ decided in `isolates/broker.py` by the operation's `idempotent` flag.
 import asyncio
 import concurrent.futures
 import logging
-import os
 import threading
 import time
 
@@ -37,7 +36,7 @@ logger = logging.getLogger(__name__)
 # Inline calls run in this pool. Its size bounds how many handler calls one server
 # process runs at once; more wait their turn (their deadline still runs).
 _executor = concurrent.futures.ThreadPoolExecutor(
-    max_workers=int(os.environ.get("SYMPOSIUM_INLINE_THREADS", "16")), thread_name_prefix="capability"
+    max_workers=settings.SYMPOSIUM_INLINE_THREADS, thread_name_prefix="capability"
 )
 
 
