@@ -11,7 +11,8 @@ Handlers are stateless between calls: what must outlive a call (a canvas's opera
 goes to `run_state()`, so any worker process can take any call.
 """
 
-from dataclasses import dataclass, field
+import time
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 ERROR_CODES = (
@@ -58,6 +59,48 @@ class CallContext:
     allowed_hosts: list = field(default_factory=list)
     webhook_secret: str = ""
     deadline: float | None = None  # time.time() by which the block stops waiting
+
+    # The call's deadline is read only through these methods, so that "out of time" means
+    # the same thing in every capability. A context without a deadline (a handler called
+    # directly, by a test or a worker given none) never runs out of time by itself.
+
+    def time_left(self):
+        """Seconds until the deadline (negative once it has passed), or None without one."""
+        if self.deadline is None:
+            return None
+        return self.deadline - time.time()
+
+    def expired(self):
+        """Whether the deadline has passed."""
+        left = self.time_left()
+        return left is not None and left <= 0
+
+    def check_deadline(self, message, keep=0.0):
+        """Raise TIMEOUT with `message` (what did not happen, for the block's author) once
+        the deadline has passed, or once fewer than `keep` seconds are left."""
+        left = self.time_left()
+        if left is not None and left <= keep:
+            raise CapabilityError("TIMEOUT", message)
+
+    def timeout(self, cap, keep=0.0):
+        """Seconds a blocking step may take: `cap`, or the time left less `keep` when that
+        is shorter. Never negative."""
+        left = self.time_left()
+        if left is None:
+            return cap
+        return max(0.0, min(cap, left - keep))
+
+    def bounded(self, seconds):
+        """This context, or, when it has no deadline, a copy whose deadline is `seconds`
+        from now: for work that must end even when nobody set it a deadline."""
+        if self.deadline is not None:
+            return self
+        return replace(self, deadline=time.time() + seconds)
+
+    def ending_in(self, seconds):
+        """A copy whose deadline is `seconds` from now (a step's own deadline, inside the
+        call's: `seconds` from timeout())."""
+        return replace(self, deadline=time.time() + seconds)
 
     def tenant_path_root(self):
         self.storage_root.mkdir(parents=True, exist_ok=True)

@@ -23,7 +23,6 @@ decided in `isolates/broker.py` by the operation's `idempotent` flag.
 import asyncio
 import concurrent.futures
 import logging
-import os
 import threading
 import time
 
@@ -37,7 +36,7 @@ logger = logging.getLogger(__name__)
 # Inline calls run in this pool. Its size bounds how many handler calls one server
 # process runs at once; more wait their turn (their deadline still runs).
 _executor = concurrent.futures.ThreadPoolExecutor(
-    max_workers=int(os.environ.get("SYMPOSIUM_INLINE_THREADS", "16")), thread_name_prefix="capability"
+    max_workers=settings.SYMPOSIUM_INLINE_THREADS, thread_name_prefix="capability"
 )
 
 
@@ -182,14 +181,14 @@ def run_job(op_name, ctx, args, reply_channel, call_key):
     lives, send the reply to the broker that asked."""
     from rq import get_current_job
 
-    if ctx.deadline and time.time() > ctx.deadline:
+    if ctx.expired():
         # The block stopped waiting; running it now would only do work nobody reads.
         return
     job = get_current_job()
     if job is None:  # called directly, outside a worker: no claim, no heartbeat
         return send_reply(reply_channel, call_key, execute_operation(op_name, ctx, args))
     connection = job.connection
-    marks_ttl = max(60, int((ctx.deadline or time.time()) - time.time()) + 60)
+    marks_ttl = max(60, int(ctx.time_left() or 0) + 60)
     # Alive before claimed: a claim without an alive mark means a dead worker.
     heartbeat = JobHeartbeat(connection, job.id)
     heartbeat.start()

@@ -50,11 +50,6 @@ DATABASE_UNAVAILABLE = (OperationalError, InterfaceError)
 OUTCOME_RETRY_SECONDS = 30
 
 
-def rq_retries():
-    # How many times a call whose RQ worker died is queued again (when that is safe).
-    return int(getattr(settings, "SYMPOSIUM_RQ_RETRIES", 2))
-
-
 def token_hash(token):
     return hashlib.sha256(token.encode()).hexdigest()
 
@@ -349,7 +344,7 @@ class IsolateBrokerConsumer(AsyncWebsocketConsumer):
         the job: a job whose worker died is queued again when that is safe, or answered
         at once with what happened, instead of leaving the block waiting for TIMEOUT."""
         watcher = dispatch.job_watcher()
-        for attempt in range(rq_retries() + 1):
+        for attempt in range(settings.SYMPOSIUM_RQ_RETRIES + 1):
             try:
                 job = await database_sync_to_async(dispatch.enqueue, thread_sensitive=False)(
                     op.name, ctx, args, self.channel_name, key, deadline - time.time())
@@ -373,7 +368,7 @@ class IsolateBrokerConsumer(AsyncWebsocketConsumer):
                 return  # answered (the reply won the race)
             if reason is None:
                 return await self.complete(key, timeout_reply(op))
-            retry = dispatch.may_retry(reason, op.idempotent) and attempt < rq_retries() and deadline - time.time() > 1
+            retry = dispatch.may_retry(reason, op.idempotent) and attempt < settings.SYMPOSIUM_RQ_RETRIES and deadline - time.time() > 1
             self.audit_lost_job(key, op, reason, retry)
             if not retry:
                 return await self.complete(key, dispatch.lost_reply(op.name, reason))

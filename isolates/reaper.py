@@ -35,17 +35,6 @@ SERVER_STOPPED_MESSAGE = "The server running this block stopped."
 UNFINISHED = ("queued", "running")
 
 
-def heartbeat_seconds():
-    # How often a server process says it is alive.
-    return float(getattr(settings, "SYMPOSIUM_HEARTBEAT_SECONDS", 5))
-
-
-def stale_seconds():
-    # How long without a heartbeat before a server counts as gone. Several heartbeats,
-    # so that a slow database or a busy event loop does not get live runs reaped.
-    return float(getattr(settings, "SYMPOSIUM_HEARTBEAT_STALE_SECONDS", 30))
-
-
 def _read(path):
     try:
         with open(path) as f:
@@ -102,7 +91,7 @@ def dead_servers(now=None, alive=()):
     from isolates.models import ServerProcess
 
     now = now or timezone.now()
-    stale_before = now - timedelta(seconds=stale_seconds())
+    stale_before = now - timedelta(seconds=settings.SYMPOSIUM_HEARTBEAT_STALE_SECONDS)
     here = machine_id()
     dead = []
     for name, heartbeat, machine, pid, pid_started in ServerProcess.objects.values_list(
@@ -130,7 +119,7 @@ def reap(now=None, alive=()):
     now = now or timezone.now()
     dead = dead_servers(now, alive)
     known = set(ServerProcess.objects.values_list("name", flat=True))
-    stale_before = now - timedelta(seconds=stale_seconds())
+    stale_before = now - timedelta(seconds=settings.SYMPOSIUM_HEARTBEAT_STALE_SECONDS)
     unfinished = BlockRun.objects.filter(status__in=UNFINISHED).exclude(server="")
     # Runs made without a server name (tests, imports) are nobody's to reap.
     candidates = set(unfinished.filter(server__in=dead).values_list("id", flat=True)[:10000])

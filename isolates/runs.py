@@ -56,17 +56,6 @@ UNTRACKED_GRACE_SECONDS = 10
 _create_lock = threading.Lock()
 
 
-def max_runs_per_process():
-    # Runs one server process supervises at once. Each holds an isolate (about 20 MB
-    # when idle, up to its profile's memory limit) and a share of the server's loop.
-    return int(getattr(settings, "SYMPOSIUM_MAX_RUNS_PER_PROCESS", 100))
-
-
-def finish_retry_seconds():
-    # How long the last write of a run is retried while the database is unavailable.
-    return float(getattr(settings, "SYMPOSIUM_FINISH_RETRY_SECONDS", 60))
-
-
 class RunRefused(Exception):
     """A run that cannot start; code and message are shown to whoever asked. Codes:
     PERMISSION_DENIED (suspended tenant), RATE_LIMITED (the tenant's concurrent runs),
@@ -111,7 +100,7 @@ class RunService:
     async def start(self, tenant, code, *, user=None, name="", input=None, source="runblock"):
         """Create the run and start supervising it. Raises RunRefused."""
         in_progress = len(self.supervisors) + self.starting
-        if in_progress >= max_runs_per_process():
+        if in_progress >= settings.SYMPOSIUM_MAX_RUNS_PER_PROCESS:
             # Refused before any work: the runs in flight keep the machine to themselves.
             raise RunRefused("BUSY", f"This server is busy ({in_progress} runs in progress, its limit); retry in a few seconds.",
                              retry_after=2)
@@ -195,10 +184,10 @@ class RunService:
                 # Best effort: the next beat tries again; a stale heartbeat costs this
                 # server its runs only after SYMPOSIUM_HEARTBEAT_STALE_SECONDS. Said once,
                 # then once a minute, while it lasts.
-                if failures % max(1, int(60 / reaper.heartbeat_seconds())) == 0:
+                if failures % max(1, int(60 / settings.SYMPOSIUM_HEARTBEAT_SECONDS)) == 0:
                     logger.warning("heartbeat of %s failed: %s", self.server_name, str(e).strip()[:200])
                 failures += 1
-            await asyncio.sleep(reaper.heartbeat_seconds())
+            await asyncio.sleep(settings.SYMPOSIUM_HEARTBEAT_SECONDS)
 
     def _fail_untracked(self, supervised):
         """Runs of this process that no supervisor follows any more (their last write was
@@ -306,7 +295,7 @@ class RunService:
                     lambda: BlockRun.objects.filter(pk=run_id).values_list("status", flat=True).first())()
             except UNAVAILABLE_ERRORS:
                 status = None
-                deadline = max(deadline, min(time.monotonic() + 1, started + finish_retry_seconds()))
+                deadline = max(deadline, min(time.monotonic() + 1, started + settings.SYMPOSIUM_FINISH_RETRY_SECONDS))
                 await asyncio.sleep(0.5)
             if status in BlockRun.FINISHED:
                 return True
@@ -343,7 +332,7 @@ class RunService:
             await self._write_retrying(lambda: BlockRun.objects.filter(pk=run_id).update(**figures))
 
     async def _write_retrying(self, write, *args):
-        give_up = time.monotonic() + finish_retry_seconds()
+        give_up = time.monotonic() + settings.SYMPOSIUM_FINISH_RETRY_SECONDS
         delay = 0.2
         while True:
             try:
@@ -351,7 +340,7 @@ class RunService:
             except UNAVAILABLE_ERRORS as e:
                 if time.monotonic() + delay > give_up:
                     # The keeper fails the run once the database is back (_fail_untracked).
-                    logger.error("recording the end of a run failed for %d s: %s", finish_retry_seconds(), str(e).strip()[:200])
+                    logger.error("recording the end of a run failed for %d s: %s", settings.SYMPOSIUM_FINISH_RETRY_SECONDS, str(e).strip()[:200])
                     raise
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 5)

@@ -242,15 +242,24 @@ SYMPOSIUM_BROKER_PORT = envint("SYMPOSIUM_BROKER_PORT", 8000)
 SYMPOSIUM_KILL_RUNS_ON_DISCONNECT = envbool("SYMPOSIUM_KILL_RUNS_ON_DISCONNECT", "false")
 
 # Reliability (docs/deploy.md says what each bounds).
-# Runs one server process supervises at once; past it new runs are refused as busy.
+# Runs one server process supervises at once; past it new runs are refused as busy. Each
+# holds an isolate (about 20 MB when idle, up to its profile's memory limit) and a share
+# of the server's event loop.
 SYMPOSIUM_MAX_RUNS_PER_PROCESS = envint("SYMPOSIUM_MAX_RUNS_PER_PROCESS", 100)
-# How often a server process writes its heartbeat, and when silence means it is dead.
+# How often a server process writes its heartbeat (and reaps the runs of dead servers).
 SYMPOSIUM_HEARTBEAT_SECONDS = envfloat("SYMPOSIUM_HEARTBEAT_SECONDS", 5)
+# How long without a heartbeat before a server counts as gone and its runs are failed.
+# Several heartbeats, so that a slow database or a busy event loop does not get live
+# runs reaped.
 SYMPOSIUM_HEARTBEAT_STALE_SECONDS = envfloat("SYMPOSIUM_HEARTBEAT_STALE_SECONDS", 30)
 # How long a run's last write is retried while the database restarts.
 SYMPOSIUM_FINISH_RETRY_SECONDS = envfloat("SYMPOSIUM_FINISH_RETRY_SECONDS", 60)
 # How often a call whose RQ worker died is queued again, where that is safe (reads).
 SYMPOSIUM_RQ_RETRIES = envint("SYMPOSIUM_RQ_RETRIES", 2)
-# Audit rows held in memory while the database is down; the rest go to files here.
+# Audit rows held in memory while the database is down (about 1 KB each); the oldest of
+# the rest go to files in SYMPOSIUM_AUDIT_SPILL_DIR (one folder per machine).
 SYMPOSIUM_AUDIT_BACKLOG = envint("SYMPOSIUM_AUDIT_BACKLOG", 50000)
-SYMPOSIUM_AUDIT_SPILL_DIR = os.environ.get("SYMPOSIUM_AUDIT_SPILL_DIR", "")
+SYMPOSIUM_AUDIT_SPILL_DIR = Path(os.environ.get("SYMPOSIUM_AUDIT_SPILL_DIR") or VAR_DIR)
+# Threads of one server process that run capability calls inline (those not sent to RQ):
+# how many handler calls it runs at once; more wait their turn.
+SYMPOSIUM_INLINE_THREADS = envint("SYMPOSIUM_INLINE_THREADS", 16)

@@ -8,7 +8,7 @@ is over always has all its rows.
 
 Nothing is dropped when the database is unavailable (restarting): the writer keeps the
 rows and retries, backing off up to RETRY_MAX_SECONDS. Past SYMPOSIUM_AUDIT_BACKLOG rows
-held in memory, the oldest go to a file under SYMPOSIUM_VAR_DIR (one JSON object per
+held in memory, the oldest go to a file in SYMPOSIUM_AUDIT_SPILL_DIR (one JSON object per
 line) and are written to the database once it is back, by this process or, if it died
 first, by the next process on this machine that writes audit rows.
 
@@ -28,6 +28,7 @@ import threading
 from datetime import datetime
 from pathlib import Path
 
+from django.conf import settings
 from django.db import IntegrityError, close_old_connections
 
 logger = logging.getLogger(__name__)
@@ -40,19 +41,6 @@ RETRY_MAX_SECONDS = 5.0
 # How long a process that is exiting waits for its rows to be written.
 EXIT_FLUSH_SECONDS = 5.0
 SPILL_PREFIX = "audit-backlog-"
-
-
-def backlog_limit():
-    from django.conf import settings
-
-    # Rows kept in memory while the database is down (about 1 KB each).
-    return int(getattr(settings, "SYMPOSIUM_AUDIT_BACKLOG", 50_000))
-
-
-def spill_dir():
-    from django.conf import settings
-
-    return Path(getattr(settings, "SYMPOSIUM_AUDIT_SPILL_DIR", "") or settings.VAR_DIR)
 
 
 class AuditWriter:
@@ -169,11 +157,11 @@ class AuditWriter:
     def _spill_path(self):
         # Named by host and pid: several containers may share the folder, and pids are
         # only unique within one of them.
-        return spill_dir() / f"{SPILL_PREFIX}{socket.gethostname()}-{os.getpid()}.jsonl"
+        return settings.SYMPOSIUM_AUDIT_SPILL_DIR / f"{SPILL_PREFIX}{socket.gethostname()}-{os.getpid()}.jsonl"
 
     def _spill_excess(self, pending):
-        """Keep at most backlog_limit() rows in memory: the oldest others go to disk."""
-        excess = len(pending) - backlog_limit()
+        """Keep at most settings.SYMPOSIUM_AUDIT_BACKLOG rows in memory: the oldest others go to disk."""
+        excess = len(pending) - settings.SYMPOSIUM_AUDIT_BACKLOG
         if excess <= 0:
             return
         rows, pending[:excess] = pending[:excess], []
@@ -195,7 +183,7 @@ class AuditWriter:
         from tenants.models import AuditLog
 
         self.adopted = True
-        folder = spill_dir()
+        folder = settings.SYMPOSIUM_AUDIT_SPILL_DIR
         try:
             candidates = sorted(folder.glob(f"{SPILL_PREFIX}*.jsonl"))
         except OSError:

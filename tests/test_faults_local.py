@@ -8,6 +8,7 @@ import threading
 from datetime import timedelta
 
 import pytest
+from django.conf import settings
 from django.core.management import call_command
 from django.utils import timezone
 
@@ -124,7 +125,7 @@ def unfinished_run(tenant, server, minutes_ago=0):
 def test_reapruns_fails_the_runs_of_a_server_whose_heartbeat_stopped(acme, capsys):
     now = timezone.now()
     ServerProcess.objects.create(name="web-2:41-aa", host="web-2", pid=41, machine="another-machine/1",
-                                 heartbeat=now - timedelta(seconds=reaper.stale_seconds() + 5))
+                                 heartbeat=now - timedelta(seconds=settings.SYMPOSIUM_HEARTBEAT_STALE_SECONDS + 5))
     ServerProcess.objects.create(name="web-3:42-bb", host="web-3", pid=42, machine="another-machine/1", heartbeat=now)
     lost = unfinished_run(acme, "web-2:41-aa")
     alive = unfinished_run(acme, "web-3:42-bb")

@@ -11,12 +11,24 @@ export format); these handlers check again themselves, as they must never trust 
 """
 
 import math
+from functools import partial
 
 from capabilities.base import CapabilityError
 from capabilities.canvas import encode, limits, store
 from capabilities.canvas.ops import OpValidator
-from capabilities.canvas.render import Renderer, deadline_checker
+from capabilities.canvas.render import Renderer
 from capabilities.canvas.sources import decode_image, image_size, tenant_path
+
+
+# Validating and rendering stop at the call's deadline, or, for a call given none (a
+# worker called directly), at the run's time limit: a render no run can wait for is
+# work for nobody.
+CHECKING_TOO_LONG = "Checking the operations took longer than the call may wait; it was stopped."
+RENDERING_TOO_LONG = "Rendering the canvas took longer than the call may wait; it was stopped."
+
+
+def _deadline_check(ctx, message):
+    return partial(ctx.bounded(ctx.policy.time_limit_seconds).check_deadline, message)
 
 
 # Far above any profile's limit (32768 at most); larger sizes are refused without being
@@ -122,7 +134,7 @@ def draw(ctx, args):
         return None if found is None else (found[0], store.op_count(ctx, found[0]))
 
     validator = OpValidator(number, find_canvas, check_file)
-    normalized, text_chars = validator.validate(ops, deadline_checker(ctx, "Checking the operations"))
+    normalized, text_chars = validator.validate(ops, _deadline_check(ctx, CHECKING_TOO_LONG))
     stored_text = store.text_count(ctx, number)
     if stored_text + text_chars > limits.MAX_TEXT_PER_CANVAS:
         raise CapabilityError(
@@ -243,7 +255,7 @@ def export_image(ctx, args):
             f"Rendering this canvas would need about {needed // 2**20} MB; one export may use "
             f"{limits.RENDER_MEMORY_LIMIT // 2**20} MB. Draw fewer or smaller images into it.",
         )
-    check_deadline = deadline_checker(ctx)
+    check_deadline = _deadline_check(ctx, RENDERING_TOO_LONG)
     images = {}
     for path, (index, file_width, file_height) in plan.files.items():
         pixels = decode_image(ctx, index, path, (file_width, file_height))

@@ -15,7 +15,6 @@ import struct
 
 import skia
 
-from capabilities.base import CapabilityError
 from capabilities.canvas import limits
 from capabilities.canvas.fonts import FONT_FILES, typeface
 from capabilities.canvas.ops import METHODS
@@ -485,18 +484,3 @@ class Renderer:
         paint.setAlphaf(self.state.globalAlpha)
         self.canvas.setMatrix(self.matrix)
         self.canvas.drawImageRect(image, clipped, dest_rect, LINEAR_SAMPLING, paint, skia.Canvas.kStrict_SrcRectConstraint)
-
-
-def deadline_checker(ctx, doing="Rendering the canvas"):
-    """A function that raises TIMEOUT once the call's deadline has passed. A call with
-    no deadline (a worker that was given none) still stops at the run's time limit: a
-    render no run can wait for is work for nobody."""
-    import time
-
-    deadline = ctx.deadline if ctx.deadline is not None else time.time() + ctx.policy.time_limit_seconds
-
-    def check():
-        if time.time() > deadline:
-            raise CapabilityError("TIMEOUT", f"{doing} took longer than the call may wait; it was stopped.")
-
-    return check

@@ -32,7 +32,6 @@ import hmac
 import logging
 import re
 import threading
-import time
 from collections import OrderedDict
 from dataclasses import dataclass
 
@@ -379,8 +378,8 @@ def _pg_param(value):
     return value
 
 
-def _remaining(ctx):
-    return float("inf") if ctx.deadline is None else ctx.deadline - time.time()
+# Said when the call's deadline passed before a statement began (it did not run).
+NOT_STARTED = "The call's time ran out before the statement could run."
 
 
 def label(error, index, steps):
@@ -397,11 +396,9 @@ def run(ctx, statements, steps=False):
     tenant = TenantDatabase.of(target, ctx.tenant_id)
     ensure_tenant(target, tenant)
     pool = pool_for(target, tenant)
-    remaining = _remaining(ctx)
-    if remaining <= 0:
-        raise CapabilityError("TIMEOUT", "The call's time ran out before the statement could run.")
+    ctx.check_deadline(NOT_STARTED)
     try:
-        conn = pool.getconn(timeout=max(min(PG_POOL_WAIT_SECONDS, remaining), 0.05))
+        conn = pool.getconn(timeout=max(ctx.timeout(PG_POOL_WAIT_SECONDS), 0.05))
     except PoolTimeout:
         raise CapabilityError("UPSTREAM_ERROR", "The database did not accept a connection in time; try again.") from None
     runner = Runner(ctx, target, tenant, conn, steps)
@@ -457,14 +454,14 @@ class Runner:
             self.conn.execute(sql.SQL("SET LOCAL statement_timeout = {}").format(sql.Literal(milliseconds)))
             self.current_timeout_ms = milliseconds
 
-    def _time_left(self, statement_deadline):
-        """Milliseconds left for the statement, or TIMEOUT when there are none. Rows read
+    def _bound_statement(self, statement_time):
+        """Set the statement timeout to the time `statement_time` (a context whose
+        deadline is the statement's) has left, or raise TIMEOUT when none is. Rows read
         through a server-side cursor take several FETCHes; the statement timeout bounds
         them together, not each one."""
-        left = statement_deadline - time.time()
-        if left <= 0:
+        if statement_time.expired():
             raise self.timeout_error()
-        return left * 1000
+        self._set_timeout(statement_time.time_left() * 1000)
 
     def timeout_error(self):
         if self.call_limited:
@@ -472,12 +469,11 @@ class Runner:
         return CapabilityError("TIMEOUT", f"The statement ran longer than {self.timeout_ms} ms, this tenant's statement timeout.")
 
     def _run_one(self, index, statement, params, collector):
-        remaining = _remaining(self.ctx)
-        if remaining <= 0:
-            raise CapabilityError("TIMEOUT", "The call's time ran out before the statement could run.")
-        self.call_limited = remaining * 1000 < self.timeout_ms
-        statement_deadline = time.time() + min(self.timeout_ms / 1000.0, remaining)
-        self._set_timeout(self._time_left(statement_deadline))
+        self.ctx.check_deadline(NOT_STARTED)
+        seconds = self.ctx.timeout(self.timeout_ms / 1000.0)
+        self.call_limited = seconds * 1000 < self.timeout_ms
+        statement_time = self.ctx.ending_in(seconds)
+        self._bound_statement(statement_time)
         text = statement.driver_text()
         values = [_pg_param(p) for p in params]
         kind = classify(statement)
@@ -487,7 +483,7 @@ class Runner:
                 cursor.execute(text, values)
                 keys = column_keys([c.name for c in cursor.description or []])
                 while True:
-                    self._set_timeout(self._time_left(statement_deadline))
+                    self._bound_statement(statement_time)
                     batch = cursor.fetchmany(collector.batch_size())
                     if not batch:
                         break

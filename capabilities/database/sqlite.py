@@ -15,6 +15,7 @@ take any call.
 
 import json
 import logging
+import math
 import os
 import sqlite3
 import stat
@@ -52,6 +53,8 @@ REFUSED_FUNCTIONS = {"load_extension", "fts3_tokenizer"}
 # How often (in SQLite virtual machine instructions) the progress handler looks at the
 # clock: often enough to stop within a millisecond or so, rare enough to cost nothing.
 PROGRESS_INTERVAL = 2000
+# Said when the call's deadline passed before a statement began (it did not run).
+NOT_STARTED = "The call's time ran out before the statement could run."
 
 
 class Authorizer:
@@ -135,12 +138,11 @@ class Session:
         self.statement_deadline = None
         self.call_limited = False
         path = _open_folder(ctx)
-        remaining = _remaining(ctx)
         try:
             # isolation_level=None: no implicit transactions; BEGIN and COMMIT are ours.
             # The busy timeout (another call of the tenant writing) counts against the
             # statement timeout.
-            self.conn = sqlite3.connect(str(path), timeout=max(min(self.timeout, remaining), 0.001), isolation_level=None)
+            self.conn = sqlite3.connect(str(path), timeout=max(ctx.timeout(self.timeout), 0.001), isolation_level=None)
         except sqlite3.Error:
             logger.exception("tenant %s: cannot open the SQLite database", ctx.tenant_slug)
             raise CapabilityError("UPSTREAM_ERROR", "The tenant's database could not be opened.") from None
@@ -202,7 +204,9 @@ class Session:
                     raise
                 raise CapabilityError(error.code, f"Step {index + 1}: {error.message}") from None
         self.authorizer.tenant_sql = False
-        self.statement_deadline = time.monotonic() + max(_remaining(self.ctx), 0.5)
+        # COMMIT gets at least half a second, even when the call's time is nearly out:
+        # its statements have run, and interrupting it would throw their work away.
+        self.statement_deadline = time.monotonic() + max(self.ctx.timeout(math.inf), 0.5)
         try:
             self.conn.execute("COMMIT")
         except sqlite3.Error as error:
@@ -210,11 +214,10 @@ class Session:
         return results
 
     def _run_one(self, statement, params, collector):
-        remaining = _remaining(self.ctx)
-        if remaining <= 0:
-            raise CapabilityError("TIMEOUT", "The call's time ran out before the statement could run.")
-        self.call_limited = remaining < self.timeout
-        self.statement_deadline = time.monotonic() + min(self.timeout, remaining)
+        self.ctx.check_deadline(NOT_STARTED)
+        seconds = self.ctx.timeout(self.timeout)
+        self.call_limited = seconds < self.timeout
+        self.statement_deadline = time.monotonic() + seconds
         self.authorizer.refusal = None
         self.authorizer.tenant_sql = True
         try:
@@ -283,12 +286,6 @@ def _sqlite_param(value):
     if isinstance(value, (dict, list)):
         return json.dumps(value, ensure_ascii=False)
     return value
-
-
-def _remaining(ctx):
-    if ctx.deadline is None:
-        return float("inf")
-    return ctx.deadline - time.time()
 
 
 def run(ctx, statements, steps=False):

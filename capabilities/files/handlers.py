@@ -11,7 +11,6 @@ import os
 import secrets
 import shutil
 import stat
-import time
 from datetime import datetime, timezone
 
 from capabilities.base import CapabilityError
@@ -31,6 +30,8 @@ from capabilities.files.paths import TEMP_PREFIX, is_hidden_name, parse_tenant_p
 # `truncated`; a folder of a million files would otherwise be a reply of a hundred MB.
 LIST_MAX_ENTRIES = 10000
 READ_CHUNK = 1024 * 1024
+# Said when a call's deadline passed before its operation began (it did nothing).
+NOT_STARTED = "The call's time ran out before the file operation started."
 
 
 # -- helpers -------------------------------------------------------------------------
@@ -47,11 +48,6 @@ def _check_access(ctx, writing):
         raise CapabilityError(
             "PERMISSION_DENIED", f"The {profile} profile does not allow writing or deleting files (read-only access)."
         )
-
-
-def _check_deadline(ctx):
-    if ctx.deadline is not None and time.time() >= ctx.deadline:
-        raise CapabilityError("TIMEOUT", "The call's time ran out before the file operation started.")
 
 
 def _storage_error(error, tenant_path, root_fd=None):
@@ -160,7 +156,7 @@ def read_file(ctx, args):
     tenant_path = parse_tenant_path(args.get("path"))
     encoding = _encoding(args)
     _check_access(ctx, writing=False)
-    _check_deadline(ctx)
+    ctx.check_deadline(NOT_STARTED)
     if tenant_path.reserved:
         # The platform's folders are invisible: the same answer as for a missing file.
         raise CapabilityError("NOT_FOUND", f"No file or folder at '{tenant_path.display}'.")
@@ -237,7 +233,7 @@ def write_file(ctx, args):
             f"The file is {size} bytes; the largest file this tenant may write is {policy.max_file_size} bytes.",
         )
     check_content_allowed(policy, tenant_path, data)
-    _check_deadline(ctx)
+    ctx.check_deadline(NOT_STARTED)
 
     with opened(open_storage_root(ctx)) as root_fd, quota.storage_lock(ctx, root_fd):
         try:
@@ -322,7 +318,7 @@ def _replace_atomically(parent_fd, name, data):
 def list_directory(ctx, args):
     tenant_path = parse_tenant_path(args.get("path"))
     _check_access(ctx, writing=False)
-    _check_deadline(ctx)
+    ctx.check_deadline(NOT_STARTED)
     if tenant_path.reserved:
         raise CapabilityError("NOT_FOUND", f"No folder at '{tenant_path.display}'.")
     entries = []
@@ -368,7 +364,7 @@ def list_directory(ctx, args):
 def get_file_info(ctx, args):
     tenant_path = parse_tenant_path(args.get("path"))
     _check_access(ctx, writing=False)
-    _check_deadline(ctx)
+    ctx.check_deadline(NOT_STARTED)
     if tenant_path.reserved:
         raise CapabilityError("NOT_FOUND", f"No file or folder at '{tenant_path.display}'.")
     with opened(open_storage_root(ctx)) as root_fd:
@@ -386,7 +382,7 @@ def file_exists(ctx, args):
     the platform's folders, a link (never followed), a path through a file."""
     tenant_path = parse_tenant_path(args.get("path"))
     _check_access(ctx, writing=False)
-    _check_deadline(ctx)
+    ctx.check_deadline(NOT_STARTED)
     if tenant_path.reserved:
         return {"data": False}
     with opened(open_storage_root(ctx)) as root_fd:
@@ -408,7 +404,7 @@ def delete_file(ctx, args):
         raise CapabilityError("PERMISSION_DENIED", "The storage root itself cannot be deleted.")
     if tenant_path.reserved:
         raise CapabilityError("PERMISSION_DENIED", f"Cannot delete '{tenant_path.display}': {tenant_path.reserved}.")
-    _check_deadline(ctx)
+    ctx.check_deadline(NOT_STARTED)
     name = tenant_path.name
     with opened(open_storage_root(ctx)) as root_fd, quota.storage_lock(ctx, root_fd):
         try:

@@ -20,7 +20,7 @@ import stat
 import time
 from contextlib import contextmanager
 
-from capabilities.base import CapabilityError, run_state
+from capabilities.base import run_state
 
 # How long a measured figure is trusted. Bounds how stale the quota can be after writes
 # the file API does not see (the SQLite database growing).
@@ -79,7 +79,7 @@ def forget_usage(ctx):
 def storage_lock(ctx, root_fd):
     """Serialise the quota's check-and-write for one tenant, across threads and worker
     processes of this machine (flock on the root folder's own descriptor)."""
-    limit = ctx.deadline if ctx.deadline is not None else time.time() + LOCK_WAIT_SECONDS
+    waiting = ctx.bounded(LOCK_WAIT_SECONDS)
     while True:
         try:
             fcntl.flock(root_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -87,8 +87,7 @@ def storage_lock(ctx, root_fd):
         except OSError as e:
             if e.errno not in (errno.EAGAIN, errno.EACCES):
                 raise
-        if time.time() >= limit:
-            raise CapabilityError("TIMEOUT", "Another write of this tenant took too long; try again.")
+        waiting.check_deadline("Another write of this tenant took too long; try again.")
         time.sleep(0.005)
     try:
         yield

@@ -117,14 +117,6 @@ def request_timeout_ms(value, default=DEFAULT_TIMEOUT_MS, maximum=MAX_TIMEOUT_MS
     return min(value, maximum)
 
 
-def deadline_for(ctx, timeout_ms):
-    """The request's deadline (time.time()), and whether the call's deadline set it."""
-    own = time.time() + timeout_ms / 1000.0
-    if ctx.deadline is not None and ctx.deadline < own:
-        return ctx.deadline, True
-    return own, False
-
-
 def timeout_message(timeout_ms, call_limited, host):
     if call_limited:
         return f"The call's time ran out before {host} answered completely."
@@ -209,9 +201,12 @@ def fetch(ctx, args):
         raise CapabilityError("INVALID_ARGUMENT", f"A {method} request cannot have a body.")
     body, pairs = encode_body(args.get("body"), pairs)
     timeout_ms = request_timeout_ms(args.get("timeout"))
-    deadline, call_limited = deadline_for(ctx, timeout_ms)
-    if deadline <= time.time():
-        raise CapabilityError("TIMEOUT", "The call's time ran out before the request could be sent.")
+    ctx.check_deadline("The call's time ran out before the request could be sent.")
+    # The request ends at its own timeout or the call's deadline, whichever comes first;
+    # the message says which.
+    seconds = ctx.timeout(timeout_ms / 1000.0)
+    call_limited = seconds < timeout_ms / 1000.0
+    deadline = time.time() + seconds
     limit = ctx.policy.max_response_size
 
     redirects = 0

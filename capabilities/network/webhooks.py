@@ -82,7 +82,7 @@ def send_webhook(ctx, args):
     message_id = "msg_" + secrets.token_urlsafe(18)
     # Without a deadline from the broker, the call still ends: every attempt at its
     # timeout, plus every wait.
-    overall = ctx.deadline if ctx.deadline is not None else time.time() + (retries + 1) * (timeout_ms / 1000.0 + WEBHOOK_MAX_BACKOFF_SECONDS)
+    overall = ctx.bounded((retries + 1) * (timeout_ms / 1000.0 + WEBHOOK_MAX_BACKOFF_SECONDS))
     attempts = []
     last_error = None
     last_status = None
@@ -91,12 +91,15 @@ def send_webhook(ctx, args):
     wait = 0.0
     for number in range(1, retries + 2):
         if number > 1:
-            if time.time() + wait >= overall:
+            if overall.time_left() <= wait:
                 break  # no time left for another attempt
             time.sleep(wait)
         started = time.time()
-        deadline = min(started + timeout_ms / 1000.0, overall)
-        call_limited = deadline == overall and ctx.deadline is not None
+        # Each attempt ends at its own timeout or the call's deadline, whichever comes
+        # first; the message says which.
+        seconds = overall.timeout(timeout_ms / 1000.0)
+        deadline = started + seconds
+        call_limited = ctx.deadline is not None and seconds < timeout_ms / 1000.0
         headers = [("Content-Type", "application/json"), ("webhook-id", message_id), ("webhook-timestamp", str(int(started)))]
         if key is not None:
             headers.append(("webhook-signature", sign(key, message_id, int(started), body)))

@@ -8,7 +8,6 @@ values checked against the variables that change how programs load code.
 
 import os
 import re
-import time
 from dataclasses import dataclass, field
 
 from capabilities.base import CapabilityError
@@ -35,6 +34,10 @@ REFUSED_ENV_NAMES = {
     "NODE_OPTIONS", "JAVA_TOOL_OPTIONS",
 }
 REFUSED_ENV_PREFIXES = ("LD_", "BASH_FUNC_", "MALLOC_")
+
+# A command stops this long before the call's deadline, so that the broker has a moment
+# to carry its result back before the block gives up waiting.
+REPLY_MARGIN_SECONDS = 0.25
 
 
 @dataclass
@@ -146,13 +149,8 @@ def check_timeout(value, ctx):
         if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value or value <= 0:
             raise CapabilityError("INVALID_ARGUMENT", "timeout must be a positive number of milliseconds.")
         ceiling = min(ceiling, value / 1000)
-    if ctx.deadline is not None:
-        # Leave the broker a moment to carry the result back before the block gives up.
-        left = ctx.deadline - time.time() - 0.25
-        if left <= 0:
-            raise CapabilityError("TIMEOUT", "The call's time ran out before the command could start.")
-        ceiling = min(ceiling, left)
-    return ceiling
+    ctx.check_deadline("The call's time ran out before the command could start.", keep=REPLY_MARGIN_SECONDS)
+    return ctx.timeout(ceiling, keep=REPLY_MARGIN_SECONDS)
 
 
 def _utf8(text, what):

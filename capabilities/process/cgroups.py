@@ -41,7 +41,7 @@ def _own_v1_pids_path():
 
 def parent_folder():
     """The folder under which per-command cgroups are made, or None."""
-    configured = getattr(settings, "SYMPOSIUM_PROCESS_CGROUP", "")
+    configured = settings.SYMPOSIUM_PROCESS_CGROUP
     if configured:
         return Path(configured)
     own = _own_v1_pids_path()
