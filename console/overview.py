@@ -16,7 +16,9 @@ from django.shortcuts import render
 from django.urls import reverse
 from django.utils import timezone
 
-from tenants.charts import OUTCOME_COLOURS, PALETTE, human_bytes, human_ms, horizontal_bars, meter, stacked_bars
+from capabilities.files.beneath import O_DIR
+from capabilities.files.quota import measure_usage
+from console.charts import OUTCOME_COLOURS, PALETTE, human_bytes, human_ms, horizontal_bars, meter, stacked_bars
 from tenants.models import OVERRIDABLE_FIELDS, AuditLog, BlockRun, PermissionProfile, Tenant
 from tenants.policy import effective_policy
 
@@ -237,9 +239,6 @@ def policy_sections(tenant, policy):
 
 def storage_use(tenant):
     """Bytes in the tenant's storage, walked without following links (the quota's count)."""
-    from capabilities.files.beneath import O_DIR
-    from capabilities.files.quota import measure_usage
-
     try:
         root_fd = os.open(tenant.storage_root(), O_DIR)
     except OSError:
