@@ -18,9 +18,10 @@ from capabilities import files
 from capabilities.base import CapabilityError
 from capabilities.canvas import create_canvas, draw, export_image
 from isolates.pool import IsolatePool
+from isolates.protocol import decode_value
 from tenants.policy import decide
 from tests.helpers import context_for
-from tests.stub_broker import StubBroker, decode_bytes, run_block
+from tests.support.stub_broker import StubBroker, run_block
 from tests.test_canvas import isolated_run_state  # noqa: F401 (an autouse fixture)
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -115,7 +116,7 @@ export default () => codes;
 
 def answering_as(ctx):
     async def answer(op, args):
-        args = decode_bytes(args)
+        args = decode_value(args)
         decision = decide(ctx.policy, op, args)
         if not decision.allowed:
             return {"ok": False, "error": {"code": decision.code, "message": decision.message}}

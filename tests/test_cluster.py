@@ -8,7 +8,7 @@ import asyncio
 
 import pytest
 
-from isolates.testing import Platform, RunnerClient, services_available
+from tests.support.platform import Platform, RunnerClient, services_available
 
 pytestmark = [pytest.mark.slow]
 
@@ -124,7 +124,7 @@ def test_processes_racing_to_start_runs_cannot_pass_the_tenants_limit(cluster):
     import sys
     import time
 
-    from isolates.testing import ROOT
+    from tests.support.platform import ROOT
 
     start_at = time.time() + 4  # after every process has set Django up
     script = f"""

@@ -19,7 +19,7 @@ from capabilities.base import CapabilityError
 from capabilities.database import postgres, values
 from capabilities.database.limits import PG_POOL_MAX_SIZE
 from capabilities.database.sqltext import POSTGRES, parse_statement
-from capabilities.database.testing import close_postgres_pools, drop_postgres_tenants, postgres_configured
+from tests.support.databases import close_postgres_pools, drop_postgres_tenants, postgres_configured
 from tenants.models import Tenant
 from tests.helpers import context_for
 

@@ -18,7 +18,7 @@ import time
 
 import pytest
 
-from isolates.testing import CpuThrottle, Platform, RunnerClient, services_available, wait_until
+from tests.support.platform import CpuThrottle, Platform, RunnerClient, services_available, wait_until
 
 pytestmark = [pytest.mark.slow]
 
