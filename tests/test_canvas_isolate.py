@@ -1,6 +1,6 @@
 """The seed's canvas examples, verbatim, as blocks in a real isolate.
 
-A real Deno isolate from the pool runs the block; the stub broker (tests/stub_broker.py)
+A real Deno isolate from the pool runs the block; the stub broker (tests/support/stub_broker.py)
 answers its calls the way the platform's broker does: decide() first, then the handler
 in a thread, its reply's fields sent as the envelope. So the code a block author copies
 from the seed runs unchanged against these handlers, and gets back what it expects

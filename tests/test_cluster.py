@@ -1,7 +1,7 @@
 """Several machines' worth of processes: two Daphne servers and two RQ workers on one
 PostgreSQL and one Redis. Everything that holds state lives in those two, so blocks run
 through either server alike, and a tenant's rate limits, storage quota and concurrency
-limit hold across both (isolates/testing.py starts the processes; nothing here touches
+limit hold across both (tests/support/platform.py starts the processes; nothing here touches
 the suite's shared PostgreSQL or Redis)."""
 
 import asyncio
