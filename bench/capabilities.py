@@ -33,6 +33,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from bench.throwaway import throwaway_platform  # noqa: E402
+from tests.support.tls_servers import LocalServer  # noqa: E402  (a real HTTP server for the network calls)
 
 
 def percentiles(values):
@@ -84,8 +85,6 @@ def main():
 
     overrides = {f"{c}_rate_per_minute": 0 for c in ("files", "network", "canvas", "database", "process")}
     tenant = throwaway_platform(options.redis, allow_hosts=["127.0.0.1"], overrides={**overrides, "canvas_max_per_run": 1000})
-
-    from capabilities.network.testing import LocalServer
 
     http = LocalServer()
 

@@ -36,6 +36,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
+# The private PostgreSQL and Redis of the fault tests (tests/support/platform.py).
+from tests.support.platform import PrivatePostgres, PrivateRedis  # noqa: E402
+
 TENANTS = 10  # runs are spread over this many tenants, each with its own database
 
 LOAD_BLOCK = """
@@ -132,8 +135,6 @@ def thread_cpu():
 
 def start_services(options, folder):
     """Point the environment at throwaway services; returns what must be stopped."""
-    from isolates.testing import PrivatePostgres, PrivateRedis
-
     started = []
     os.environ["SYMPOSIUM_VAR_DIR"] = str(folder / "var")
     os.environ["SYMPOSIUM_STORAGE_ROOT"] = str(folder / "storage")

@@ -2,7 +2,7 @@ from channels.auth import AuthMiddlewareStack
 from django.urls import path
 
 from isolates.broker import IsolateBrokerConsumer
-from isolates.runner import BlockRunnerConsumer, SameOriginValidator
+from console.runner import BlockRunnerConsumer, SameOriginValidator
 
 websocket_urlpatterns = [
     path("ws/isolate/", IsolateBrokerConsumer.as_asgi()),

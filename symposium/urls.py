@@ -4,9 +4,9 @@ from django.contrib.staticfiles.views import serve as serve_static
 from django.urls import include, path, re_path
 from django.views.generic import RedirectView
 
-from isolates import views as runner
-from tenants.login import one_time_login
-from tenants.overview import overview_view
+from console import views as runner
+from console.login import one_time_login
+from console.overview import overview_view
 
 urlpatterns = [
     path("", RedirectView.as_view(pattern_name="runner"), name="home"),

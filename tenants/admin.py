@@ -129,16 +129,6 @@ class TenantAdmin(admin.ModelAdmin):
     def webhook_secret_state(self, obj):
         return "set (hidden)" if obj._webhook_secret else "none"
 
-    def change_view(self, request, object_id, form_url="", extra_context=None):
-        # The tenant's panels (tenants/overview.py): effective policy against its profile,
-        # storage against quota, recent runs and audit trail, shown around the form.
-        from tenants.overview import tenant_panels
-
-        tenant = self.get_object(request, object_id)
-        if tenant is not None:
-            extra_context = {**(extra_context or {}), **tenant_panels(tenant)}
-        return super().change_view(request, object_id, form_url, extra_context)
-
     @admin.action(description="Suspend the selected tenants")
     def suspend(self, request, queryset):
         count = queryset.update(is_active=False)

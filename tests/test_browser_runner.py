@@ -426,7 +426,7 @@ def make_activity(tenants, alice):
 
 
 def test_it_opens_the_admin_overview(browser, base_url, people, make_tenant):
-    from tenants.login import make_login_token
+    from console.login import make_login_token
 
     root = get_user_model().objects.create_superuser("root", "root@example.org", "root-password-123")
     globex = make_tenant("globex", "Data")

@@ -1,6 +1,6 @@
 """The seed's canvas examples, verbatim, as blocks in a real isolate.
 
-A real Deno isolate from the pool runs the block; the stub broker (tests/stub_broker.py)
+A real Deno isolate from the pool runs the block; the stub broker (tests/support/stub_broker.py)
 answers its calls the way the platform's broker does: decide() first, then the handler
 in a thread, its reply's fields sent as the envelope. So the code a block author copies
 from the seed runs unchanged against these handlers, and gets back what it expects
@@ -18,9 +18,10 @@ from capabilities import files
 from capabilities.base import CapabilityError
 from capabilities.canvas import create_canvas, draw, export_image
 from isolates.pool import IsolatePool
+from isolates.protocol import decode_value
 from tenants.policy import decide
 from tests.helpers import context_for
-from tests.stub_broker import StubBroker, decode_bytes, run_block
+from tests.support.stub_broker import StubBroker, run_block
 from tests.test_canvas import isolated_run_state  # noqa: F401 (an autouse fixture)
 
 pytestmark = pytest.mark.django_db(transaction=True)
@@ -115,7 +116,7 @@ export default () => codes;
 
 def answering_as(ctx):
     async def answer(op, args):
-        args = decode_bytes(args)
+        args = decode_value(args)
         decision = decide(ctx.policy, op, args)
         if not decision.allowed:
             return {"ok": False, "error": {"code": decision.code, "message": decision.message}}

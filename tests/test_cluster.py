@@ -1,14 +1,14 @@
 """Several machines' worth of processes: two Daphne servers and two RQ workers on one
 PostgreSQL and one Redis. Everything that holds state lives in those two, so blocks run
 through either server alike, and a tenant's rate limits, storage quota and concurrency
-limit hold across both (isolates/testing.py starts the processes; nothing here touches
+limit hold across both (tests/support/platform.py starts the processes; nothing here touches
 the suite's shared PostgreSQL or Redis)."""
 
 import asyncio
 
 import pytest
 
-from isolates.testing import Platform, RunnerClient, services_available
+from tests.support.platform import Platform, RunnerClient, services_available
 
 pytestmark = [pytest.mark.slow]
 
@@ -124,7 +124,7 @@ def test_processes_racing_to_start_runs_cannot_pass_the_tenants_limit(cluster):
     import sys
     import time
 
-    from isolates.testing import ROOT
+    from tests.support.platform import ROOT
 
     start_at = time.time() + 4  # after every process has set Django up
     script = f"""

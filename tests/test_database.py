@@ -12,7 +12,7 @@ from django.conf import settings as django_settings
 
 from capabilities import database
 from capabilities.base import CapabilityError
-from capabilities.database.testing import BACKENDS, DDL, close_postgres_pools, drop_postgres_tenants, use_backend
+from tests.support.databases import BACKENDS, DDL, close_postgres_pools, drop_postgres_tenants, use_backend
 from tenants.models import PolicyOverride, Tenant
 from tests.helpers import context_for
 

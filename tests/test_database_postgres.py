@@ -19,7 +19,7 @@ from capabilities.base import CapabilityError
 from capabilities.database import postgres, values
 from capabilities.database.limits import PG_POOL_MAX_SIZE
 from capabilities.database.sqltext import POSTGRES, parse_statement
-from capabilities.database.testing import close_postgres_pools, drop_postgres_tenants, postgres_configured
+from tests.support.databases import close_postgres_pools, drop_postgres_tenants, postgres_configured
 from tenants.models import Tenant
 from tests.helpers import context_for
 
@@ -391,6 +391,20 @@ def test_it_drops_a_tenants_database(make_tenant):
         assert not conn.execute("SELECT 1 FROM pg_roles WHERE rolname = ANY(%s)", [[tenant.owner, tenant.login]]).fetchone()
     # A later call makes a fresh, empty database.
     refused(lambda: q(ctx, "SELECT * FROM t"), "INVALID_ARGUMENT")
+
+
+def test_deleting_a_tenant_drops_its_schema_and_roles(make_tenant, django_capture_on_commit_callbacks):
+    # The database capability's receiver (capabilities/database/signals.py) runs once
+    # the deletion is committed.
+    doomed = make_tenant("doomed", "Data")
+    ctx = context_for(doomed)
+    q(ctx, "CREATE TABLE notes (body TEXT)")
+    target, tenant = names_of(ctx)
+    with django_capture_on_commit_callbacks(execute=True):
+        doomed.delete()
+    with admin() as conn:
+        assert not conn.execute("SELECT 1 FROM pg_namespace WHERE nspname = %s", [tenant.schema]).fetchone()
+        assert not conn.execute("SELECT 1 FROM pg_roles WHERE rolname = ANY(%s)", [[tenant.owner, tenant.login]]).fetchone()
 
 
 def test_it_drops_every_tenant_of_a_database(make_tenant):

@@ -4,7 +4,7 @@ flight.
 
 The platform here runs as it does in production: `python -m daphne` servers and
 `manage.py rqworker` workers, on a PostgreSQL cluster and a Redis of the test's own
-(isolates/testing.py), never the shared ones, which are the only things these tests
+(tests/support/platform.py), never the shared ones, which are the only things these tests
 stop and restart. Blocks are started through the runner page's websocket, as a user
 starts them; the tests read outcomes from the platform's database.
 """
@@ -18,7 +18,7 @@ import time
 
 import pytest
 
-from isolates.testing import CpuThrottle, Platform, RunnerClient, services_available, wait_until
+from tests.support.platform import CpuThrottle, Platform, RunnerClient, services_available, wait_until
 
 pytestmark = [pytest.mark.slow]
 

@@ -15,7 +15,7 @@ from django.utils import timezone
 from isolates import reaper
 from isolates.models import ServerProcess
 from isolates.runs import RunRefused, create_run
-from isolates.testing import wait_until
+from tests.support.platform import wait_until
 from tenants.models import BlockRun
 
 pytestmark = [pytest.mark.django_db(transaction=True)]

@@ -16,7 +16,7 @@ import pytest
 from capabilities import network
 from capabilities.base import CapabilityError
 from capabilities.network import addresses, transport
-from capabilities.network.testing import PNG_BYTES, LocalServer, make_certificates, server_tls_context
+from tests.support.tls_servers import PNG_BYTES, LocalServer, make_certificates, server_tls_context
 from tenants.models import PolicyOverride
 from tests.helpers import context_for
 

@@ -1,5 +1,5 @@
 """network.sendWebhook against a real receiver on 127.0.0.1 that checks Standard
-Webhooks signatures on its own (capabilities.network.testing.verify_standard_webhook)."""
+Webhooks signatures on its own (tests.support.tls_servers.verify_standard_webhook)."""
 
 import base64
 import json
@@ -11,7 +11,7 @@ import pytest
 from capabilities import network
 from capabilities.base import CapabilityError
 from capabilities.network import webhooks
-from capabilities.network.testing import LocalServer
+from tests.support.tls_servers import LocalServer
 from tests.helpers import context_for
 
 pytestmark = pytest.mark.django_db

@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from isolates.pool import IsolatePool, IsolateStartError
-from tests.stub_broker import StubBroker, run_block
+from tests.support.stub_broker import StubBroker, run_block
 
 PROJECT = Path(__file__).resolve().parent.parent
 
@@ -171,7 +171,7 @@ def test_isolates_die_with_the_server_that_started_them(tmp_path):
         import asyncio, json, os, sys
         sys.path.insert(0, {str(PROJECT)!r})
         from isolates.pool import IsolatePool
-        from tests.stub_broker import StubBroker
+        from tests.support.stub_broker import StubBroker
 
         async def main():
             broker = await StubBroker().start()

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from isolates.pool import IsolatePool, find_deno
-from tests.stub_broker import StubBroker
+from tests.support.stub_broker import StubBroker
 
 pytestmark = pytest.mark.slow
 

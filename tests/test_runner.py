@@ -16,7 +16,7 @@ from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.test import Client
 
-from isolates.runner import RUNNER_LIMITS, origin_allowed
+from console.runner import RUNNER_LIMITS, origin_allowed
 from tenants import audit
 from tenants.models import AuditLog, BlockRun, Membership
 from tenants.ratelimit import reset_limiter

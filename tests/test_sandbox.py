@@ -4,13 +4,15 @@ hostile block must not get."""
 
 import asyncio
 import base64
+import json
 import os
 import time
 
 import pytest
 
 from isolates.pool import IsolatePool
-from tests.stub_broker import StubBroker, run_block
+from isolates.protocol import decode_value, encode_frame
+from tests.support.stub_broker import StubBroker, run_block
 
 
 @pytest.fixture
@@ -709,7 +711,7 @@ async def test_cant_join_a_run_with_an_unknown_token(pool, broker):
 
 
 def test_the_stub_broker_encodes_binary_as_documented():
-    from tests.stub_broker import decode_bytes, encode_bytes
-
-    assert encode_bytes({"a": [b"\x00\xff"]}) == {"a": [{"$bytes": base64.b64encode(b"\x00\xff").decode()}]}
-    assert decode_bytes(encode_bytes({"a": [b"\x00\xff"]})) == {"a": [b"\x00\xff"]}
+    # The stub broker reads and writes frames with isolates.protocol, as the broker does.
+    encoded = json.loads(encode_frame({"a": [b"\x00\xff"]}))
+    assert encoded == {"a": [{"$bytes": base64.b64encode(b"\x00\xff").decode()}]}
+    assert decode_value(encoded) == {"a": [b"\x00\xff"]}

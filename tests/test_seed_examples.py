@@ -16,7 +16,7 @@ import pytest
 from PIL import Image
 
 from capabilities.network import addresses, transport
-from capabilities.network.testing import LocalServer, make_certificates, server_tls_context
+from tests.support.tls_servers import LocalServer, make_certificates, server_tls_context
 from tenants.models import TenantSecret
 from tests.blocks import EXAMPLES
 

@@ -9,6 +9,7 @@ buckets here, so the page costs the same whatever the number of audit rows.
 import os
 from datetime import timedelta
 
+from django.contrib import admin
 from django.core.exceptions import PermissionDenied
 from django.db.models import Avg, Count, F, Q
 from django.db.models.functions import TruncHour
@@ -16,8 +17,11 @@ from django.shortcuts import render
 from django.urls import reverse
 from django.utils import timezone
 
-from tenants.charts import OUTCOME_COLOURS, PALETTE, human_bytes, human_ms, horizontal_bars, meter, stacked_bars
-from tenants.models import OVERRIDABLE_FIELDS, AuditLog, BlockRun, PermissionProfile, Tenant
+from capabilities.files.beneath import O_DIR
+from capabilities.files.quota import measure_usage
+from console.charts import OUTCOME_COLOURS, PALETTE, human_bytes, human_ms, horizontal_bars, meter, stacked_bars
+from tenants.admin import PermissionProfileAdmin
+from tenants.models import OVERRIDABLE_FIELDS, AuditLog, BlockRun, PermissionProfile, Tenant, split_list
 from tenants.policy import effective_policy
 
 # Chart periods: how far back, the bucket size, and how buckets are labelled.
@@ -175,8 +179,6 @@ def overview_view(request):
     if not (request.user.has_perm("tenants.view_auditlog") and request.user.has_perm("tenants.view_blockrun")):
         raise PermissionDenied
     range_key = request.GET.get("range") if request.GET.get("range") in RANGES else DEFAULT_RANGE
-    from django.contrib import admin
-
     context = {**admin.site.each_context(request), "title": "Platform overview", **overview_context(range_key)}
     return render(request, "admin/overview.html", context)
 
@@ -198,8 +200,6 @@ def display_value(name, value):
     if isinstance(value, (list, tuple)):
         return ", ".join(value) if value else "—"
     if isinstance(value, str):
-        from tenants.models import split_list
-
         return ", ".join(split_list(value)) or "—"
     if name.endswith("_per_minute") and value == 0:
         return "0 (no limit)"
@@ -213,8 +213,6 @@ def display_value(name, value):
 
 
 def policy_sections(tenant, policy):
-    from tenants.admin import PermissionProfileAdmin
-
     profile = tenant.profile
     sections = []
     for title, options in PermissionProfileAdmin.fieldsets[1:]:
@@ -237,9 +235,6 @@ def policy_sections(tenant, policy):
 
 def storage_use(tenant):
     """Bytes in the tenant's storage, walked without following links (the quota's count)."""
-    from capabilities.files.beneath import O_DIR
-    from capabilities.files.quota import measure_usage
-
     try:
         root_fd = os.open(tenant.storage_root(), O_DIR)
     except OSError:

@@ -2,7 +2,7 @@ from django.contrib.auth import get_user_model
 from django.core.management.base import BaseCommand
 from django.urls import reverse
 
-from tenants.login import make_login_token
+from console.login import make_login_token
 
 
 class Command(BaseCommand):

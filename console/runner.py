@@ -24,6 +24,7 @@ not apply CORS or CSRF tokens to websockets, only the Origin header tells.
 import asyncio
 import json
 import logging
+from importlib import import_module
 from urllib.parse import quote, urlsplit
 
 from channels.auth import get_user
@@ -31,12 +32,14 @@ from channels.db import database_sync_to_async
 from channels.generic.websocket import AsyncWebsocketConsumer
 from channels.security.websocket import WebsocketDenier
 from django.conf import settings
+from django.contrib.auth.models import AnonymousUser
 from django.http.request import split_domain_port, validate_host
 from django.urls import reverse
 
 from isolates.broker import control_group, run_group
+from isolates.runs import RunRefused, service_for_port
 from tenants import audit
-from tenants.models import AuditLog, BlockRun, Membership
+from tenants.models import AuditLog, BlockRun, Membership, Tenant
 
 logger = logging.getLogger(__name__)
 
@@ -126,10 +129,6 @@ class SameOriginValidator:
 async def current_user(scope):
     """The user of the handshake's session as the session store has it now. The scope's
     session object caches what it read at the handshake, so a fresh one is read."""
-    from importlib import import_module
-
-    from django.contrib.auth.models import AnonymousUser
-
     key = getattr(scope.get("session"), "session_key", None)
     if not key:
         return AnonymousUser()
@@ -341,8 +340,6 @@ class BlockRunnerConsumer(AsyncWebsocketConsumer):
     # -- start -----------------------------------------------------------------------
 
     async def start_run(self, user, frame):
-        from isolates.runs import RunRefused
-
         slug, code, name = frame.get("tenant"), frame.get("code"), frame.get("name", "")
         if not isinstance(slug, str) or not slug:
             raise RequestError("INVALID_ARGUMENT", "Name the tenant to run as.")
@@ -377,8 +374,6 @@ class BlockRunnerConsumer(AsyncWebsocketConsumer):
         """The membership that allows this request, or RequestError after an audit row."""
         membership = membership_for(user, slug)
         if membership is None:
-            from tenants.models import Tenant
-
             message = f"You are not a member of the tenant '{slug[:50]}'."
             record_refusal(user, operation, "PERMISSION_DENIED", message,
                            tenant=Tenant.objects.filter(slug=slug).first(), slug=slug)
@@ -556,8 +551,6 @@ class BlockRunnerConsumer(AsyncWebsocketConsumer):
     def run_service(self):
         """This server process's run service. Its isolates connect back to the port this
         server listens on (the handshake's scope says which)."""
-        from isolates.runs import service_for_port
-
         server = self.scope.get("server") or (None, settings.SYMPOSIUM_BROKER_PORT)
         return service_for_port(server[1])
 

@@ -24,7 +24,7 @@ from django.views.decorators.http import require_GET
 from capabilities.base import CapabilityError
 from capabilities.files.beneath import O_DIR, open_beneath
 from capabilities.files.paths import parse_tenant_path
-from isolates.runner import RUNNER_LIMITS, membership_for, record_refusal, run_detail, run_summary
+from console.runner import RUNNER_LIMITS, membership_for, record_refusal, run_detail, run_summary
 from tenants.models import BlockRun, Membership, Tenant
 
 LOGIN_URL = "/login/"

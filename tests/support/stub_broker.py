@@ -1,8 +1,7 @@
 """A tiny broker that speaks the isolate frame protocol, for the isolate tests.
 
-It is a real websocket server on 127.0.0.1 (a small RFC 6455 server on asyncio streams:
-autobahn's asyncio flavour cannot load in a process where Daphne chose Twisted), so the
-isolates under test connect to it exactly as they will connect to the platform's
+It is a real websocket server on 127.0.0.1 (tests/support/websocket.py), so the isolates
+under test connect to it exactly as they will connect to the platform's
 IsolateBrokerConsumer:
 
     async with StubBroker() as broker:
@@ -14,39 +13,16 @@ IsolateBrokerConsumer:
 
 Calls are answered by the run's `answer(op, args)` function (plain or async): it returns
 the reply's fields (`{"ok": True, "data": ...}` or `{"ok": False, "error": {...}}`), or
-None for a call that is never answered. Bytes travel as {"$bytes": base64} both ways.
+None for a call that is never answered. Frames are read and written by isolates.protocol,
+as the platform's broker does: bytes travel as {"$bytes": base64} both ways.
 """
 
 import asyncio
-import base64
-import hashlib
-import json
 import secrets
-import struct
 import time
 
-WEBSOCKET_GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
-OP_CONTINUATION, OP_TEXT, OP_BINARY, OP_CLOSE, OP_PING, OP_PONG = 0x0, 0x1, 0x2, 0x8, 0x9, 0xA
-
-
-def decode_bytes(value):
-    if isinstance(value, dict):
-        if set(value) == {"$bytes"} and isinstance(value["$bytes"], str):
-            return base64.b64decode(value["$bytes"])
-        return {k: decode_bytes(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [decode_bytes(v) for v in value]
-    return value
-
-
-def encode_bytes(value):
-    if isinstance(value, (bytes, bytearray)):
-        return {"$bytes": base64.b64encode(value).decode()}
-    if isinstance(value, dict):
-        return {k: encode_bytes(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [encode_bytes(v) for v in value]
-    return value
+from isolates.protocol import FrameError, decode_value, encode_frame, parse_frame
+from tests.support.websocket import serve
 
 
 def echo(op, args):
@@ -62,7 +38,7 @@ class StubRun:
             "type": "start",
             "code": code,
             "name": name,
-            "input": encode_bytes(input),
+            "input": input,
             "env": env or {},
             "callTimeoutMs": call_timeout_ms,
             "maxInFlight": max_in_flight,
@@ -74,6 +50,7 @@ class StubRun:
         self.logs = []  # log frames
         self.calls = []  # call frames
         self.answer_errors = []  # exceptions raised by `answer`
+        self.frame_errors = []  # frames isolates.protocol refused (FrameError)
         self.in_flight = 0
         self.max_in_flight_seen = 0
         self.started_at = None  # time.monotonic() when "started" arrived
@@ -94,7 +71,7 @@ class StubRun:
         await asyncio.wait_for(self.closed.wait(), timeout)
 
     def stop(self, reason="stopped by the test"):
-        self.protocol.send(json.dumps({"type": "stop", "reason": reason}))
+        self.protocol.send(encode_frame({"type": "stop", "reason": reason}))
 
     def _receive(self, frame):
         self.frames.append(frame)
@@ -124,95 +101,7 @@ class StubRun:
             self.in_flight -= 1
         if reply is None or self.protocol is None or self.closed.is_set():
             return
-        reply = {"type": "reply", "id": frame["id"], **encode_bytes(reply)}
-        self.protocol.send(json.dumps(reply))
-
-
-class WebSocketConnection:
-    """The server side of one websocket: text messages in, text messages out."""
-
-    def __init__(self, reader, writer, max_message_bytes):
-        self.reader = reader
-        self.writer = writer
-        self.max_message_bytes = max_message_bytes
-        self.closed = False
-
-    async def handshake(self):
-        request = await self.reader.readuntil(b"\r\n\r\n")
-        headers = {}
-        for line in request.decode("latin-1").split("\r\n")[1:]:
-            if ":" in line:
-                name, value = line.split(":", 1)
-                headers[name.strip().lower()] = value.strip()
-        key = headers.get("sec-websocket-key", "").encode()
-        accept = base64.b64encode(hashlib.sha1(key + WEBSOCKET_GUID).digest()).decode()
-        self.writer.write(
-            f"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {accept}\r\n\r\n".encode()
-        )
-        await self.writer.drain()
-
-    async def _frame(self):
-        head = await self.reader.readexactly(2)
-        fin, opcode = head[0] & 0x80, head[0] & 0x0F
-        masked, length = head[1] & 0x80, head[1] & 0x7F
-        if length == 126:
-            (length,) = struct.unpack("!H", await self.reader.readexactly(2))
-        elif length == 127:
-            (length,) = struct.unpack("!Q", await self.reader.readexactly(8))
-        if length > self.max_message_bytes:
-            raise ValueError("frame too large")
-        mask = await self.reader.readexactly(4) if masked else b"\0\0\0\0"
-        payload = bytearray(await self.reader.readexactly(length))
-        if masked:
-            # XOR with the repeating 4-byte mask, a machine word at a time.
-            whole = mask * (length // 4 + 1)
-            payload = (int.from_bytes(payload, "big") ^ int.from_bytes(whole[:length], "big")).to_bytes(length, "big")
-        return bool(fin), opcode, bytes(payload)
-
-    async def receive(self):
-        """The next text message, or None when the connection has closed."""
-        parts = []
-        while True:
-            try:
-                fin, opcode, payload = await self._frame()
-            except (asyncio.IncompleteReadError, ConnectionError, ValueError):
-                self.closed = True
-                return None
-            if opcode == OP_CLOSE:
-                await self.close()
-                return None
-            if opcode == OP_PING:
-                self._send(OP_PONG, payload)
-                continue
-            if opcode in (OP_TEXT, OP_BINARY, OP_CONTINUATION):
-                parts.append(payload)
-                if fin:
-                    return b"".join(parts).decode()
-
-    def _send(self, opcode, payload):
-        if self.closed:
-            return
-        length = len(payload)
-        if length < 126:
-            header = struct.pack("!BB", 0x80 | opcode, length)
-        elif length < 65536:
-            header = struct.pack("!BBH", 0x80 | opcode, 126, length)
-        else:
-            header = struct.pack("!BBQ", 0x80 | opcode, 127, length)
-        self.writer.write(header + payload)
-
-    def send(self, text):
-        self._send(OP_TEXT, text.encode())
-
-    async def close(self, code=1000, reason=""):
-        if not self.closed:
-            self._send(OP_CLOSE, struct.pack("!H", code) + reason.encode())
-            self.closed = True
-        self.writer.close()
-
-    def abort(self):
-        self.closed = True
-        self.writer.transport.abort()
+        self.protocol.send(encode_frame({"type": "reply", "id": frame["id"], **reply}))
 
 
 class StubBroker:
@@ -229,8 +118,8 @@ class StubBroker:
         return f"ws://127.0.0.1:{self.port}/ws/isolate/"
 
     async def start(self):
-        self.server = await asyncio.start_server(self._serve, "127.0.0.1", 0)
-        self.port = self.server.sockets[0].getsockname()[1]
+        self.server = await serve(self._serve, max_message_bytes=self.max_message_bytes)
+        self.port = self.server.port
         return self
 
     async def close(self):
@@ -245,14 +134,15 @@ class StubBroker:
     async def __aexit__(self, *exc):
         await self.close()
 
-    async def _serve(self, reader, writer):
-        connection = WebSocketConnection(reader, writer, self.max_message_bytes)
+    async def _serve(self, connection):
         self.connections.add(connection)
         run = None
         try:
-            await connection.handshake()
             hello = await connection.receive()
-            frame = json.loads(hello) if hello else {}
+            try:
+                frame = parse_frame(hello) if hello else {}
+            except FrameError:
+                frame = {}
             run = self.runs.get(frame.get("token")) if frame.get("type") == "hello" else None
             if run is None or run.protocol is not None:
                 self.refused += 1
@@ -260,11 +150,16 @@ class StubBroker:
                 return
             run.protocol = connection
             run.connected_at = time.monotonic()
-            connection.send(json.dumps(run.start_frame))
+            connection.send(encode_frame(run.start_frame))
             while (text := await connection.receive()) is not None:
-                run._receive(decode_bytes(json.loads(text)))
-        except (asyncio.IncompleteReadError, ConnectionError):
-            pass
+                try:
+                    frame = decode_value(parse_frame(text))
+                except FrameError as error:
+                    # The platform's broker would end the run; the test sees why.
+                    run.frame_errors.append(error)
+                    connection.abort()
+                    break
+                run._receive(frame)
         finally:
             self.connections.discard(connection)
             if run is not None and run.protocol is connection:

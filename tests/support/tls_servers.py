@@ -18,6 +18,11 @@ import time
 import urllib.parse
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+
 GB = 1024**3
 PNG_BYTES = b"\x89PNG\r\n\x1a\n" + bytes(range(256))
 
@@ -217,10 +222,6 @@ class LocalServer:
 def make_certificates(directory, names):
     """A test certificate authority and a server certificate for `names`, as PEM files.
     Returns (ca_file, cert_file, key_file)."""
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import NameOID
 
     now = datetime.datetime.now(datetime.timezone.utc)
     ca_key = ec.generate_private_key(ec.SECP256R1())

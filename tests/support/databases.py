@@ -10,6 +10,8 @@ settings.USING_POSTGRES, which a test may switch.
 import pytest
 from django.conf import settings
 
+from capabilities.database import postgres
+
 BACKENDS = ["sqlite", "postgres"]
 
 
@@ -33,8 +35,6 @@ def drop_postgres_tenants(tenant_ids):
     database server, not to the test database that goes away after the run."""
     if not postgres_configured():
         return
-    from capabilities.database import postgres
-
     for tenant_id in tenant_ids:
         postgres.drop_tenant(tenant_id)
 
@@ -42,8 +42,6 @@ def drop_postgres_tenants(tenant_ids):
 def close_postgres_pools():
     """Close the connections to the test database, which is dropped after the run, and
     drop what is left of tenants' roles there (other tests' blocks may have made some)."""
-    from capabilities.database import postgres
-
     postgres.close_pools()
     if postgres_configured():
         postgres.drop_all_tenants()

@@ -24,10 +24,17 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+import psycopg
+import redis
+
+from tests.support.websocket import connect
+
+# The repository: platform processes start there, as `manage.py` and Daphne expect.
+ROOT = Path(__file__).resolve().parent.parent.parent
 PG_BIN = Path("/usr/lib/postgresql/15/bin")
 
 
@@ -102,8 +109,6 @@ class PrivateRedis:
             return False
 
     def client(self):
-        import redis
-
         return redis.Redis.from_url(self.url, socket_connect_timeout=1, socket_timeout=5)
 
     def stop(self, kill=True):
@@ -157,8 +162,6 @@ class PrivatePostgres:
         self.start()
 
     def connect(self, database="symposium"):
-        import psycopg
-
         return psycopg.connect(self.url(database), autocommit=True, connect_timeout=5)
 
     def query(self, sql, params=(), database="symposium"):
@@ -193,8 +196,6 @@ class PlatformProcess:
         self.log_file = open(self.log, "ab")
         self.process = subprocess.Popen(self.command, cwd=ROOT, env=self.env, stdout=self.log_file, stderr=subprocess.STDOUT)
         if self.restart is not None:
-            import threading
-
             threading.Thread(target=self._supervise, name="supervisor", daemon=True).start()
         try:
             wait_until(lambda: self.process.poll() is not None or self.ready(self), timeout, f"{self.command[2]} starting")
@@ -410,77 +411,6 @@ print(json.dumps(session.session_key))
         shutil.rmtree(self.folder, ignore_errors=True)
 
 
-class WebsocketClient:
-    """A minimal RFC 6455 client on asyncio streams: text messages, a cookie and an
-    Origin header. (Autobahn's asyncio flavour cannot be loaded in a process that has
-    already chosen Twisted for Daphne, as the test process has.)"""
-
-    def __init__(self, reader, writer):
-        self.reader = reader
-        self.writer = writer
-
-    @classmethod
-    async def connect(cls, port, path, headers):
-        import base64
-
-        reader, writer = await asyncio.open_connection("127.0.0.1", port)
-        key = base64.b64encode(os.urandom(16)).decode()
-        request = [f"GET {path} HTTP/1.1", f"Host: 127.0.0.1:{port}", "Upgrade: websocket", "Connection: Upgrade",
-                   f"Sec-WebSocket-Key: {key}", "Sec-WebSocket-Version: 13"]
-        request += [f"{name}: {value}" for name, value in headers.items()]
-        writer.write(("\r\n".join(request) + "\r\n\r\n").encode())
-        status = await reader.readline()
-        while (await reader.readline()) not in (b"\r\n", b""):
-            pass
-        if b" 101 " not in status:
-            writer.close()
-            raise ConnectionError(f"the websocket handshake was refused: {status.decode().strip()}")
-        return cls(reader, writer)
-
-    def send_text(self, text):
-        payload = text.encode()
-        mask = os.urandom(4)
-        length = len(payload)
-        if length < 126:
-            header = bytes([0x81, 0x80 | length])
-        elif length < 65536:
-            header = bytes([0x81, 0x80 | 126]) + length.to_bytes(2, "big")
-        else:
-            header = bytes([0x81, 0x80 | 127]) + length.to_bytes(8, "big")
-        self.writer.write(header + mask + bytes(b ^ mask[i % 4] for i, b in enumerate(payload)))
-
-    async def receive_text(self):
-        """The next text message; None once the connection is closed."""
-        parts = []
-        while True:
-            try:
-                head = await self.reader.readexactly(2)
-            except (asyncio.IncompleteReadError, ConnectionError):
-                return None
-            opcode, length = head[0] & 0x0F, head[1] & 0x7F
-            if length == 126:
-                length = int.from_bytes(await self.reader.readexactly(2), "big")
-            elif length == 127:
-                length = int.from_bytes(await self.reader.readexactly(8), "big")
-            payload = await self.reader.readexactly(length)  # servers do not mask
-            if opcode == 0x8:
-                return None
-            if opcode == 0x9:  # ping: answer with a pong
-                self.writer.write(bytes([0x8A, 0x80 | len(payload)]) + b"\0\0\0\0" + payload)
-                continue
-            if opcode in (0x1, 0x0):
-                parts.append(payload)
-                if head[0] & 0x80:
-                    return b"".join(parts).decode()
-
-    def close(self):
-        try:
-            self.writer.write(bytes([0x88, 0x80]) + b"\0\0\0\0")
-            self.writer.close()
-        except (ConnectionError, RuntimeError):
-            pass
-
-
 class RunnerClient:
     """The runner page's websocket (`/ws/runner/`), spoken as the page does: a logged-in
     session's cookie and this site's Origin."""
@@ -492,7 +422,7 @@ class RunnerClient:
         self.ref = 0
 
     async def __aenter__(self):
-        self.ws = await WebsocketClient.connect(self.port, "/ws/runner/", {
+        self.ws = await connect(f"ws://127.0.0.1:{self.port}/ws/runner/", {
             "Origin": f"http://127.0.0.1:{self.port}", "Cookie": f"sessionid={self.session_key}"})
         ready = await self.expect(lambda m: m.get("type") in ("ready", "error"), 10)
         if ready["type"] != "ready":
@@ -500,10 +430,10 @@ class RunnerClient:
         return self
 
     async def __aexit__(self, *exc):
-        self.ws.close()
+        await self.ws.close()
 
     def send(self, frame):
-        self.ws.send_text(json.dumps(frame))
+        self.ws.send(json.dumps(frame))
 
     async def expect(self, matches, timeout=30):
         """The first message (kept or new) for which `matches` is true."""
@@ -515,7 +445,7 @@ class RunnerClient:
             remaining = deadline - time.monotonic()
             if remaining <= 0:
                 raise TimeoutError("the runner sent no such message")
-            text = await asyncio.wait_for(self.ws.receive_text(), remaining)
+            text = await asyncio.wait_for(self.ws.receive(), remaining)
             if text is None:
                 raise ConnectionError("the runner's websocket closed")
             message = json.loads(text)
