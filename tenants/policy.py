@@ -9,7 +9,7 @@ Nothing here trusts the isolate: the operation name and the arguments are the bl
 own, and are read as untrusted data.
 """
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields, make_dataclass
 from urllib.parse import urlsplit
 
 from tenants.models import OVERRIDABLE_FIELDS, PermissionProfile, split_list
@@ -37,39 +37,8 @@ FILE_WRITE_OPS = {"writeFile", "deleteFile"}
 LIST_FIELDS = {"blocked_extensions", "cdn_domains", "canvas_formats", "process_commands"}
 
 
-@dataclass(frozen=True)
-class EffectivePolicy:
-    files_access: str
-    max_file_size: int
-    storage_quota: int
-    blocked_extensions: tuple
-    files_rate_per_minute: int
-    network_access: str
-    cdn_domains: tuple
-    network_rate_per_minute: int
-    max_response_size: int
-    canvas_max_width: int
-    canvas_max_height: int
-    canvas_formats: tuple
-    canvas_max_ops: int
-    canvas_max_per_run: int
-    canvas_rate_per_minute: int
-    database_access: str
-    database_rate_per_minute: int
-    database_statement_timeout_ms: int
-    database_max_rows: int
-    database_max_result_bytes: int
-    process_allowed: bool
-    process_commands: tuple
-    process_timeout_seconds: int
-    process_max_output: int
-    process_rate_per_minute: int
-    memory_mb: int
-    time_limit_seconds: int
-    console_output_cap: int
-    concurrent_runs: int
-    profile_name: str = ""
-    overridden: frozenset = frozenset()
+class PolicyMethods:
+    """What an effective policy can do besides carrying its values."""
 
     def rate_per_minute(self, capability):
         return getattr(self, f"{capability}_rate_per_minute")
@@ -78,7 +47,26 @@ class EffectivePolicy:
         return {f.name: getattr(self, f.name) for f in fields(self)}
 
 
-assert set(OVERRIDABLE_FIELDS) == {f.name for f in fields(EffectivePolicy)} - {"profile_name", "overridden"}
+def value_type(model_field):
+    """The Python type of an overridable field's value in an effective policy."""
+    if model_field.name in LIST_FIELDS:
+        return tuple  # lists of names are stored as text and read as tuples
+    return {"BooleanField": bool, "CharField": str, "TextField": str}.get(model_field.get_internal_type(), int)
+
+
+# One attribute per overridable profile field (tenants.models.OVERRIDABLE_FIELDS), in the
+# model's order, plus the profile's name and which fields the tenant's overrides set. It
+# is built from the model, so that a new profile field is a policy value without being
+# listed again here. Frozen and defined at module level under its own name, so that it
+# pickles (the call context carries it to RQ workers).
+EffectivePolicy = make_dataclass(
+    "EffectivePolicy",
+    [(name, value_type(PermissionProfile._meta.get_field(name))) for name in OVERRIDABLE_FIELDS]
+    + [("profile_name", str, field(default="")), ("overridden", frozenset, field(default=frozenset()))],
+    bases=(PolicyMethods,),
+    frozen=True,
+)
+EffectivePolicy.__module__ = __name__
 
 
 def profile_values(profile: PermissionProfile):
