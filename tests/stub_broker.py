@@ -25,6 +25,8 @@ import secrets
 import struct
 import time
 
+from capabilities.registry import OPERATION_CAPABILITIES
+
 WEBSOCKET_GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 OP_CONTINUATION, OP_TEXT, OP_BINARY, OP_CLOSE, OP_PING, OP_PONG = 0x0, 0x1, 0x2, 0x8, 0x9, 0xA
 
@@ -67,6 +69,8 @@ class StubRun:
             "callTimeoutMs": call_timeout_ms,
             "maxInFlight": max_in_flight,
             "consoleCap": console_cap,
+            # As the platform's broker does: the runtime builds the block's API from it.
+            "operations": OPERATION_CAPABILITIES,
             **extra,
         }
         self.answer = answer
