@@ -261,7 +261,7 @@ EVERY_OPERATION = {
 }
 
 
-def test_a_block_can_call_every_operation_of_the_registry(run_block, acme):
+def test_a_block_can_call_every_operation_of_the_registry(run_block, acme, dispatch_path):
     assert set(EVERY_OPERATION) == set(OPERATIONS)
     calls = "\n".join(
         f"  try {{ const r = await {code}; if ({name!r} === 'canvas.createCanvas') canvasId = r.canvasId; outcomes.push([{name!r}, 'ok', null]); }}"
