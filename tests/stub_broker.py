@@ -25,8 +25,6 @@ import secrets
 import struct
 import time
 
-from capabilities.registry import OPERATION_CAPABILITIES
-
 WEBSOCKET_GUID = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11"
 OP_CONTINUATION, OP_TEXT, OP_BINARY, OP_CLOSE, OP_PING, OP_PONG = 0x0, 0x1, 0x2, 0x8, 0x9, 0xA
 
@@ -56,6 +54,16 @@ def echo(op, args):
     return {"ok": True, "data": args}
 
 
+def registry_operations():
+    """The platform's operations and their capabilities, as its broker sends them."""
+    # Imported here, not at the top: the registry imports the capabilities' handlers,
+    # which need Django's settings, and a script that runs this broker without Django
+    # (a server killed outright, in test_pool) passes a table of its own instead.
+    from capabilities.registry import OPERATION_CAPABILITIES
+
+    return OPERATION_CAPABILITIES
+
+
 class StubRun:
     def __init__(self, broker, code, name, input, env, call_timeout_ms, max_in_flight, console_cap, answer, extra):
         self.broker = broker
@@ -70,7 +78,7 @@ class StubRun:
             "maxInFlight": max_in_flight,
             "consoleCap": console_cap,
             # As the platform's broker does: the runtime builds the block's API from it.
-            "operations": OPERATION_CAPABILITIES,
+            "operations": extra["operations"] if "operations" in extra else registry_operations(),
             **extra,
         }
         self.answer = answer
