@@ -9,7 +9,6 @@ answered with `{id, ok, ...}` before its deadline.
 """
 
 import asyncio
-import base64
 import functools
 import hashlib
 import logging
@@ -27,7 +26,7 @@ from django.utils import timezone
 
 from capabilities import dispatch
 from capabilities.base import CallContext
-from capabilities.registry import OPERATIONS
+from capabilities.registry import OPERATION_CAPABILITIES, OPERATIONS
 from isolates.protocol import LIMITS, LOG_LEVELS, FrameError, decode_value, encode_frame, frame_limit, parse_frame
 from tenants import audit
 from tenants.models import BlockRun, Tenant
@@ -42,8 +41,6 @@ FORBIDDEN_ARGS = {"run", "runId", "tenant", "tenantId", "tenant_id", "profile", 
 # How long a tenant's policy and state are reused between calls of one run. A
 # suspension or a changed limit reaches running blocks within this time.
 POLICY_TTL = 1.0
-# Exported images up to this size are also sent to whoever watches the run.
-IMAGE_EVENT_MAX = 8 * 1024 * 1024
 # The platform's database being unreachable (restarting), as opposed to a bug.
 DATABASE_UNAVAILABLE = (OperationalError, InterfaceError)
 # How long the block's own outcome is retried while the database restarts.
@@ -56,22 +53,6 @@ def token_hash(token):
 
 def run_group(run_id):
     return f"run-{run_id}"
-
-
-def target_of(op, args):
-    name = op.target_arg
-    value = args.get(name) if name else None
-    if op.name == "database.query" and isinstance(value, str):
-        # A fingerprint, not the statement: literals could hold personal data.
-        return "sql:" + hashlib.sha256(value.encode()).hexdigest()[:12] + " " + " ".join(value.split()[:2])[:40]
-    if op.name.startswith("network.") and isinstance(value, str):
-        from urllib.parse import urlsplit
-
-        try:
-            return urlsplit(value).hostname or value[:100]
-        except ValueError:
-            return value[:100]
-    return value if isinstance(value, (str, int)) else ""
 
 
 # Runs whose isolates connect to this process's broker, prepared by the run service
@@ -257,6 +238,9 @@ class IsolateBrokerConsumer(AsyncWebsocketConsumer):
             "maxInFlight": LIMITS["max_in_flight"],
             "consoleCap": self.ctx.policy.console_output_cap,
             "maxFrameBytes": frame_limit(self.ctx.policy),
+            # The operations a block can call, and their capabilities: the runtime builds
+            # the block's `symposium` API from them.
+            "operations": OPERATION_CAPABILITIES,
         }))
 
     async def call(self, frame):
@@ -293,13 +277,13 @@ class IsolateBrokerConsumer(AsyncWebsocketConsumer):
         claimed = FORBIDDEN_ARGS & set(args)
         if claimed:
             return await refuse("INVALID_ARGUMENT", f"A call cannot name a {sorted(claimed)[0]}; it always acts for its own run.")
-        target = target_of(op, args)
+        target = op.audit_target(args)
         if len(self.in_flight) >= LIMITS["max_in_flight"]:
             return await self.answer(call_id, {"ok": False, "error": {
                 "code": "RATE_LIMITED", "message": f"Too many calls in flight (at most {LIMITS['max_in_flight']}); await some first.",
                 "retryAfter": 0.1}}, capability, op_label, target, "denied", started)
 
-        decision = decide(self.ctx.policy, op.name, args, tenant_active=self.tenant_active)
+        decision = decide(self.ctx.policy, op, args, tenant_active=self.tenant_active)
         if not decision.allowed:
             return await self.answer(call_id, {"ok": False, "error": {"code": decision.code, "message": decision.message}},
                                      capability, op_label, target, "denied", started)
@@ -400,28 +384,21 @@ class IsolateBrokerConsumer(AsyncWebsocketConsumer):
             return  # answered already (timed out), or the run is over
         call_id, op, target, started = entry
         outcome = "allowed" if reply.get("ok") else "failed"
-        await self.answer(call_id, reply, op.capability, op.name, target, outcome, started)
-        attempts = reply.get("attempts") if not reply.get("ok") else (reply.get("envelope") or {}).get("attempts")
-        if op.name == "network.sendWebhook" and isinstance(attempts, list):
-            self.audit_attempts(op, target, attempts)
+        await self.answer(call_id, reply, op.capability, op.name, target, outcome, started, watch_event=op.watch_event)
+        if op.attempt_rows is not None:
+            self.audit_attempts(op, target, op.attempt_rows(reply))
 
-    def audit_attempts(self, op, target, attempts):
-        """Each delivery attempt of a webhook is a row of its own, under the call's row."""
-        for attempt in attempts[:20]:
-            if not isinstance(attempt, dict):
-                continue
-            status = attempt.get("status")
-            delivered = isinstance(status, int) and 200 <= status < 300
+    def audit_attempts(self, op, target, rows):
+        """Each attempt a reply reports (a webhook's deliveries) is a row of its own,
+        under the call's row."""
+        for row in rows:
             audit.record(
                 tenant_id=self.ctx.tenant_id, tenant_slug=self.ctx.tenant_slug, run_id=self.ctx.run_id,
-                user_id=self.run.user_id, capability=op.capability, operation="network.sendWebhook.attempt",
-                target=target, outcome="allowed" if delivered else "failed",
-                error_code="" if delivered else "UPSTREAM_ERROR",
-                message=str(attempt.get("error") or (f"HTTP {status}" if status else ""))[:300],
-                duration_ms=attempt.get("durationMs") if isinstance(attempt.get("durationMs"), (int, float)) else None,
+                user_id=self.run.user_id, capability=op.capability, operation=f"{op.name}.attempt",
+                target=target, **row,
             )
 
-    async def answer(self, call_id, reply, capability, op_name, target, outcome, started):
+    async def answer(self, call_id, reply, capability, op_name, target, outcome, started, watch_event=None):
         if reply.get("ok"):
             # The envelope's fields travel under "envelope": a field may be named like a
             # frame key (getFileInfo returns a "type", fetch an "ok").
@@ -456,13 +433,11 @@ class IsolateBrokerConsumer(AsyncWebsocketConsumer):
         await self.group_event({"event": "call", "op": op_name, "target": str(target)[:200], "outcome": outcome,
                                 "code": error.get("code", ""), "message": error.get("message", ""),
                                 "ms": round(duration_ms, 2), "bytes": len(text)})
-        envelope = reply.get("envelope") or {}
-        image = envelope.get("data")
-        if op_name == "canvas.exportImage" and isinstance(image, (bytes, bytearray)) and len(image) <= IMAGE_EVENT_MAX:
-            # Whoever watches the run (the runner page) sees exported images inline.
-            await self.group_event({"event": "image", "mime": envelope.get("mimeType") or "image/png",
-                                    "data": base64.b64encode(image).decode(), "width": envelope.get("width"),
-                                    "height": envelope.get("height")})
+        if watch_event is not None and reply["ok"]:
+            # What the operation shows whoever watches the run (an exported image).
+            event = watch_event(reply["envelope"])
+            if event is not None:
+                await self.group_event(event)
 
     async def send_frame_text(self, text):
         """Send a frame, in parts when it is larger than one websocket message should be."""

@@ -2,7 +2,8 @@
 
 isolate -> broker: hello {token}, started, call {id, op, args}, log {level, text, t},
                    done {ok, result | error}
-broker -> isolate: start {code, name, input, env, callTimeoutMs, maxInFlight, consoleCap},
+broker -> isolate: start {code, name, input, env, callTimeoutMs, maxInFlight, consoleCap,
+                          maxFrameBytes, operations {name: capability}},
                    reply {id, ok, envelope | error}, stop {reason},
                    part {text, last} (a large frame's text in slices)
 

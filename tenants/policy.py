@@ -2,74 +2,26 @@
 
 `effective_policy(tenant)` is the tenant's profile with its overrides applied.
 `decide(policy, op, args)` says whether a call may go ahead; it is the first check the
-broker makes, before rate limits and before any handler runs. Handlers check further
-what only they can see (paths on disk, addresses after DNS, the storage quota).
+broker makes, before rate limits and before any handler runs. It decides per capability
+(DECIDERS), then runs the checks the operation itself names (capabilities.registry
+describes each operation and points at its checks here; this module knows no operation
+by name). Handlers check further what only they can see (paths on disk, addresses after
+DNS, the storage quota).
 
 Nothing here trusts the isolate: the operation name and the arguments are the block's
 own, and are read as untrusted data.
 """
 
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields, make_dataclass
 from urllib.parse import urlsplit
 
 from tenants.models import OVERRIDABLE_FIELDS, PermissionProfile, split_list
 
-# What each operation needs. The broker's allow-list of operations is this dict's keys
-# (capabilities.registry checks that every key has a handler).
-OPERATION_CAPABILITY = {
-    "readFile": "files",
-    "writeFile": "files",
-    "listDirectory": "files",
-    "getFileInfo": "files",
-    "fileExists": "files",
-    "deleteFile": "files",
-    "network.fetch": "network",
-    "network.sendWebhook": "network",
-    "canvas.createCanvas": "canvas",
-    "canvas.draw": "canvas",
-    "canvas.exportImage": "canvas",
-    "database.query": "database",
-    "database.transaction": "database",
-    "process.execute": "process",
-}
-FILE_READ_OPS = {"readFile", "listDirectory", "getFileInfo", "fileExists"}
-FILE_WRITE_OPS = {"writeFile", "deleteFile"}
 LIST_FIELDS = {"blocked_extensions", "cdn_domains", "canvas_formats", "process_commands"}
 
 
-@dataclass(frozen=True)
-class EffectivePolicy:
-    files_access: str
-    max_file_size: int
-    storage_quota: int
-    blocked_extensions: tuple
-    files_rate_per_minute: int
-    network_access: str
-    cdn_domains: tuple
-    network_rate_per_minute: int
-    max_response_size: int
-    canvas_max_width: int
-    canvas_max_height: int
-    canvas_formats: tuple
-    canvas_max_ops: int
-    canvas_max_per_run: int
-    canvas_rate_per_minute: int
-    database_access: str
-    database_rate_per_minute: int
-    database_statement_timeout_ms: int
-    database_max_rows: int
-    database_max_result_bytes: int
-    process_allowed: bool
-    process_commands: tuple
-    process_timeout_seconds: int
-    process_max_output: int
-    process_rate_per_minute: int
-    memory_mb: int
-    time_limit_seconds: int
-    console_output_cap: int
-    concurrent_runs: int
-    profile_name: str = ""
-    overridden: frozenset = frozenset()
+class PolicyMethods:
+    """What an effective policy can do besides carrying its values."""
 
     def rate_per_minute(self, capability):
         return getattr(self, f"{capability}_rate_per_minute")
@@ -78,7 +30,26 @@ class EffectivePolicy:
         return {f.name: getattr(self, f.name) for f in fields(self)}
 
 
-assert set(OVERRIDABLE_FIELDS) == {f.name for f in fields(EffectivePolicy)} - {"profile_name", "overridden"}
+def value_type(model_field):
+    """The Python type of an overridable field's value in an effective policy."""
+    if model_field.name in LIST_FIELDS:
+        return tuple  # lists of names are stored as text and read as tuples
+    return {"BooleanField": bool, "CharField": str, "TextField": str}.get(model_field.get_internal_type(), int)
+
+
+# One attribute per overridable profile field (tenants.models.OVERRIDABLE_FIELDS), in the
+# model's order, plus the profile's name and which fields the tenant's overrides set. It
+# is built from the model, so that a new profile field is a policy value without being
+# listed again here. Frozen and defined at module level under its own name, so that it
+# pickles (the call context carries it to RQ workers).
+EffectivePolicy = make_dataclass(
+    "EffectivePolicy",
+    [(name, value_type(PermissionProfile._meta.get_field(name))) for name in OVERRIDABLE_FIELDS]
+    + [("profile_name", str, field(default="")), ("overridden", frozenset, field(default=frozenset()))],
+    bases=(PolicyMethods,),
+    frozen=True,
+)
+EffectivePolicy.__module__ = __name__
 
 
 def profile_values(profile: PermissionProfile):
@@ -117,16 +88,26 @@ class Decision:
 ALLOW = Decision(True)
 
 
-def decide(policy: EffectivePolicy, op: str, args: dict, *, tenant_active=True) -> Decision:
-    """Whether the call may go ahead under this policy. Every denial names the reason."""
-    capability = OPERATION_CAPABILITY.get(op)
-    if capability is None:
-        return Decision.deny("INVALID_ARGUMENT", f"Unknown operation {str(op)[:40]!r}.")
+def decide(policy: EffectivePolicy, op, args: dict, *, tenant_active=True) -> Decision:
+    """Whether the call may go ahead under this policy. Every denial names the reason.
+
+    `op` is the operation as capabilities.registry describes it (its capability,
+    whether it writes, its own policy checks): the broker has looked it up, and has
+    refused a name it does not know, before asking."""
     if not tenant_active:
         return Decision.deny("PERMISSION_DENIED", "This tenant is suspended; it can start no run and make no call.")
     if not isinstance(args, dict):
         return Decision.deny("INVALID_ARGUMENT", "The call's arguments must be an object.")
-    return DECIDERS[capability](policy, op, args)
+    decider = DECIDERS.get(op.capability)
+    if decider is None:
+        # An operation of a capability no policy governs is not allowed (fail closed).
+        return Decision.deny("PERMISSION_DENIED", f"No policy governs {str(op.capability)[:40]} calls.")
+    decision = decider(policy, op, args)
+    for check in op.policy_checks:
+        if not decision.allowed:
+            break
+        decision = check(policy, args)
+    return decision
 
 
 def denied_for_profile(policy, what):
@@ -136,22 +117,26 @@ def denied_for_profile(policy, what):
 def decide_files(policy, op, args):
     if policy.files_access == "none":
         return denied_for_profile(policy, "file access")
-    if op in FILE_WRITE_OPS and policy.files_access == "read":
+    if op.writes and policy.files_access == "read":
         return denied_for_profile(policy, "writing or deleting files (read-only access)")
-    if op == "writeFile":
-        data = args.get("data")
-        size = len(data.encode("utf-8", "surrogatepass")) if isinstance(data, str) else len(data) if isinstance(data, (bytes, bytearray)) else 0
-        if size > policy.max_file_size:
-            return Decision.deny(
-                "QUOTA_EXCEEDED",
-                f"The file is {size} bytes; the largest file this tenant may write is {policy.max_file_size} bytes.",
-            )
-        path = args.get("path")
-        if isinstance(path, str) and policy.files_access != "all":
-            lowered = path.lower()
-            for ext in policy.blocked_extensions:
-                if lowered.endswith(ext):
-                    return denied_for_profile(policy, f"writing {ext} files")
+    return ALLOW
+
+
+def check_file_write(policy, args):
+    """A file written: its size, and its type unless the profile allows every type."""
+    data = args.get("data")
+    size = len(data.encode("utf-8", "surrogatepass")) if isinstance(data, str) else len(data) if isinstance(data, (bytes, bytearray)) else 0
+    if size > policy.max_file_size:
+        return Decision.deny(
+            "QUOTA_EXCEEDED",
+            f"The file is {size} bytes; the largest file this tenant may write is {policy.max_file_size} bytes.",
+        )
+    path = args.get("path")
+    if isinstance(path, str) and policy.files_access != "all":
+        lowered = path.lower()
+        for ext in policy.blocked_extensions:
+            if lowered.endswith(ext):
+                return denied_for_profile(policy, f"writing {ext} files")
     return ALLOW
 
 
@@ -190,27 +175,35 @@ def decide_network(policy, op, args):
 def decide_canvas(policy, op, args):
     if not policy.canvas_max_width or not policy.canvas_max_height:
         return denied_for_profile(policy, "canvases")
-    if op == "canvas.createCanvas":
-        width, height = args.get("width"), args.get("height")
-        for name, value in (("width", width), ("height", height)):
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value or value < 1 or value != int(value):
-                return Decision.deny("INVALID_ARGUMENT", f"The canvas {name} must be a whole number of pixels, at least 1.")
-        if width > policy.canvas_max_width or height > policy.canvas_max_height:
-            return Decision.deny(
-                "QUOTA_EXCEEDED",
-                f"A {int(width)}x{int(height)} canvas is larger than this tenant's limit of "
-                f"{policy.canvas_max_width}x{policy.canvas_max_height}.",
-            )
-    if op == "canvas.exportImage":
-        fmt = args.get("format", "png")
-        fmt = fmt.lower() if isinstance(fmt, str) else fmt
-        fmt = "jpeg" if fmt == "jpg" else "tiff" if fmt == "tif" else fmt
-        if fmt not in policy.canvas_formats:
-            allowed = ", ".join(policy.canvas_formats)
-            return Decision.deny(
-                "PERMISSION_DENIED" if fmt in ("png", "jpeg", "webp", "gif", "bmp", "tiff") else "INVALID_ARGUMENT",
-                f"Export format {str(fmt)[:20]!r} is not available to this tenant (available: {allowed}).",
-            )
+    return ALLOW
+
+
+def check_canvas_size(policy, args):
+    """A canvas created: whole pixels, within the profile's largest canvas."""
+    width, height = args.get("width"), args.get("height")
+    for name, value in (("width", width), ("height", height)):
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or value != value or value < 1 or value != int(value):
+            return Decision.deny("INVALID_ARGUMENT", f"The canvas {name} must be a whole number of pixels, at least 1.")
+    if width > policy.canvas_max_width or height > policy.canvas_max_height:
+        return Decision.deny(
+            "QUOTA_EXCEEDED",
+            f"A {int(width)}x{int(height)} canvas is larger than this tenant's limit of "
+            f"{policy.canvas_max_width}x{policy.canvas_max_height}.",
+        )
+    return ALLOW
+
+
+def check_export_format(policy, args):
+    """An image exported: in one of the profile's formats."""
+    fmt = args.get("format", "png")
+    fmt = fmt.lower() if isinstance(fmt, str) else fmt
+    fmt = "jpeg" if fmt == "jpg" else "tiff" if fmt == "tif" else fmt
+    if fmt not in policy.canvas_formats:
+        allowed = ", ".join(policy.canvas_formats)
+        return Decision.deny(
+            "PERMISSION_DENIED" if fmt in ("png", "jpeg", "webp", "gif", "bmp", "tiff") else "INVALID_ARGUMENT",
+            f"Export format {str(fmt)[:20]!r} is not available to this tenant (available: {allowed}).",
+        )
     return ALLOW
 
 

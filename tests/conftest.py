@@ -4,12 +4,11 @@ Alice owns the "acme" tenant, Bob is a member of it, and Mallory is an outsider 
 should have no access to Acme's stuff. Each test gets its own storage root.
 """
 
-import importlib
-
 import pytest
 from django.contrib.auth import get_user_model
 
 from tenants.models import Membership, PermissionProfile, Tenant
+from tenants.profiles import PROFILES
 from tests.blocks import dispatch_path, rq_dispatch, run_block, seeded, server  # noqa: F401  (fixtures)
 
 
@@ -48,15 +47,12 @@ def storage_root(settings, tmp_path):
     return settings.TENANT_STORAGE_ROOT
 
 
-SEED = importlib.import_module("tenants.migrations.0002_seed_profiles")
-
-
 @pytest.fixture
 def profiles(db):
     # Transactional tests flush the database after each test, data migrations' rows
     # included: put the seed profiles back when they are gone.
     if not PermissionProfile.objects.exists():
-        for values in SEED.PROFILES:
+        for values in PROFILES:
             PermissionProfile.objects.create(**values)
     return {p.name: p for p in PermissionProfile.objects.all()}
 

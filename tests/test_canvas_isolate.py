@@ -14,9 +14,8 @@ import pytest
 from asgiref.sync import sync_to_async
 from PIL import Image
 
-from capabilities import files
 from capabilities.base import CapabilityError
-from capabilities.canvas import create_canvas, draw, export_image
+from capabilities.registry import OPERATIONS
 from isolates.pool import IsolatePool
 from isolates.protocol import decode_value
 from tenants.policy import decide
@@ -26,12 +25,8 @@ from tests.test_canvas import isolated_run_state  # noqa: F401 (an autouse fixtu
 
 pytestmark = pytest.mark.django_db(transaction=True)
 
-HANDLERS = {
-    "canvas.createCanvas": create_canvas,
-    "canvas.draw": draw,
-    "canvas.exportImage": export_image,
-    "writeFile": files.write_file,
-}
+# The operations these blocks call, answered as the broker would; any other is refused.
+ANSWERED = {name: OPERATIONS[name] for name in ("canvas.createCanvas", "canvas.draw", "canvas.exportImage", "writeFile")}
 
 # The seed's "Canvas Operations" example, unchanged.
 SEED_CANVAS_EXAMPLE = """
@@ -117,11 +112,13 @@ export default () => codes;
 def answering_as(ctx):
     async def answer(op, args):
         args = decode_value(args)
-        decision = decide(ctx.policy, op, args)
+        if op not in ANSWERED:
+            return {"ok": False, "error": {"code": "INVALID_ARGUMENT", "message": f"Unknown operation {op!r}."}}
+        decision = decide(ctx.policy, ANSWERED[op], args)
         if not decision.allowed:
             return {"ok": False, "error": {"code": decision.code, "message": decision.message}}
         try:
-            reply = await asyncio.to_thread(HANDLERS[op], ctx, args)
+            reply = await asyncio.to_thread(ANSWERED[op].handler, ctx, args)
         except CapabilityError as error:
             return {"ok": False, "error": error.as_error()}
         return {"ok": True, "envelope": reply}

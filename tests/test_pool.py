@@ -177,7 +177,7 @@ def test_isolates_die_with_the_server_that_started_them(tmp_path):
             broker = await StubBroker().start()
             pool = IsolatePool(broker.port, warm_size=1, warm_limits=[(64, 10)])
             await pool.fill()
-            run = broker.add_run("await new Promise(() => {{}})")
+            run = broker.add_run("await new Promise(() => {{}})", operations={{}})
             running = await pool.acquire(memory_mb=64, cpu_seconds=10)
             await running.assign(broker.url, run.token)
             while run.started_at is None:

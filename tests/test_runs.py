@@ -12,6 +12,8 @@ from pathlib import Path
 import pytest
 from django.conf import settings
 
+from capabilities.database import statement_fingerprint
+from capabilities.registry import OPERATIONS
 from tenants import audit
 from tenants.models import AuditLog, BlockRun, PolicyOverride
 from tenants.ratelimit import reset_limiter
@@ -234,3 +236,70 @@ def test_other_runs_carry_on_after_a_bomb(run_block, acme, make_tenant):
     assert bomb.status == "failed"
     run = run_block(acme, "export default () => 'still here'")
     assert run.status == "succeeded" and run.result == "still here"
+
+
+# One call of every operation, made through the block's API with its documented
+# parameters, and the audit target the broker should record for it. Calls that fail
+# (a missing file, a private address, a capability the profile lacks) serve as well as
+# ones that succeed: what matters is that the block could make them, that the broker knew
+# them, and what it recorded.
+EVERY_OPERATION = {
+    "writeFile": ("symposium.writeFile('notes/a.txt', 'hi')", "notes/a.txt"),
+    "readFile": ("symposium.readFile('notes/a.txt')", "notes/a.txt"),
+    "listDirectory": ("symposium.listDirectory('notes')", "notes"),
+    "getFileInfo": ("symposium.getFileInfo('notes/a.txt')", "notes/a.txt"),
+    "fileExists": ("symposium.fileExists('notes/a.txt')", "notes/a.txt"),
+    "deleteFile": ("symposium.deleteFile('notes/a.txt')", "notes/a.txt"),
+    "network.fetch": ("symposium.network.fetch('http://127.0.0.1:9/secret?token=x')", "127.0.0.1"),
+    "network.sendWebhook": ("symposium.network.sendWebhook('http://127.0.0.1:9/hook', { a: 1 })", "127.0.0.1"),
+    "canvas.createCanvas": ("symposium.canvas.createCanvas(20, 10)", ""),
+    "canvas.draw": ("symposium.canvas.draw(canvasId, [{ type: 'fillRect', x: 0, y: 0, width: 5, height: 5 }])", "CANVAS"),
+    "canvas.exportImage": ("symposium.canvas.exportImage(canvasId, 'png')", "CANVAS"),
+    "database.query": ("symposium.database.query('SELECT 1 AS one')", "SQL"),
+    "database.transaction": ("symposium.database.transaction([{ query: 'SELECT 1' }])", ""),
+    "process.execute": ("symposium.process.execute('ls', ['-la'])", "ls"),
+}
+
+
+def test_a_block_can_call_every_operation_of_the_registry(run_block, acme, dispatch_path):
+    assert set(EVERY_OPERATION) == set(OPERATIONS)
+    calls = "\n".join(
+        f"  try {{ const r = await {code}; if ({name!r} === 'canvas.createCanvas') canvasId = r.canvasId; outcomes.push([{name!r}, 'ok', null]); }}"
+        f" catch (e) {{ outcomes.push([{name!r}, e.code, e.capability, e.message]); }}"
+        for name, (code, _) in EVERY_OPERATION.items()
+    )
+    code = f"""
+    function methods(object, prefix) {{
+      return Object.entries(object).flatMap(([key, value]) =>
+        typeof value === 'function' ? [prefix + key] : key === 'utils' ? [] : methods(value, prefix + key + '.'));
+    }}
+    export default async () => {{
+      const outcomes = [];
+      let canvasId = null;
+    {calls}
+      return {{ api: methods(symposium, ''), outcomes, canvasId, unknown: typeof symposium.shell }};
+    }};
+    """
+    run = run_block(acme, code)
+    assert run.status == "succeeded", (run.error_code, run.error)
+    # The block's API is the registry's operations, no more and no fewer.
+    assert sorted(run.result["api"]) == sorted(OPERATIONS)
+    assert run.result["unknown"] == "undefined"
+    for name, code_, *rest in run.result["outcomes"]:
+        if code_ != "ok":
+            # A refusal names the operation's capability, as the registry has it.
+            capability, message = rest
+            assert capability == OPERATIONS[name].capability, (name, rest)
+            assert "Unknown operation" not in message, (name, message)
+    rows = {r.operation: r for r in audit_rows(run_id=run.id) if not r.operation.endswith(".attempt")}
+    assert set(rows) == set(OPERATIONS)
+    assert run.result["canvasId"]
+    for name, (_, target) in EVERY_OPERATION.items():
+        if target == "SQL":
+            target = statement_fingerprint({"sql": "SELECT 1 AS one"})
+        elif target == "CANVAS":
+            target = run.result["canvasId"]
+        assert (rows[name].capability, rows[name].target) == (OPERATIONS[name].capability, target), name
+    # What operations report besides their own row: the webhook's attempt, the image.
+    assert [r.operation for r in audit_rows(run_id=run.id, operation__endswith=".attempt")] == ["network.sendWebhook.attempt"]
+    assert [e["mime"] for e in run.events if e.get("event") == "image"] == ["image/png"]

@@ -170,6 +170,36 @@ async def test_it_builds_the_documented_arguments_for_every_operation(pool, brok
     ]
 
 
+async def test_it_builds_the_api_from_the_operations_the_broker_names(pool, broker):
+    # The runtime knows no operation of its own: a broker that serves two gets a block
+    # with two methods (and the utils), each naming the capability the broker gave it; an
+    # operation the runtime has no signature for takes its arguments as one object.
+    operations = {"readFile": "files", "weather.forecast": "weather"}
+    code = """
+    export default async () => {
+      const shape = Object.fromEntries(Object.entries(symposium).map(([k, v]) => [k, typeof v === 'function' ? 'function' : Object.keys(v)]));
+      let refused;
+      try { await symposium.weather.forecast({ city: 'Oslo' }); } catch (e) { refused = [e.code, e.capability]; }
+      return { shape, refused, fetch: typeof symposium.network };
+    };
+    """
+    answer = lambda op, args: {"ok": False, "error": {"code": "PERMISSION_DENIED", "message": "no"}}  # noqa: E731
+    run_, done, _ = await run(pool, broker, code, operations=operations, answer=answer)
+    assert done["ok"], done
+    assert done["result"]["shape"] == {"readFile": "function", "weather": ["forecast"],
+                                       "utils": ["generateTempPath", "getTimestamp", "generateId"]}
+    assert done["result"]["refused"] == ["PERMISSION_DENIED", "weather"]
+    assert done["result"]["fetch"] == "undefined"
+    assert [(c["op"], c["args"]) for c in run_.calls] == [("weather.forecast", {"city": "Oslo"})]
+
+
+@pytest.mark.parametrize("operations", [None, ["readFile"], {"__proto__": "files"}, {"a.b.c": "files"}, {"readFile": 1}])
+async def test_it_refuses_a_start_frame_without_a_sound_operation_table(pool, broker, operations):
+    _, done, exit = await run(pool, broker, "export default () => 1", operations=operations)
+    assert done is None
+    assert exit.returncode == 11 and exit.reason == "the assignment or start frame was malformed"
+
+
 async def test_it_offers_the_local_utils_synchronously(pool, broker):
     code = """
     export default () => {

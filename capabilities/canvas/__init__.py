@@ -5,6 +5,6 @@
 encoding (Pillow) in encode.py. See docs/canvas.md.
 """
 
-from capabilities.canvas.handlers import create_canvas, draw, export_image
+from capabilities.canvas.handlers import create_canvas, draw, export_image, image_event
 
-__all__ = ["create_canvas", "draw", "export_image"]
+__all__ = ["create_canvas", "draw", "export_image", "image_event"]

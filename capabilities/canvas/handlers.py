@@ -10,6 +10,7 @@ decide() in tenants.policy has checked the profile already (canvas allowed, size
 export format); these handlers check again themselves, as they must never trust args.
 """
 
+import base64
 import math
 from functools import partial
 
@@ -277,3 +278,13 @@ def export_image(ctx, args):
         "height": meta["height"],
         "size": len(data),
     }
+
+
+def image_event(envelope):
+    """What whoever watches the run sees of an export: the image itself, when it is small
+    enough to send inline."""
+    image = envelope.get("data")
+    if not isinstance(image, (bytes, bytearray)) or len(image) > limits.IMAGE_EVENT_MAX:
+        return None
+    return {"event": "image", "mime": envelope.get("mimeType") or "image/png", "data": base64.b64encode(image).decode(),
+            "width": envelope.get("width"), "height": envelope.get("height")}

@@ -13,6 +13,10 @@ MAX_TEXT_LENGTH = 10_000
 # profile allowing 200,000 ops could store 2 GB of text in the run state.
 MAX_TEXT_PER_CANVAS = 1_000_000
 
+# Exported images up to this size are also sent, inline, to whoever watches the run (the
+# runner page shows them); larger ones would be a channel-layer message too large to send.
+IMAGE_EVENT_MAX = 8 * 1024 * 1024
+
 # Memory one export may use: the canvas (width x height x 4 bytes), the copy handed to
 # the encoder, the encoder's own copy when it converts (JPEG, GIF), the encoded bytes,
 # plus every drawImage source (another canvas, a decoded file). Estimated before any

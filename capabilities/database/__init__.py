@@ -8,6 +8,8 @@ PostgreSQL (capabilities.database.postgres). Before anything runs, the text is r
 (capabilities.database.sqltext) and checked (capabilities.database.guard).
 """
 
+import hashlib
+
 from django.conf import settings
 
 from capabilities.base import CapabilityError
@@ -16,7 +18,16 @@ from capabilities.database.limits import MAX_TRANSACTION_STEPS
 from capabilities.database.sqltext import POSTGRES, SQLITE, check_params, parse_statement
 from capabilities.database.values import check_param
 
-__all__ = ["query", "transaction"]
+__all__ = ["query", "statement_fingerprint", "transaction"]
+
+
+def statement_fingerprint(args):
+    """The audit target of a query: a fingerprint of the statement and its first two
+    words, not the statement, whose literals could hold personal data."""
+    sql = args.get("sql")
+    if not isinstance(sql, str):
+        return sql if isinstance(sql, int) else ""
+    return "sql:" + hashlib.sha256(sql.encode()).hexdigest()[:12] + " " + " ".join(sql.split()[:2])[:40]
 
 
 def _backend():

@@ -8,7 +8,21 @@ administrator allow-listed for the tenant, checked after DNS and on every redire
 (capabilities.network.transport).
 """
 
-from capabilities.network.fetch import fetch
-from capabilities.network.webhooks import send_webhook
+from urllib.parse import urlsplit
 
-__all__ = ["fetch", "send_webhook"]
+from capabilities.network.fetch import fetch
+from capabilities.network.webhooks import delivery_attempt_rows, send_webhook
+
+__all__ = ["delivery_attempt_rows", "fetch", "send_webhook", "url_host"]
+
+
+def url_host(args):
+    """The audit target of a network call: the host of its URL, not the URL (whose path
+    and query may carry tokens)."""
+    url = args.get("url")
+    if not isinstance(url, str):
+        return url if isinstance(url, int) else ""
+    try:
+        return urlsplit(url).hostname or url[:100]
+    except ValueError:
+        return url[:100]

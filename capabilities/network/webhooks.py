@@ -154,3 +154,24 @@ def send_webhook(ctx, args):
         "attempts": attempts,
         "ok": delivered,
     }
+
+
+def delivery_attempt_rows(reply):
+    """An audit row for each delivery attempt a webhook's reply reports (at most 20),
+    delivered or not, under the call's own row."""
+    attempts = reply.get("attempts") if not reply.get("ok") else (reply.get("envelope") or {}).get("attempts")
+    if not isinstance(attempts, list):
+        return []
+    rows = []
+    for attempt in attempts[:20]:
+        if not isinstance(attempt, dict):
+            continue
+        status = attempt.get("status")
+        delivered = isinstance(status, int) and 200 <= status < 300
+        rows.append(dict(
+            outcome="allowed" if delivered else "failed",
+            error_code="" if delivered else "UPSTREAM_ERROR",
+            message=str(attempt.get("error") or (f"HTTP {status}" if status else ""))[:300],
+            duration_ms=attempt.get("durationMs") if isinstance(attempt.get("durationMs"), (int, float)) else None,
+        ))
+    return rows

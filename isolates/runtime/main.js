@@ -7,7 +7,8 @@
 //    prints "ready" on stdout: the isolate is now warm.
 // 2. Reads its assignment, one JSON line on stdin: {"url": "ws://127.0.0.1:PORT/...",
 //    "token": "..."}; connects to the broker and says hello with the token.
-// 3. Relays frames: "start" to the worker; the worker's calls, logs and result to the
+// 3. Relays frames: "start" to the worker (with the operations the broker serves, from
+//    which the worker builds the block's `symposium` API); the worker's calls, logs and result to the
 //    broker; the broker's replies back to the worker; "stop" ends the process at once.
 // 4. Exits after the block's "done" or when the broker goes away: one run per process.
 //
@@ -215,9 +216,28 @@ function blockName(name) {
   return base || "block.js";
 }
 
+// The operations the broker serves, {name: capability}: names like "readFile" or
+// "canvas.draw". The worker builds the block's `symposium` API from them.
+const OPERATION_NAME = /^[A-Za-z][A-Za-z0-9]{0,30}(\.[A-Za-z][A-Za-z0-9]{0,30})?$/;
+
+function operationTable(operations) {
+  if (operations === null || typeof operations !== "object" || Array.isArray(operations)) {
+    fatal(EXIT_BAD_ASSIGNMENT, "the start frame names no operations");
+  }
+  const table = {};
+  for (const [name, capability] of Object.entries(operations)) {
+    if (!OPERATION_NAME.test(name) || name.startsWith("utils.") || name === "utils" || typeof capability !== "string" || capability.length > 40) {
+      fatal(EXIT_BAD_ASSIGNMENT, "the start frame names a malformed operation");
+    }
+    table[name] = capability;
+  }
+  return table;
+}
+
 function onStart(frame) {
   if (run !== null) return;
   if (typeof frame.code !== "string") fatal(EXIT_BAD_ASSIGNMENT, "the start frame has no code");
+  const operations = operationTable(frame.operations);
   const env = {};
   if (frame.env && typeof frame.env === "object") {
     for (const [key, value] of Object.entries(frame.env)) if (typeof value === "string") env[key] = value;
@@ -235,6 +255,7 @@ function onStart(frame) {
     name: run.name,
     input: frame.input ?? null,
     env,
+    operations,
     callTimeoutMs: run.callTimeoutMs,
     maxInFlight: run.maxInFlight,
     consoleCap: run.consoleCap,

@@ -1,4 +1,5 @@
-// The block's side of the isolate: the `symposium` proxy API, console capture, `process.env`
+// The block's side of the isolate: the `symposium` proxy API (built from the operations the
+// broker names in its start frame), console capture, `process.env`
 // and the code that loads and runs the block.
 //
 // This module runs first in the Deno Web Worker that will hold the block (created by
@@ -13,24 +14,6 @@ const addListener = globalThis.addEventListener.bind(globalThis);
 const inspect = Deno.inspect;
 const NotCapable = Deno.errors.NotCapable;
 const RUNTIME_URL = import.meta.url;
-
-// Which capability each operation belongs to (SymposiumError.capability).
-const CAPABILITY = {
-  readFile: "files",
-  writeFile: "files",
-  listDirectory: "files",
-  getFileInfo: "files",
-  fileExists: "files",
-  deleteFile: "files",
-  "network.fetch": "network",
-  "network.sendWebhook": "network",
-  "canvas.createCanvas": "canvas",
-  "canvas.draw": "canvas",
-  "canvas.exportImage": "canvas",
-  "database.query": "database",
-  "database.transaction": "database",
-  "process.execute": "process",
-};
 
 // Set by the start message; the defaults only matter if a block calls before it.
 const config = { callTimeoutMs: 30000, maxInFlight: 64, consoleCap: 1024 * 1024 };
@@ -318,8 +301,7 @@ function failCall(error, code, message, retryAfter = null) {
   return error;
 }
 
-function call(op, args) {
-  const capability = CAPABILITY[op];
+function call(op, capability, args) {
   if (pending.size >= config.maxInFlight) {
     // Rejected a moment later, not at once, so the caller has attached its handlers by
     // then: Deno's bookkeeping of promises rejected before they have a handler costs
@@ -397,52 +379,67 @@ const options = (value) => (value && typeof value === "object" ? value : {});
 
 // The API's methods return call()'s promise itself (an async wrapper would add a promise
 // per call), and turn anything thrown while building the arguments into a rejection.
-function method(op, buildArgs) {
+function method(op, capability, buildArgs) {
   return (...params) => {
     let args;
     try {
       args = buildArgs(...params);
     } catch (error) {
-      return Promise.reject(new SymposiumError("INVALID_ARGUMENT", `${callName(op)}: the arguments cannot be read (${scrub(error?.message ?? error)})`, CAPABILITY[op], null, op));
+      return Promise.reject(new SymposiumError("INVALID_ARGUMENT", `${callName(op)}: the arguments cannot be read (${scrub(error?.message ?? error)})`, capability, null, op));
     }
-    return call(op, args);
+    return call(op, capability, args);
   };
 }
 
-const symposium = Object.freeze({
-  readFile: method("readFile", (path, opts) => ({ path, encoding: typeof opts === "string" ? opts : (options(opts).encoding ?? "utf-8") })),
-  writeFile: method("writeFile", (path, data) => ({ path, data })),
-  listDirectory: method("listDirectory", (path = "") => ({ path })),
-  getFileInfo: method("getFileInfo", (path) => ({ path })),
-  fileExists: method("fileExists", (path) => ({ path })),
-  deleteFile: method("deleteFile", (path) => ({ path })),
-  network: Object.freeze({
-    fetch: method("network.fetch", (url, opts) => ({ url, ...options(opts) })),
-    sendWebhook: method("network.sendWebhook", (url, payload, opts) => ({ url, payload, ...options(opts) })),
-  }),
-  canvas: Object.freeze({
-    createCanvas: method("canvas.createCanvas", (width, height) => ({ width, height })),
-    draw: method("canvas.draw", (canvasId, ops) => ({ canvasId, ops })),
-    // Like toDataURL(type, quality), a bare number is the quality.
-    exportImage: method("canvas.exportImage", (canvasId, format = "png", opts) =>
-      typeof opts === "number" ? { canvasId, format, quality: opts } : { canvasId, format, ...options(opts) }),
-  }),
-  database: Object.freeze({
-    query: method("database.query", (sql, params = []) => ({ sql, params })),
-    transaction: method("database.transaction", (steps) => ({ steps })),
-  }),
-  process: Object.freeze({
-    execute: method("process.execute", (command, args = [], opts) => ({ command, args, ...options(opts) })),
-  }),
-  utils: Object.freeze({
-    generateTempPath: (extension = ".tmp") => {
-      const ext = extension === "" || String(extension).startsWith(".") ? String(extension) : `.${extension}`;
-      return `temp/tmp_${Date.now()}_${randomString(6)}${ext}`;
-    },
-    getTimestamp: () => Date.now(),
-    generateId: () => randomString(12),
-  }),
+// How each method's parameters become its call's arguments: the API's signatures. Which
+// operations exist, and their capabilities, come from the broker (the start message);
+// an operation without a signature here takes its arguments as one object.
+const SIGNATURES = {
+  readFile: (path, opts) => ({ path, encoding: typeof opts === "string" ? opts : (options(opts).encoding ?? "utf-8") }),
+  writeFile: (path, data) => ({ path, data }),
+  listDirectory: (path = "") => ({ path }),
+  getFileInfo: (path) => ({ path }),
+  fileExists: (path) => ({ path }),
+  deleteFile: (path) => ({ path }),
+  "network.fetch": (url, opts) => ({ url, ...options(opts) }),
+  "network.sendWebhook": (url, payload, opts) => ({ url, payload, ...options(opts) }),
+  "canvas.createCanvas": (width, height) => ({ width, height }),
+  "canvas.draw": (canvasId, ops) => ({ canvasId, ops }),
+  // Like toDataURL(type, quality), a bare number is the quality.
+  "canvas.exportImage": (canvasId, format = "png", opts) =>
+    typeof opts === "number" ? { canvasId, format, quality: opts } : { canvasId, format, ...options(opts) },
+  "database.query": (sql, params = []) => ({ sql, params }),
+  "database.transaction": (steps) => ({ steps }),
+  "process.execute": (command, args = [], opts) => ({ command, args, ...options(opts) }),
+};
+
+const utils = Object.freeze({
+  generateTempPath: (extension = ".tmp") => {
+    const ext = extension === "" || String(extension).startsWith(".") ? String(extension) : `.${extension}`;
+    return `temp/tmp_${Date.now()}_${randomString(6)}${ext}`;
+  },
+  getTimestamp: () => Date.now(),
+  generateId: () => randomString(12),
 });
+
+// The `symposium` object: one method per operation the broker named ("readFile" becomes
+// symposium.readFile, "canvas.draw" symposium.canvas.draw), plus the local utils.
+function buildApi(operations) {
+  const api = {};
+  const namespaces = new Map();
+  for (const [op, capability] of Object.entries(operations)) {
+    const fn = method(op, capability, Object.hasOwn(SIGNATURES, op) ? SIGNATURES[op] : (args) => options(args));
+    const [first, second] = op.split(".");
+    if (second === undefined) api[op] = fn;
+    else {
+      if (!namespaces.has(first)) namespaces.set(first, {});
+      namespaces.get(first)[second] = fn;
+    }
+  }
+  for (const [name, namespace] of namespaces) api[name] = Object.freeze(namespace);
+  api.utils = utils;
+  return Object.freeze(api);
+}
 
 // -- the block's globals -----------------------------------------------------------------
 
@@ -457,7 +454,6 @@ function notAvailable(what) {
   };
 }
 
-defineGlobal("symposium", symposium);
 defineGlobal("SymposiumError", SymposiumError);
 defineGlobal("console", blockConsole);
 // A nested Worker would be a second V8 isolate in this process, outside the limits this
@@ -532,6 +528,7 @@ async function runBlock(start) {
   config.maxInFlight = start.maxInFlight;
   config.consoleCap = start.consoleCap;
   blockName = start.name;
+  defineGlobal("symposium", buildApi(start.operations));
   startProcessGlobal(start.env ?? {});
   blockUrl = URL.createObjectURL(new Blob([start.code], { type: "text/javascript" }));
   let module;

@@ -2,6 +2,10 @@
 
 Numbers the seed gives are used as given; where it is silent (marked "chosen") the value
 is ours and is documented in docs/policy.md. Admins may edit all of them afterwards.
+
+A frozen copy of tenants/profiles.py as it was when this migration was written: a
+migration must create the same rows whenever it runs. tests/test_profiles.py checks
+that the two agree.
 """
 
 from django.db import migrations

@@ -30,6 +30,16 @@ def echo(op, args):
     return {"ok": True, "data": args}
 
 
+def registry_operations():
+    """The platform's operations and their capabilities, as its broker sends them."""
+    # Imported here, not at the top: the registry imports the capabilities' handlers,
+    # which need Django's settings, and a script that runs this broker without Django
+    # (a server killed outright, in test_pool) passes a table of its own instead.
+    from capabilities.registry import OPERATION_CAPABILITIES
+
+    return OPERATION_CAPABILITIES
+
+
 class StubRun:
     def __init__(self, broker, code, name, input, env, call_timeout_ms, max_in_flight, console_cap, answer, extra):
         self.broker = broker
@@ -43,6 +53,8 @@ class StubRun:
             "callTimeoutMs": call_timeout_ms,
             "maxInFlight": max_in_flight,
             "consoleCap": console_cap,
+            # As the platform's broker does: the runtime builds the block's API from it.
+            "operations": extra["operations"] if "operations" in extra else registry_operations(),
             **extra,
         }
         self.answer = answer
