@@ -5,11 +5,12 @@ when DESIGN.md gives it, "chosen" with the reason when the seed is silent and th
 is ours. Admins edit the profiles in the admin afterwards; this is what a fresh platform
 starts with.
 
-Migration 0002 keeps a frozen copy of these rows, as migrations must (a migration that
-read this module would give old and new databases different histories), and
-tests/test_profiles.py checks that a freshly migrated database holds exactly what this
-module says, and that docs/policy.md's table shows the same numbers. A change here
-therefore needs a data migration too.
+Migration 0002 makes the profiles from this module (the fields its model had then), and
+each later migration that adds a profile field fills that field in from here; so these
+numbers exist in this one place. tests/test_profiles.py checks that a freshly migrated
+database holds exactly what this module says, and that docs/policy.md's table shows the
+same numbers. Changing a value here reaches new databases at once; existing ones need a
+data migration that applies it.
 """
 
 MB = 1024 * 1024
@@ -160,3 +161,10 @@ ADVANCED = dict(
 )
 
 PROFILES = [BASIC, INTERACTIVE, DATA, ADVANCED]
+
+
+def profile_values(model, values):
+    """The values a migration's historical PermissionProfile model can hold: a migration
+    runs against the fields the model had at its point in the history."""
+    known = {field.name for field in model._meta.get_fields()}
+    return {name: value for name, value in values.items() if name in known}
