@@ -141,7 +141,10 @@ def test_reapruns_fails_the_runs_of_a_server_whose_heartbeat_stopped(acme, capsy
         run.refresh_from_db()
         assert run.status == "running"
     # The dead server's row goes once it has no unfinished run left.
-    assert list(ServerProcess.objects.values_list("name", flat=True)) == ["web-3:42-bb"]
+    # (Servers this test process runs for other tests may have beaten meanwhile: only
+    # the rows this test made are its business.)
+    names = set(ServerProcess.objects.values_list("name", flat=True))
+    assert "web-3:42-bb" in names and "web-2:41-aa" not in names
 
 
 def test_it_knows_at_once_that_a_server_on_this_machine_is_gone(acme):
