@@ -15,6 +15,8 @@ import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+from django.core.cache import caches
+
 ERROR_CODES = (
     "PERMISSION_DENIED",
     "RATE_LIMITED",
@@ -110,6 +112,4 @@ class CallContext:
 def run_state():
     """A cache shared by every process of the platform (Redis when configured,
     process memory otherwise), for what a run keeps between calls."""
-    from django.core.cache import caches
-
     return caches["runstate"]

@@ -33,6 +33,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import deno
+
 logger = logging.getLogger(__name__)
 
 ISOLATES_DIR = Path(__file__).resolve().parent
@@ -79,8 +81,6 @@ def semi_space_mb(memory_mb):
 
 
 def find_deno():
-    import deno
-
     return deno.find_deno_bin()
 
 

@@ -24,9 +24,15 @@ import secrets
 import socket
 from datetime import timedelta
 
+from asgiref.sync import async_to_sync
+from channels.layers import get_channel_layer
 from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
+
+from isolates.broker import run_group
+from isolates.models import ServerProcess
+from tenants.models import BlockRun
 
 logger = logging.getLogger(__name__)
 
@@ -69,8 +75,6 @@ def new_server_name():
 
 def beat(name, runs_in_flight=0):
     """Write this process's heartbeat (creating its row the first time)."""
-    from isolates.models import ServerProcess
-
     now = timezone.now()
     updated = ServerProcess.objects.filter(name=name).update(heartbeat=now, runs_in_flight=runs_in_flight)
     if not updated:
@@ -81,15 +85,11 @@ def beat(name, runs_in_flight=0):
 
 
 def forget(name):
-    from isolates.models import ServerProcess
-
     ServerProcess.objects.filter(name=name).delete()
 
 
 def dead_servers(now=None, alive=()):
     """Names of servers whose heartbeat is stale, or that are gone from this machine."""
-    from isolates.models import ServerProcess
-
     now = now or timezone.now()
     stale_before = now - timedelta(seconds=settings.SYMPOSIUM_HEARTBEAT_STALE_SECONDS)
     here = machine_id()
@@ -113,9 +113,6 @@ def reap(now=None, alive=()):
     `alive` names servers known to be alive whatever their row says (the calling process
     itself). A run whose server has no row at all is reaped too once it is older than
     the stale time: its server never beat, or its row was already removed."""
-    from isolates.models import ServerProcess
-    from tenants.models import BlockRun
-
     now = now or timezone.now()
     dead = dead_servers(now, alive)
     known = set(ServerProcess.objects.values_list("name", flat=True))
@@ -143,9 +140,6 @@ def reap(now=None, alive=()):
 
 def _prune(now, dead):
     """Remove the rows of dead servers that have no unfinished run left."""
-    from isolates.models import ServerProcess
-    from tenants.models import BlockRun
-
     if not dead:
         return
     busy = set(BlockRun.objects.filter(status__in=UNFINISHED, server__in=dead).values_list("server", flat=True))
@@ -154,12 +148,6 @@ def _prune(now, dead):
 
 def announce(run_ids):
     """Tell whoever watches the reaped runs (the runner page) that they ended."""
-    from asgiref.sync import async_to_sync
-    from channels.layers import get_channel_layer
-
-    from isolates.broker import run_group
-    from tenants.models import BlockRun
-
     layer = get_channel_layer()
     if layer is None or not run_ids:
         return

@@ -26,11 +26,13 @@ from datetime import timedelta
 from channels.db import database_sync_to_async
 from channels.layers import get_channel_layer
 from django.conf import settings
-from django.db import InterfaceError, OperationalError, transaction
+from django.db import DatabaseError, InterfaceError, OperationalError, transaction
 from django.utils import timezone
 
 from isolates import reaper
+from isolates.pool import IsolatePool
 from isolates.broker import control_group, prepare_connection, run_group, token_hash, wait_closed
+from tenants import audit
 from tenants.models import BlockRun, PermissionProfile, Tenant
 from tenants.policy import effective_policy
 
@@ -71,8 +73,6 @@ class RunRefused(Exception):
 
 class RunService:
     def __init__(self, broker_port, warm_size=None):
-        from isolates.pool import IsolatePool
-
         self.broker_port = broker_port
         self.pool = IsolatePool(broker_port, warm_size=settings.SYMPOSIUM_WARM_ISOLATES if warm_size is None else warm_size)
         self.warming = False
@@ -318,8 +318,6 @@ class RunService:
         await self._write_retrying(self._finish_sync, run_id, status, code, message, isolate_figures(isolate))
 
     def _finish_sync(self, run_id, status, code, message, figures):
-        from tenants import audit
-
         audit.flush()
         BlockRun.objects.filter(pk=run_id, status__in=("queued", "running")).update(
             status=status, error_code=code, error=message, finished=timezone.now())
@@ -360,8 +358,6 @@ class RunService:
 def profile_limits():
     """The (memory, CPU) pairs of the profiles: the pool keeps warm isolates for each, so
     every profile's runs start warm. A tenant with overridden limits starts cold."""
-    from django.db import DatabaseError
-
     try:
         profiles = list(PermissionProfile.objects.values_list("memory_mb", "time_limit_seconds"))
     except DatabaseError:

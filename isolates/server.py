@@ -9,13 +9,19 @@ calling thread hands it coroutines with `call`.
 import asyncio
 import threading
 
-import daphne.server  # noqa: F401  (installs the asyncio reactor before twisted is used)
+# daphne.server installs the asyncio reactor when imported, so it must come before
+# twisted's reactor is imported.
+from daphne.server import Server
 from django.conf import settings
+from twisted.internet import reactor
 
 
 class LocalServer:
     def __init__(self, application=None, port=0):
         if application is None:
+            # The project's application, imported when a server is made rather than
+            # with this module: it routes to every app of the project, the pages
+            # included, which the isolates package itself never imports.
             from symposium.asgi import application
         self.application = application
         self.requested_port = port
@@ -26,8 +32,6 @@ class LocalServer:
         self.failed = None
 
     def start(self, timeout=10):
-        from daphne.server import Server
-
         self.server = Server(
             self.application,
             endpoints=[f"tcp:port={self.requested_port}:interface=127.0.0.1"],
@@ -45,8 +49,6 @@ class LocalServer:
         return self
 
     def _run(self):
-        from twisted.internet import reactor
-
         def check_listening():
             if self.server.listening_addresses:
                 self.port = self.server.listening_addresses[0][1]
@@ -67,8 +69,6 @@ class LocalServer:
         return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
 
     def stop(self):
-        from twisted.internet import reactor
-
         if self.thread and self.thread.is_alive():
             reactor.callFromThread(reactor.stop)
             self.thread.join(10)

@@ -14,6 +14,8 @@ import threading
 import time
 from dataclasses import dataclass
 
+import redis
+
 from django.conf import settings
 
 PERIOD = 60.0  # seconds: limits are "per minute"
@@ -75,8 +77,6 @@ class LocalRateLimiter:
 
 class RedisRateLimiter:
     def __init__(self, url, prefix="symposium:rate:"):
-        import redis
-
         # Calls are counted on the server's event loop: a Redis that hangs must not
         # freeze it, so a count that takes over a second fails (and the call with it).
         self.client = redis.Redis.from_url(url, socket_connect_timeout=1, socket_timeout=1)

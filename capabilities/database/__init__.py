@@ -13,7 +13,7 @@ import hashlib
 from django.conf import settings
 
 from capabilities.base import CapabilityError
-from capabilities.database import guard
+from capabilities.database import guard, postgres, sqlite
 from capabilities.database.limits import MAX_TRANSACTION_STEPS
 from capabilities.database.sqltext import POSTGRES, SQLITE, check_params, parse_statement
 from capabilities.database.values import check_param
@@ -32,11 +32,7 @@ def statement_fingerprint(args):
 
 def _backend():
     if settings.USING_POSTGRES:
-        from capabilities.database import postgres
-
         return POSTGRES, postgres
-    from capabilities.database import sqlite
-
     return SQLITE, sqlite
 
 

@@ -11,6 +11,8 @@ import logging
 from django.conf import settings
 from django.db import transaction
 
+from capabilities.database import postgres
+
 logger = logging.getLogger(__name__)
 
 
@@ -22,10 +24,6 @@ def drop_tenant_database(sender, instance, **kwargs):
     tenant_id, slug = instance.pk, instance.slug
 
     def drop():
-        # Imported here, as capabilities/database/__init__.py does: the PostgreSQL
-        # backend (psycopg and its pools) is loaded only by platforms that use it.
-        from capabilities.database import postgres
-
         try:
             postgres.drop_tenant(tenant_id)
         except Exception:

@@ -3,6 +3,8 @@ import time
 from django.core.management.base import BaseCommand, CommandError
 from django.db import close_old_connections
 
+from isolates.reaper import announce, reap
+
 
 class Command(BaseCommand):
     help = (
@@ -17,8 +19,6 @@ class Command(BaseCommand):
                             help="Keep running, reaping every this many seconds (0: once and exit)")
 
     def handle(self, every, **options):
-        from isolates.reaper import announce, reap
-
         if every < 0:
             raise CommandError("--every takes a number of seconds, 0 or more.")
         while True:
