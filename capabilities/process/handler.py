@@ -16,7 +16,7 @@ from capabilities.files.beneath import (
     opened,
 )
 from capabilities.files.paths import PLATFORM_FOLDER, SANDBOX_SYSTEM_FOLDERS, parse_tenant_path
-from capabilities.process import sandbox
+from capabilities.process import mounts, sandbox
 from capabilities.process.arguments import (
     ProcessRequest,
     check_args,
@@ -56,6 +56,10 @@ def execute(ctx, args):
     else:
         with opened(open_storage_root(ctx)) as root_fd:
             _prepare_storage(root_fd, request.cwd, writable)
+            if writable:
+                # As root, commands run as a user of their own, which must own the
+                # tenant's files to change them (capabilities.process.mounts).
+                mounts.hand_storage_to(root_fd, *mounts.sandbox_host_ids())
             try:
                 outcome = sandbox.run(request, policy, storage=(root_fd, writable))
             finally:

@@ -46,7 +46,7 @@ import time
 from dataclasses import dataclass
 
 from capabilities.base import CapabilityError
-from capabilities.process import seccomp_filter
+from capabilities.process import mounts, seccomp_filter
 from capabilities.process.cgroups import PidsCgroup
 from capabilities.process.limits import MB, SANDBOX_HOME, SANDBOX_LIMITS, SANDBOX_UID, SANDBOX_USER
 
@@ -99,9 +99,10 @@ def _host_folder(path):
     return os.path.realpath(path)
 
 
-def build_arguments(request, policy, storage, fds):
+def build_arguments(request, policy, storage, fds, root_fd):
     """bubblewrap's arguments for `request`. `storage` is (fd, writable) or None; data for
-    generated files is put in memfds appended to `fds` (to be passed to bubblewrap)."""
+    generated files is put in memfds appended to `fds` (to be passed to bubblewrap);
+    `root_fd` is the descriptor the staged root will have in bubblewrap."""
     a = [
         "--unshare-all",
         "--unshare-user",
@@ -117,9 +118,11 @@ def build_arguments(request, policy, storage, fds):
     for name, value in request.env.items():
         a += ["--setenv", name, value]
 
-    if storage is not None:
-        storage_fd, writable = storage
-        a += ["--bind-fd" if writable else "--ro-bind-fd", str(storage_fd), "/"]
+    # The root: the tenant's storage (or an empty tmpfs), prepared nosuid, nodev and
+    # noexec in the command's own namespace before bubblewrap starts (mounts.Staging), on
+    # the descriptor number `root_fd` once staged.
+    writable = storage is None or storage[1]
+    a += ["--bind-fd" if writable else "--ro-bind-fd", str(root_fd), "/"]
     a += ["--ro-bind", "/usr", "/usr"]
     for folder in ("/lib", "/lib64"):
         if os.path.exists(folder):
@@ -151,7 +154,9 @@ def build_arguments(request, policy, storage, fds):
         a += ["--ro-bind-data", str(fd), f"/etc/{name}"]
     a += ["--remount-ro", "/etc"]
 
-    a += ["--size", str(SANDBOX_LIMITS["tmp_bytes"]), "--tmpfs", "/tmp"]
+    # The private /tmp: a tmpfs of SANDBOX_LIMITS["tmp_bytes"], nosuid, nodev, noexec,
+    # made by mounts.Staging.
+    a += ["--bind", mounts.STAGED_TMP, "/tmp"]
     a += ["--proc", "/proc", "--dev", "/dev", "--remount-ro", "/dev"]
     if storage is not None:
         a += ["--tmpfs", "/.symposium", "--remount-ro", "/.symposium"]
@@ -202,10 +207,11 @@ def run(request, policy, storage):
         )
     fds = []
     try:
-        arguments = build_arguments(request, policy, storage, fds)
+        staging = _staging(storage, fds)
+        arguments = build_arguments(request, policy, storage, fds, staging.root_fd_number)
         args_fd = _data_fd("symposium-bwrap-args", b"".join(arg.encode() + b"\0" for arg in arguments))
         fds.append(args_fd)
-        return _run_bwrap(request, policy, args_fd, fds, storage, cgroup)
+        return _run_bwrap(request, policy, args_fd, fds, staging, cgroup)
     finally:
         for fd in fds:
             os.close(fd)
@@ -214,13 +220,36 @@ def run(request, policy, storage):
             cgroup.remove()
 
 
-def _run_bwrap(request, policy, args_fd, fds, storage, cgroup):
+def _staging(storage, fds):
+    """How the command's writable places are prepared (capabilities.process.mounts). The
+    staged root takes the number of a descriptor reserved here, passed to bubblewrap."""
+    reserved = os.open("/", os.O_PATH | os.O_CLOEXEC)
+    fds.append(reserved)
+    tree = None
+    path = None
+    writable = True
+    if storage is not None:
+        storage_fd, writable = storage
+        tree = mounts.detached_storage(storage_fd, writable)
+        if tree is not None:
+            fds.append(tree)
+        else:
+            path = os.readlink(f"/proc/self/fd/{storage_fd}")
+    return mounts.Staging(
+        storage_path=path,
+        storage_tree=tree,
+        writable=writable,
+        tmp_bytes=SANDBOX_LIMITS["tmp_bytes"],
+        ids=mounts.sandbox_host_ids(),
+        root_fd_number=reserved,
+    )
+
+
+def _run_bwrap(request, policy, args_fd, fds, staging, cgroup):
     status_read, status_write = os.pipe()
     block_read, block_write = os.pipe()
     status = _StatusReader(status_read)
     passed = [args_fd, status_write, block_read, *fds]
-    if storage is not None:
-        passed.append(storage[0])
     command = [
         BWRAP,
         "--json-status-fd", str(status_write),
@@ -234,21 +263,32 @@ def _run_bwrap(request, policy, args_fd, fds, storage, cgroup):
     process = None
     try:
         try:
-            process = subprocess.Popen(
-                command,
-                stdin=subprocess.PIPE if request.stdin is not None else subprocess.DEVNULL,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.PIPE,
-                pass_fds=passed,
-                env={},
-                start_new_session=True,  # its own process group, killed as one
-                close_fds=True,
-            )
+            try:
+                process = subprocess.Popen(
+                    command,
+                    stdin=subprocess.PIPE if request.stdin is not None else subprocess.DEVNULL,
+                    stdout=subprocess.PIPE,
+                    stderr=subprocess.PIPE,
+                    pass_fds=passed,
+                    env={},
+                    start_new_session=True,  # its own process group, killed as one
+                    close_fds=True,
+                    # bubblewrap runs as the sandbox's user (the server's own unless the
+                    # server is root), in a namespace Staging prepares in the child.
+                    **_identity(staging),
+                    preexec_fn=staging,
+                )
+            except (OSError, subprocess.SubprocessError) as e:
+                # The child could not prepare the command's namespace (Staging) or run
+                # bubblewrap at all.
+                logger.error("The process sandbox failed to start: %s", e)
+                raise CapabilityError("INTERNAL", "The sandbox could not start the command.") from None
         finally:
             os.close(status_write)
             os.close(block_read)
         child_pid = status.child_pid(SANDBOX_LIMITS["startup_seconds"])
         try:
+            _hand_pipes_to(process, staging)
             if child_pid is None:
                 raise OSError("bubblewrap reported no sandbox process")
             if cgroup is not None:
@@ -274,6 +314,23 @@ def _run_bwrap(request, policy, args_fd, fds, storage, cgroup):
             for stream in (process.stdin, process.stdout, process.stderr):
                 if stream is not None and not stream.closed:
                     stream.close()
+
+
+def _hand_pipes_to(process, staging):
+    """The command's stdin, stdout and stderr are the server's pipes; a command that
+    reopens one (`sed /dev/stdin`, `tee /dev/stderr`) does so as the sandbox's user, so
+    they are made its own. Done before bubblewrap starts the command (--block-fd)."""
+    if os.geteuid() != 0:
+        return
+    for stream in (process.stdin, process.stdout, process.stderr):
+        if stream is not None:
+            os.fchown(stream.fileno(), staging.uid, staging.gid)
+
+
+def _identity(staging):
+    if os.geteuid() != 0:
+        return {}
+    return {"user": staging.uid, "group": staging.gid, "extra_groups": []}
 
 
 def _sandbox_failed(process, detail):
