@@ -286,6 +286,74 @@ def test_cant_reach_programs_off_the_list_through_an_allowed_one(advanced):
     assert "sed" in listed and "awk" in listed
 
 
+@pytest.fixture
+def wrapper_user(make_tenant):
+    """An Advanced tenant whose admin also allowed more commands that exec others."""
+    tenant = make_tenant("wrap-co", "Advanced")
+    override(tenant, "process_commands", ADVANCED_COMMANDS + " xargs nice timeout tar")
+    return tenant
+
+
+def test_cant_run_a_program_off_the_list_through_a_command_that_execs(wrapper_user):
+    # Programs of the server that are not on the list, by name, by path, under /usr/lib
+    # (where `env /usr/lib/jvm/.../java` was found) and through the dynamic loader.
+    hidden = ["perl", "/usr/bin/perl", "/usr/bin/python3", "/bin/sh", "/usr/sbin/nologin"]
+    hidden += [str(p) for p in sorted(Path("/usr/lib").glob("*/*")) if p.is_file() and os.access(p, os.X_OK)][:3]
+    loader = next(str(p) for p in Path("/lib64").glob("ld-linux*"))
+    wrappers = {
+        "env": lambda program: ["env", [program, "-v"]],
+        "nice": lambda program: ["nice", [program, "-v"]],
+        "timeout": lambda program: ["timeout", ["5", program, "-v"]],
+        "xargs": lambda program: ["xargs", [program, "-v"]],
+        "find -exec": lambda program: ["find", ["/", "-maxdepth", "0", "-exec", program, "-v", ";"]],
+        "loader": lambda program: ["env", [loader, program]],
+        "tar --to-command": lambda program: ["tar", ["-cf", "/dev/null", f"--use-compress-program={program}", "/dev/null"]],
+    }
+    for program in hidden:
+        for how, make in wrappers.items():
+            command, args = make(program)
+            result = run(wrapper_user, command, args, input="x\n")
+            # Nothing ran (its -v would print), and the wrapper says it found nothing.
+            assert result["stdout"] == "", (how, program, result)
+            stderr = result["stderr"].lower()
+            assert "no such file" in stderr or "cannot" in stderr, (how, program, result["stderr"])
+    # awk's system() and sed's `e` need a shell, and there is none.
+    result = run(wrapper_user, "awk", ["BEGIN { exit system(\"id\") }"])
+    assert result["exitCode"] != 0 and "uid=" not in result["stdout"]
+    result = run(wrapper_user, "sed", ["e id"], input="x\n")
+    assert "uid=" not in result["stdout"]
+    # Only the list's programs (and the loader, libraries and prlimit) are executables.
+    listed = run(
+        wrapper_user, "find", ["/usr", "/bin", "/lib", "/lib64", "-path", "/usr/share", "-prune", "-o", "-type", "f", "-perm", "-u+x", "-print"]
+    )["stdout"].split()
+    assert all("/lib" in path or path.startswith(("/usr/bin/", "/bin/", "/usr/libexec/")) for path in listed), listed
+    assert "/usr/bin/perl" not in listed and not any("chromium" in path or "udev" in path for path in listed)
+    # /usr/share (data) and every writable place are noexec.
+    mounts = {line.split()[4]: line.split()[5] for line in run(wrapper_user, "cat", ["/proc/self/mountinfo"])["stdout"].splitlines()}
+    for place in ("/", "/tmp", "/usr/share"):
+        assert "noexec" in mounts[place].split(","), (place, mounts[place])
+
+
+def test_cant_load_native_code_into_awk(wrapper_user):
+    # A real gawk extension, stored by the tenant: @load, AWKLIBPATH, and the system's own
+    # extension folder all fail (storage and /tmp are noexec; the system's are not there).
+    extensions = sorted(Path("/usr/lib").glob("*/gawk/filefuncs.so"))
+    if not extensions:
+        pytest.skip("gawk's extensions are not installed")
+    files.write_file(context_for(wrapper_user), {"path": "ext/filefuncs.so", "data": extensions[0].read_bytes()})
+    for args, env in [
+        (["@load \"/ext/filefuncs\"; BEGIN { print \"loaded\" }"], None),
+        (["@load \"filefuncs\"; BEGIN { print \"loaded\" }"], {"AWKLIBPATH": "/ext"}),
+        (["@load \"filefuncs\"; BEGIN { print \"loaded\" }"], None),
+        (["-l", "filefuncs", "BEGIN { print \"loaded\" }"], {"AWKLIBPATH": "/ext"}),
+    ]:
+        result = run(wrapper_user, "awk", args, env=env)
+        assert "loaded" not in result["stdout"] and result["exitCode"] != 0, (args, env, result)
+    result = run(wrapper_user, "tee", ["/tmp/x.so"], input=extensions[0].read_bytes().decode("latin-1"))
+    result = run(wrapper_user, "awk", ["@load \"/tmp/x\"; BEGIN { print \"loaded\" }"])
+    assert "loaded" not in result["stdout"]
+
+
 def test_cant_bomb_the_server_with_forks(prober):
     marker = f"bomb-{time.time_ns()}"
     started = time.monotonic()

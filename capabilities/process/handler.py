@@ -77,15 +77,17 @@ def _check_cwd(value):
     first = cwd.parts[0]
     if first not in SANDBOX_SYSTEM_FOLDERS:
         raise CapabilityError("PERMISSION_DENIED", f"cwd cannot be '{cwd.display}': {cwd.reserved}.")
-    # A folder of the sandbox itself. Under /tmp (private, empty) it is made; /usr, /lib
-    # and /lib64 are the server's own, read-only; of the others only the folder itself.
+    # A folder of the sandbox itself. Under /tmp (private, empty) it is made; under
+    # /usr/share, the server's own (read-only) folders; /usr/bin and the top-level
+    # folders themselves. The rest of the server's /usr is not in the sandbox
+    # (capabilities.process.programs).
     if first == "tmp":
         return cwd
-    if first in ("usr", "lib", "lib64"):
+    if cwd.parts[:2] == ("usr", "share"):
         host = "/" + "/".join(cwd.parts)
         if os.path.isdir(host) and not os.path.islink(host) and not cwd.parts[-1].startswith("."):
             return cwd
-    elif len(cwd.parts) == 1:
+    elif len(cwd.parts) == 1 or cwd.parts == ("usr", "bin"):
         return cwd
     raise CapabilityError("NOT_FOUND", f"The folder '{cwd.display}' (cwd) does not exist in the sandbox.")
 

@@ -14,6 +14,7 @@ namespaces never change):
                                   access): nosuid, nodev, noexec, read-only for 'read'
     /mnt/symposium-sandbox/tmp    a tmpfs of SANDBOX_LIMITS['tmp_bytes']: nosuid, nodev,
                                   noexec
+    /mnt/symposium-sandbox/share  the server's /usr/share, read-only and noexec
 
 bubblewrap then binds these as '/' and '/tmp', and the flags stay (a mount copied into a
 less privileged namespace keeps them locked).
@@ -49,6 +50,9 @@ libc.mount.argtypes = [ctypes.c_char_p, ctypes.c_char_p, ctypes.c_char_p, ctypes
 STAGING = "/mnt"
 STAGED_ROOT = f"{STAGING}/symposium-sandbox/root"
 STAGED_TMP = f"{STAGING}/symposium-sandbox/tmp"
+# The server's /usr/share (programs' data: awk's library, terminfo, zoneinfo): read-only
+# and noexec, so that nothing there runs.
+STAGED_SHARE = f"{STAGING}/symposium-sandbox/share"
 
 CLONE_NEWUSER = 0x10000000
 CLONE_NEWNS = 0x00020000
@@ -169,6 +173,10 @@ class Staging:
         _check(libc.mount(b"tmpfs", STAGING.encode(), b"tmpfs", LOCKED_FLAGS, b"size=65536,mode=0755"), "staging tmpfs")
         os.makedirs(STAGED_ROOT)
         os.makedirs(STAGED_TMP)
+        os.makedirs(STAGED_SHARE)
+        share = STAGED_SHARE.encode()
+        _check(libc.mount(b"/usr/share", share, None, MS_BIND | MS_REC, None), "binding /usr/share")
+        _check(libc.mount(None, share, None, MS_REMOUNT | MS_BIND | LOCKED_FLAGS | MS_RDONLY, None), "remounting /usr/share")
         _check(libc.mount(b"tmpfs", STAGED_TMP.encode(), b"tmpfs", LOCKED_FLAGS, self.tmp_options), "tmp")
         root = STAGED_ROOT.encode()
         if self.storage_tree is not None:

@@ -46,7 +46,7 @@ import time
 from dataclasses import dataclass
 
 from capabilities.base import CapabilityError
-from capabilities.process import mounts, seccomp_filter
+from capabilities.process import mounts, programs, seccomp_filter
 from capabilities.process.cgroups import PidsCgroup
 from capabilities.process.limits import MB, SANDBOX_HOME, SANDBOX_LIMITS, SANDBOX_UID, SANDBOX_USER
 
@@ -58,6 +58,9 @@ PRLIMIT = "/usr/bin/prlimit"
 # namespace: set outside, RLIMIT_NPROC would count the server's own processes too.
 SANDBOX_PRLIMIT = "/usr/libexec/symposium/prlimit"
 READ_CHUNK = 64 * 1024
+# The sandbox's folders of programs and libraries (mount points in the tenant's root,
+# capabilities.files.paths.SANDBOX_SYSTEM_FOLDERS), filled per command.
+SYSTEM_FOLDERS = ("/usr", "/bin", "/lib", "/lib64")
 
 ETC_FILES = {
     "passwd": (
@@ -93,12 +96,6 @@ def _data_fd(name, data: bytes):
     return fd
 
 
-def _host_folder(path):
-    """Where a top-level system folder really is on the server (/lib is often a link to
-    usr/lib): bind the real folder, never a link."""
-    return os.path.realpath(path)
-
-
 def build_arguments(request, policy, storage, fds, root_fd):
     """bubblewrap's arguments for `request`. `storage` is (fd, writable) or None; data for
     generated files is put in memfds appended to `fds` (to be passed to bubblewrap);
@@ -123,27 +120,7 @@ def build_arguments(request, policy, storage, fds, root_fd):
     # the descriptor number `root_fd` once staged.
     writable = storage is None or storage[1]
     a += ["--bind-fd" if writable else "--ro-bind-fd", str(root_fd), "/"]
-    a += ["--ro-bind", "/usr", "/usr"]
-    for folder in ("/lib", "/lib64"):
-        if os.path.exists(folder):
-            a += ["--ro-bind", _host_folder(folder), folder]
-
-    # /usr/bin and /bin hold the tenant's commands and nothing else.
-    for folder in ("/usr/bin", "/bin"):
-        a += ["--tmpfs", folder]
-        for name, program in sorted(request.allowed_programs.items()):
-            a += ["--ro-bind", program, f"{folder}/{name}"]
-        a += ["--remount-ro", folder]
-    # Other places of /usr that hold programs are emptied too.
-    for folder in ("/usr/sbin", "/usr/local", "/usr/games"):
-        if os.path.isdir(folder):
-            a += ["--tmpfs", folder, "--remount-ro", folder]
-    a += [
-        "--tmpfs", "/usr/libexec",
-        "--dir", "/usr/libexec/symposium",
-        "--ro-bind", PRLIMIT, SANDBOX_PRLIMIT,
-        "--remount-ro", "/usr/libexec",
-    ]
+    a += system_view(request)
 
     a += ["--tmpfs", "/etc"]
     if os.path.exists("/etc/ld.so.cache"):
@@ -170,6 +147,33 @@ def build_arguments(request, policy, storage, fds, root_fd):
     fds.append(seccomp)
     a += ["--seccomp", str(seccomp)]
 
+    return a
+
+
+def system_view(request):
+    """bubblewrap's arguments for the server's files a command sees: its tenant's
+    allowed programs (in /usr/bin and /bin, nothing else there), the libraries they load,
+    the trees they need at run time, /usr/share (read-only, noexec) and prlimit; not the
+    rest of /usr, so that no command can exec a program off the allow-list, whatever it
+    execs through (capabilities.process.programs)."""
+    # /usr, /bin, /lib and /lib64 are empty folders of their own (in memory), holding
+    # only what is bound into them below, each file at the very path the loader, the
+    # PATH or a #! line names it by.
+    a = []
+    for folder in SYSTEM_FOLDERS:
+        a += ["--perms", "0755", "--tmpfs", folder]
+    files, trees = programs.visible_files([*request.allowed_programs.values(), PRLIMIT])
+    for target, real in sorted(files.items()):
+        a += ["--ro-bind", real, target]
+    for tree in trees:
+        a += ["--ro-bind", tree, tree]
+    for folder in ("/usr/bin", "/bin"):
+        for name, program in sorted(request.allowed_programs.items()):
+            a += ["--ro-bind", program, f"{folder}/{name}"]
+    a += ["--ro-bind", mounts.STAGED_SHARE, "/usr/share"]
+    a += ["--ro-bind", PRLIMIT, SANDBOX_PRLIMIT]
+    for folder in SYSTEM_FOLDERS:
+        a += ["--remount-ro", folder]
     return a
 
 
