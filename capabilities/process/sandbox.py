@@ -156,25 +156,24 @@ def system_view(request):
     the trees they need at run time, /usr/share (read-only, noexec) and prlimit; not the
     rest of /usr, so that no command can exec a program off the allow-list, whatever it
     execs through (capabilities.process.programs)."""
-    # /usr, /bin, /lib and /lib64 are empty folders of their own (in memory), holding
-    # only what is bound into them below, each file at the very path the loader, the
-    # PATH or a #! line names it by.
+    # /usr, /bin, /lib and /lib64 hold only what Staging bound into them (system_files),
+    # each file at the very path the loader, the PATH or a #! line names it by.
     a = []
     for folder in SYSTEM_FOLDERS:
-        a += ["--perms", "0755", "--tmpfs", folder]
-    files, trees = programs.visible_files([*request.allowed_programs.values(), PRLIMIT])
-    for target, real in sorted(files.items()):
-        a += ["--ro-bind", real, target]
-    for tree in trees:
-        a += ["--ro-bind", tree, tree]
-    for folder in ("/usr/bin", "/bin"):
-        for name, program in sorted(request.allowed_programs.items()):
-            a += ["--ro-bind", program, f"{folder}/{name}"]
-    a += ["--ro-bind", mounts.STAGED_SHARE, "/usr/share"]
-    a += ["--ro-bind", PRLIMIT, SANDBOX_PRLIMIT]
-    for folder in SYSTEM_FOLDERS:
-        a += ["--remount-ro", folder]
+        # /bin is the same folder as /usr/bin (the commands, nothing else).
+        source = mounts.STAGED_SYSTEM + ("/usr/bin" if folder == "/bin" else folder)
+        a += ["--ro-bind", source, folder]
     return a
+
+
+def system_files(request):
+    """(files, trees) of the server the command sees, for Staging to bind."""
+    files, trees = programs.visible_files([*request.allowed_programs.values(), PRLIMIT])
+    files = dict(files)
+    for name, program in request.allowed_programs.items():
+        files[f"/usr/bin/{name}"] = program
+    files[SANDBOX_PRLIMIT] = PRLIMIT
+    return sorted(files.items()), trees
 
 
 def build_command_line(request, policy):
@@ -211,7 +210,7 @@ def run(request, policy, storage):
         )
     fds = []
     try:
-        staging = _staging(storage, fds)
+        staging = _staging(storage, fds, request)
         arguments = build_arguments(request, policy, storage, fds, staging.root_fd_number)
         args_fd = _data_fd("symposium-bwrap-args", b"".join(arg.encode() + b"\0" for arg in arguments))
         fds.append(args_fd)
@@ -224,9 +223,10 @@ def run(request, policy, storage):
             cgroup.remove()
 
 
-def _staging(storage, fds):
+def _staging(storage, fds, request):
     """How the command's writable places are prepared (capabilities.process.mounts). The
     staged root takes the number of a descriptor reserved here, passed to bubblewrap."""
+    files, trees = system_files(request)
     reserved = os.open("/", os.O_PATH | os.O_CLOEXEC)
     fds.append(reserved)
     tree = None
@@ -246,6 +246,8 @@ def _staging(storage, fds):
         tmp_bytes=SANDBOX_LIMITS["tmp_bytes"],
         ids=mounts.sandbox_host_ids(),
         root_fd_number=reserved,
+        system_files=files,
+        system_trees=trees,
     )
 
 
