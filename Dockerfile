@@ -21,5 +21,16 @@ ENV SYMPOSIUM_MODE=production \
 # one exists only during the build.
 RUN SECRET_KEY=build-only python manage.py collectstatic --noinput -v0
 
+# The platform never runs as root. Nothing it does needs root: bubblewrap builds its
+# sandboxes in user namespaces an unprivileged user may make (compose.yaml lifts Docker's
+# seccomp and AppArmor profiles, which forbid them), and commands then run as this user
+# inside them, mapped to uid 1000 there, with no capability. What root would add is a uid
+# of its own per isolate and per command (docs/isolates.md, docs/process.md); it is not
+# worth a root server. The var folder (and the storage volume mounted on it) is its own.
+RUN useradd --system --uid 10001 --user-group --home-dir /var/lib/symposium --no-create-home symposium \
+ && mkdir -p /var/lib/symposium/storage \
+ && chown -R symposium:symposium /var/lib/symposium
+USER symposium
+
 EXPOSE 8000
 CMD ["python", "-m", "daphne", "--proxy-headers", "-b", "0.0.0.0", "-p", "8000", "symposium.asgi:application"]

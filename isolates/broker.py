@@ -450,9 +450,9 @@ class IsolateBrokerConsumer(AsyncWebsocketConsumer):
 
     async def log(self, frame):
         level = frame.get("level") if frame.get("level") in LOG_LEVELS else "log"
-        text = frame.get("text")
-        if not isinstance(text, str):
-            text = str(text)
+        # The block's text, as the run's record can store it and every consumer can encode
+        # it: a lone surrogate or a NUL becomes U+FFFD.
+        text = audit.storable(frame.get("text"))
         cap = self.ctx.policy.console_output_cap
         if self.console_truncated:
             return
@@ -472,6 +472,8 @@ class IsolateBrokerConsumer(AsyncWebsocketConsumer):
             return
         self.finished = True
         ok = frame.get("ok") is True
+        # Stored and relayed as the other texts of the block are: storable first.
+        frame = audit.storable_value(frame)
         error = frame.get("error") if isinstance(frame.get("error"), dict) else {}
         await self.group_event({"event": "done", "ok": ok, "result": frame.get("result") if ok else None,
                                 "error": None if ok else {k: error.get(k) for k in ("name", "code", "message", "stack")}})

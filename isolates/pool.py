@@ -23,6 +23,7 @@ the isolate when the process that started it dies.
 """
 
 import asyncio
+import base64
 import collections
 import json
 import logging
@@ -71,6 +72,49 @@ RUNTIME_EXIT_REASONS = {
 # runtime's own memory, a heap page) that RLIMIT_DATA refused.
 HEAP_LIMIT_MARKERS = (b"Fatal JavaScript out of memory", b"JavaScript heap out of memory")
 MEMORY_LIMIT_MARKERS = (b"Fatal process out of memory", b"memory allocation of", b"out of memory")
+
+
+# The block resolves no names: a DNS query is a channel of its own to any resolver, outside
+# symposium.network's checks and audit log. The Worker has no net permission, so Deno
+# refuses the queries; the runtime makes every way to ask refuse plainly, before any
+# socket: Deno.resolveDns and node:dns's module object (reached by require) in worker.js,
+# and the named exports of node:dns and node:dns/promises here, through an import map
+# that puts a module of refusals in their place (Deno applies it to the Worker's imports,
+# static and dynamic). Its exports mirror node:dns's, so that `import { lookup } from
+# "node:dns"` links and then refuses, with a message saying why.
+NODE_DNS_EXPORTS = (
+    "Resolver", "getDefaultResultOrder", "getServers", "lookup", "lookupService", "resolve",
+    "resolve4", "resolve6", "resolveAny", "resolveCaa", "resolveCname", "resolveMx",
+    "resolveNaptr", "resolveNs", "resolvePtr", "resolveSoa", "resolveSrv", "resolveTxt",
+    "reverse", "setDefaultResultOrder", "setServers",
+)  # fmt: skip
+DNS_REFUSAL = (
+    "{what} is not available to content blocks: a block resolves no names. "
+    "symposium.network.fetch(url) resolves and checks the host itself."
+)
+
+
+def _refusing_module(specifier, with_promises):
+    lines = ["const NotCapable = Deno.errors.NotCapable;"]
+    for name in NODE_DNS_EXPORTS:
+        message = json.dumps(DNS_REFUSAL.format(what=f"{specifier} {name}()"))
+        lines.append(f"export function {name}() {{ throw new NotCapable({message}); }}")
+    names = list(NODE_DNS_EXPORTS)
+    if with_promises:
+        lines.append(f"export const promises = Object.freeze({{ {', '.join(NODE_DNS_EXPORTS)} }});")
+        names.append("promises")
+    lines.append(f"export default Object.freeze({{ {', '.join(names)} }});")
+    source = "\n".join(lines) + "\n"
+    return "data:text/javascript;base64," + base64.b64encode(source.encode()).decode()
+
+
+def import_map():
+    """The runtime's import map, as a data: URL (Deno reads it before any permission)."""
+    imports = {"node:dns": _refusing_module("node:dns", True), "node:dns/promises": _refusing_module("node:dns/promises", False)}
+    return "data:application/json;base64," + base64.b64encode(json.dumps({"imports": imports}).encode()).decode()
+
+
+IMPORT_MAP = import_map()
 
 
 def semi_space_mb(memory_mb):
@@ -431,6 +475,7 @@ class IsolatePool:
             "--no-remote",
             "--no-npm",
             "--no-code-cache",  # DENO_DIR is not writable; do not even try
+            f"--import-map={IMPORT_MAP}",  # node:dns's names refuse (see NODE_DNS_EXPORTS)
             f"--allow-net=127.0.0.1:{port}",  # the bootstrap reaches the broker, nothing else
             f"--allow-read={WORKER_JS}",  # ... and reads the worker's source, nothing else
             f"--v8-flags=--max-old-space-size={memory_mb},--max-semi-space-size={semi_space_mb(memory_mb)}",

@@ -36,7 +36,9 @@ on stderr with the prefix "symposium-sandbox:" and goes on with what the kernel 
 pool logs those lines.
 
 This file imports nothing from Django and nothing from the platform: it must start fast
-and must not load code that could hold server secrets.
+and must not load code that could hold server secrets. The one file of the platform it
+reads is capabilities/syscall_rules.py, plain data without imports, loaded by its path:
+the system calls both sandboxes refuse.
 """
 
 import argparse
@@ -50,17 +52,26 @@ import sys
 
 MB = 1024 * 1024
 
+# The system calls this filter shares with the process sandbox's (refused in both): plain
+# data in capabilities/syscall_rules.py, loaded by its path so that nothing else of the
+# platform (no package __init__, no Django) runs in this process.
+SHARED_RULES_FILE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "capabilities", "syscall_rules.py")
+
+
+def load_shared_rules(path=SHARED_RULES_FILE):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("symposium_syscall_rules", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+shared_rules = load_shared_rules()
+
 # Flag values from <linux/sched.h>, <linux/socket.h> and <sys/mman.h> (x86_64).
 CLONE_THREAD = 0x00010000
-CLONE_NEW_FLAGS = {
-    "CLONE_NEWNS": 0x00020000,
-    "CLONE_NEWCGROUP": 0x02000000,
-    "CLONE_NEWUTS": 0x04000000,
-    "CLONE_NEWIPC": 0x08000000,
-    "CLONE_NEWUSER": 0x10000000,
-    "CLONE_NEWPID": 0x20000000,
-    "CLONE_NEWNET": 0x40000000,
-}
+CLONE_NEW_FLAGS = shared_rules.CLONE_NAMESPACE_FLAGS
 AF_UNIX, AF_INET, AF_INET6 = 1, 2, 10
 SOCK_STREAM = 1
 SOCK_TYPE_MASK = 0xF
@@ -151,34 +162,21 @@ POLICY = {
     },
     "seccomp": {
         # Syscalls refused outright with EPERM. Each is a way out of the sandbox or into
-        # the kernel's less-trodden paths, and the runtime uses none of them.
-        "deny": [
-            # other processes' memory and execution
-            "ptrace", "process_vm_readv", "process_vm_writev", "process_madvise", "kcmp",
-            "pidfd_getfd", "pidfd_send_signal", "pidfd_open",
+        # the kernel's less-trodden paths, and the runtime uses none of them. The list
+        # both sandboxes refuse (capabilities/syscall_rules.py: namespaces, mounts,
+        # ptrace, handle opens, execveat and memfds, BPF, io_uring, keyrings, the
+        # machine's own controls) comes first; then what only the isolate refuses.
+        "deny": shared_rules.denied_syscalls() + [
+            # signals and descriptors through pidfds (signals are checked by pid below)
+            "pidfd_send_signal", "pidfd_open",
             # new processes: threads only (see clone below)
             "fork", "vfork",
-            # filesystems and namespaces
-            "mount", "umount2", "pivot_root", "chroot", "move_mount", "open_tree", "fsopen",
-            "fsconfig", "fsmount", "fspick", "mount_setattr", "unshare", "setns",
-            "name_to_handle_at", "open_by_handle_at", "quotactl", "quotactl_fd",
-            # a second way to run a program
-            "execveat",
-            # kernel attack surface with a history of escapes
-            "bpf", "perf_event_open", "userfaultfd", "io_uring_setup", "io_uring_enter",
-            "io_uring_register", "keyctl", "add_key", "request_key",
-            # the machine itself
-            "kexec_load", "kexec_file_load", "init_module", "finit_module", "delete_module",
-            "reboot", "swapon", "swapoff", "acct", "syslog", "vhangup", "uselib",
-            "settimeofday", "clock_settime", "clock_adjtime", "adjtimex", "iopl", "ioperm",
-            # memory that RLIMIT_DATA does not count, and IPC objects that outlive the
-            # process in the host's IPC namespace
-            "memfd_create", "memfd_secret", "shmget", "shmat", "shmctl", "shmdt", "msgget",
+            # IPC objects that outlive the process in the host's IPC namespace (and
+            # shared memory that RLIMIT_DATA does not count)
+            "shmget", "shmat", "shmctl", "shmdt", "msgget",
             "msgsnd", "msgrcv", "msgctl", "semget", "semop", "semtimedop", "semctl",
             "mq_open", "mq_unlink", "mq_timedsend", "mq_timedreceive", "mq_notify",
             "mq_getsetattr",
-            # other processes' memory placement
-            "migrate_pages", "move_pages",
             # listening sockets: listen() on an unbound socket binds it implicitly, which
             # Landlock's bind rule does not see; the isolate only ever connects out.
             "listen", "accept", "accept4",
@@ -191,7 +189,7 @@ POLICY = {
         # that trusts local connections, that Landlock's path rules do not guard).
         # For each family: SOCK_STREAM only, protocol 0 or IPPROTO_TCP only.
         "socket_families": [AF_INET, AF_INET6],
-        # clone(): threads only, never a new namespace.
+        # clone(): threads only, never a new namespace (CLONE_NEWTIME included).
         "clone_required": CLONE_THREAD,
         "clone_forbidden": CLONE_NEW_FLAGS,
         # Signals only to this process itself (its pid is known when the filter is built).
@@ -207,6 +205,10 @@ POLICY = {
         "personality_query_only": True,
         # execve only with the launcher's own path buffer (see exec_target).
         "execve_only_launcher_buffer": True,
+        # No mode change or creation that sets a set-user-id or set-group-id bit
+        # (capabilities/syscall_rules.py): Landlock forbids all writes already, and this
+        # stays true even where the kernel has no Landlock.
+        "no_set_id_bits": True,
     },
 }
 
@@ -279,6 +281,12 @@ def detach():
 
 def apply_rlimits(limits):
     for name, value in POLICY["rlimits"].items():
+        if name == "RLIMIT_NPROC" and os.geteuid() != 0:
+            # Without root the isolate keeps the server's uid, and the kernel counts every
+            # thread of that user against this limit (the server's and every other
+            # isolate's): it would stop Deno starting threads, not bound this isolate.
+            # The service manager's limit for the server's user applies instead.
+            continue
         soft, hard = value(limits)
         resource.setrlimit(getattr(resource, name), (soft, hard))
 
@@ -485,7 +493,7 @@ def build_seccomp_filter(exec_path_address, own_pid):
         except (OSError, RuntimeError, ValueError) as exc:
             # A syscall this libseccomp or architecture does not know cannot be called
             # by name here either; skipping it loses nothing.
-            if name not in ("memfd_secret", "quotactl_fd", "mount_setattr"):
+            if name not in shared_rules.OPTIONAL_SYSCALLS:
                 fail(f"seccomp rule for {name}: {exc}")
 
     for name in rules["deny"]:
@@ -529,6 +537,8 @@ def build_seccomp_filter(exec_path_address, own_pid):
         rule(eperm, "personality", sc.Arg(0, sc.NE, PERSONALITY_QUERY))
     if rules["execve_only_launcher_buffer"]:
         rule(eperm, "execve", sc.Arg(0, sc.NE, exec_path_address))
+    if rules["no_set_id_bits"]:
+        shared_rules.add_set_id_rules(rule, eperm, sc)
     return f
 
 

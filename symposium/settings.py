@@ -180,6 +180,10 @@ SYMPOSIUM_RQ_CAPABILITIES = [
 # A pids cgroup (v1 or v2 folder) that process execution may create per-command
 # groups in, where /sys/fs/cgroup/pids is not available (see docs/process.md).
 SYMPOSIUM_PROCESS_CGROUP = os.environ.get("SYMPOSIUM_PROCESS_CGROUP", "")
+# The user (and group) id a sandboxed command runs as on the server when the server runs
+# as root: one that owns nothing but the tenants' files (docs/process.md). Not as root,
+# commands run as the server's own user, the only one it can map.
+SYMPOSIUM_PROCESS_SANDBOX_UID = envint("SYMPOSIUM_PROCESS_SANDBOX_UID", 1_899_999_000)
 
 # Tenant storage: one folder per tenant under this root.
 TENANT_STORAGE_ROOT = Path(os.environ.get("SYMPOSIUM_STORAGE_ROOT", VAR_DIR / "storage"))

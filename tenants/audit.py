@@ -16,6 +16,14 @@ The one window where rows can be lost is a process killed (SIGKILL, power loss) 
 rows sit in its queue: the writer starts a batch the moment a row arrives, so this is
 the time of one insert, milliseconds, unless the database is down. A process that exits
 normally flushes its queue on the way out (atexit).
+
+Every text of a row is made storable before it is queued (storable(): lone surrogates and
+NUL characters, which neither PostgreSQL nor SQLite's driver accepts, become U+FFFD, and
+each field is cut to its column's length), so what a block sends can never make a row
+unwritable. Should the database still refuse a row for what it holds (not for being
+unavailable), the batch is written row by row; a refused row is written once more in a
+stricter form (ASCII only) and, if refused again, logged and dropped. A bad row never
+blocks the others and is never retried forever.
 """
 
 import atexit
@@ -23,13 +31,14 @@ import json
 import logging
 import os
 import queue
+import re
 import socket
 import threading
 from datetime import datetime
 from pathlib import Path
 
 from django.conf import settings
-from django.db import IntegrityError, close_old_connections
+from django.db import InterfaceError, OperationalError, close_old_connections
 
 logger = logging.getLogger(__name__)
 
@@ -41,6 +50,41 @@ RETRY_MAX_SECONDS = 5.0
 # How long a process that is exiting waits for its rows to be written.
 EXIT_FLUSH_SECONDS = 5.0
 SPILL_PREFIX = "audit-backlog-"
+# What no database text column can hold: UTF-16 surrogates on their own (not text in any
+# encoding a driver writes) and NUL (PostgreSQL refuses it in text).
+UNSTORABLE = re.compile("[\ud800-\udfff\x00]")
+# The errors that mean the database is unavailable (worth retrying the same rows), as
+# opposed to refusing what a row holds.
+UNAVAILABLE = (OperationalError, InterfaceError)
+
+
+def storable_value(value):
+    """A JSON value (a run's result, say) with every string in it made storable."""
+    if isinstance(value, str):
+        return storable(value)
+    if isinstance(value, list):
+        return [storable_value(item) for item in value]
+    if isinstance(value, dict):
+        return {storable(key): storable_value(item) for key, item in value.items()}
+    return value
+
+
+def storable(value, limit=None):
+    """`value` as text any database column takes: lone surrogates and NUL become U+FFFD,
+    and at most `limit` characters are kept."""
+    text = value if isinstance(value, str) else str(value if value is not None else "")
+    text = UNSTORABLE.sub("\ufffd", text)
+    return text[:limit] if limit is not None else text
+
+
+def _text_limits():
+    from tenants.models import AuditLog
+
+    return {
+        field.attname: field.max_length
+        for field in AuditLog._meta.concrete_fields
+        if field.get_internal_type() in ("CharField", "TextField")
+    }
 
 
 class AuditWriter:
@@ -53,12 +97,18 @@ class AuditWriter:
         self.failing = False  # the last write failed: the database is unavailable
         self.spilled = 0  # rows in this process's spill file
         self.adopted = False
+        self.text_limits = None  # column name -> max length, read from the model once
 
     def record(self, **fields):
         from tenants.models import AuditLog
 
-        fields["target"] = str(fields.get("target") or "")[:TARGET_MAX]
-        fields["message"] = str(fields.get("message") or "")[:300]
+        if self.text_limits is None:
+            self.text_limits = _text_limits()
+        fields["target"] = fields.get("target") or ""
+        fields["message"] = fields.get("message") or ""
+        for name, limit in self.text_limits.items():
+            if name in fields:
+                fields[name] = storable(fields[name], limit)
         self._ensure_thread()
         self.queue.put(AuditLog(**fields))
 
@@ -127,30 +177,37 @@ class AuditWriter:
             close_old_connections()
             AuditLog.objects.bulk_create(rows)
             return True
-        except IntegrityError:
-            # A tenant, run or user was deleted while its calls were in the queue:
-            # keep the rows, without the links that no longer resolve (tenant_slug
-            # still names the tenant).
-            for row in rows:
-                self._write_one(row)
-            return True
-        except Exception as e:
+        except UNAVAILABLE as e:
             if not self.failing:
                 logger.error("audit: writing %d rows failed, keeping them to retry: %s", len(rows), str(e).strip()[:200])
             return False
+        except Exception:
+            # The database refused what a row holds (a tenant, run or user deleted while
+            # its calls were queued; a value it cannot store): each row on its own, so
+            # one bad row never holds back the others.
+            for row in rows:
+                if not self._write_one(row):
+                    return False
+            return True
 
     def _write_one(self, row):
+        """Write one row, in a plainer form each time it is refused for what it holds.
+        False only if the database is unavailable (the caller retries the batch)."""
         from tenants.models import AuditLog
 
-        try:
-            AuditLog.objects.bulk_create([row])
-        except IntegrityError:
-            row.pk = None
-            row.tenant_id = row.run_id = row.user_id = None
+        for attempt in (_as_is, _without_links, _ascii_only):
+            attempt(row)
             try:
                 AuditLog.objects.bulk_create([row])
-            except Exception:
-                logger.exception("audit: a row could not be written")
+                return True
+            except UNAVAILABLE:
+                return False
+            except Exception as e:
+                refusal = str(e).strip()[:200]
+        # Kept out of the log's own text: what the row held is what could not be stored.
+        logger.error("audit: a %s.%s row of tenant %s was refused and dropped: %s",
+                     _ascii(row.capability), _ascii(row.operation), _ascii(row.tenant_slug), refusal)
+        return True
 
     # -- rows past the backlog, on disk --------------------------------------------
 
@@ -219,6 +276,27 @@ class AuditWriter:
         if self.thread is not None and self.thread.is_alive():
             if not self.flush(EXIT_FLUSH_SECONDS) and self.failing:
                 logger.error("audit: exiting while the database is unavailable; unwritten rows are lost")
+
+
+def _as_is(row):
+    row.pk = None
+
+
+def _without_links(row):
+    # A tenant, run or user deleted while its calls were in the queue: keep the row
+    # without the links that no longer resolve (tenant_slug still names the tenant).
+    row.pk = None
+    row.tenant_id = row.run_id = row.user_id = None
+
+
+def _ascii(text):
+    return str(text or "").encode("ascii", "backslashreplace").decode("ascii")
+
+
+def _ascii_only(row):
+    _without_links(row)
+    for name, limit in writer.text_limits.items() if writer.text_limits else ():
+        setattr(row, name, _ascii(getattr(row, name))[:limit])
 
 
 def row_fields(row):

@@ -262,3 +262,63 @@ async def test_it_dispatches_through_rq_workers(acme, settings):
     assert (acme.storage_root() / "rq.txt").read_text() == "via rq"
     assert queue.failed_job_registry.count == 0
     assert queue.count == 0
+
+
+async def test_cant_switch_off_the_audit_log_with_a_lone_surrogate(acme, make_tenant):
+    """readFile('\\ud800'): JSON carries the lone surrogate as an escape, which no
+    database column can store. The call is audited (with U+FFFD), and so is every call
+    after it, this tenant's and another's."""
+    other = await database_sync_to_async(make_tenant)("globex", "Interactive")
+    run, token = await database_sync_to_async(make_run)(acme)
+    other_run, other_token = await database_sync_to_async(make_run)(other)
+    async with Isolate(token) as isolate:
+        await isolate.hello()
+        for path in ("\ud800", "a\x00b\udfff" * 200):
+            reply = await isolate.call("readFile", {"path": path})
+            assert reply["ok"] is False
+        reply = await isolate.call("fileExists", {"path": "after.txt"})
+        assert reply["ok"] is True
+    async with Isolate(other_token) as isolate:
+        await isolate.hello()
+        assert (await isolate.call("fileExists", {"path": "x.txt"}))["ok"] is True
+    rows = await audit_rows(run_id=run.id)
+    assert [row.operation for row in rows] == ["readFile", "readFile", "fileExists"]
+    assert rows[0].target == "\ufffd"
+    assert len(rows[1].target) == 300 and "\x00" not in rows[1].target
+    assert rows[2].target == "after.txt"
+    assert [row.operation for row in await audit_rows(run_id=other_run.id)] == ["fileExists"]
+
+
+async def test_cant_block_the_audit_log_with_a_row_the_database_refuses(acme):
+    """Should a row the database cannot store still reach the writer, it is stored alone,
+    in a plainer form, and the rows queued with it are written."""
+    from tenants.models import AuditLog
+
+    def queue_rows():
+        bad = AuditLog(tenant_id=acme.pk, tenant_slug="acme", capability="files", operation="readFile",
+                       target="\ud800 bad", outcome="denied")
+        audit.writer._ensure_thread()
+        audit.writer.queue.put(bad)
+        audit.record(tenant_id=acme.pk, tenant_slug="acme", capability="files", operation="fileExists",
+                     target="good.txt", outcome="allowed")
+        assert audit.flush(10)
+
+    await database_sync_to_async(queue_rows)()
+    rows = await audit_rows(tenant_slug="acme")
+    assert [row.target for row in rows] == ["\\ud800 bad", "good.txt"]
+    assert not audit.writer.failing
+
+
+async def test_cant_crash_the_run_with_a_lone_surrogate_in_console_text(acme):
+    run, token = await database_sync_to_async(make_run)(acme)
+    async with Isolate(token) as isolate:
+        await isolate.hello()
+        await isolate.ws.send_to(text_data=json.dumps({"type": "log", "level": "log", "text": "half \ud800 a pair, a \x00", "t": 0}))
+        # The consumer is still there and answering.
+        assert (await isolate.call("fileExists", {"path": "x.txt"}))["ok"] is True
+        await isolate.ws.send_to(text_data=json.dumps({"type": "done", "ok": True, "result": {"s": "\udfff", "\ud800": [1]}}))
+        await asyncio.sleep(0.3)
+    run = await database_sync_to_async(BlockRun.objects.get)(pk=run.pk)
+    assert run.status == "succeeded"
+    assert run.console == "half \ufffd a pair, a \ufffd"
+    assert run.result == {"s": "\ufffd", "\ufffd": [1]}

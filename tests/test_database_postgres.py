@@ -423,3 +423,57 @@ def test_it_never_logs_in_as_the_platform_for_tenant_sql(mallory):
     with pool.connection() as conn:
         assert conn.info.user == tenant.login
         assert conn.execute("SELECT rolsuper FROM pg_roles WHERE rolname = session_user").fetchone() == (False,)
+
+
+def test_cant_turn_another_tenants_object_numbers_into_names(alpha, mallory):
+    """The whole family of functions and types that turn an object's number into its
+    name (or a name into its number), tried with the numbers of another tenant's table,
+    view, function, sequence, type, schema and roles."""
+    _, a = names_of(alpha)
+    with admin() as conn:
+        numbers = dict(
+            conn.execute(
+                """
+                SELECT 'table', oid FROM pg_class WHERE relname = 'a_secret_table'
+                UNION ALL SELECT 'view', oid FROM pg_class WHERE relname = 'alpha_view'
+                UNION ALL SELECT 'function', oid FROM pg_proc WHERE proname = 'alpha_function'
+                UNION ALL SELECT 'type', reltype FROM pg_class WHERE relname = 'a_secret_table'
+                UNION ALL SELECT 'schema', oid FROM pg_namespace WHERE nspname = %(schema)s
+                UNION ALL SELECT 'role', oid FROM pg_roles WHERE rolname = %(owner)s
+                """,
+                {"schema": a.schema, "owner": a.owner},
+            ).fetchall()
+        )
+    assert len(numbers) == 6
+    secrets = ["a_secret_table", "alpha_view", "alpha_function", a.schema, a.owner, a.login, "auth_user", "tenants_"]
+    t, v, f, ty, n, r = (numbers[k] for k in ("table", "view", "function", "type", "schema", "role"))
+    attempts = [
+        f"SELECT regclassout({t})", f"SELECT regprocout({f})", f"SELECT regprocedureout({f})",
+        f"SELECT regtypeout({ty})", f"SELECT regoperout({f})", f"SELECT regoperatorout({f})",
+        f"SELECT regnamespaceout({n})", f"SELECT regroleout({r})", f"SELECT regconfigout({t})",
+        f"SELECT regdictionaryout({t})", f"SELECT regcollationout({t})", f"SELECT regclasssend({t})",
+        f"SELECT regclassin('{a.schema}.a_secret_table')", f"SELECT {t}::oid::regclass::text",
+        f"SELECT CAST({v} AS regclass)", f"SELECT ARRAY[{t}]::_regclass", f"SELECT '{{{t}}}'::regclass[]",
+        f"SELECT {r}::regrole", f"SELECT {n}::regnamespace", f"SELECT {ty}::regtype", f"SELECT {f}::regprocedure",
+        f"SELECT oidvectortypes('{ty} {ty}')", f"SELECT oidvectortypes(?::oidvector)",
+        f"SELECT format_type({ty}, NULL)", f"SELECT obj_description({t})", f"SELECT col_description({t}, 1)",
+        f"SELECT shobj_description({r}, 'pg_authid')", f"SELECT pg_describe_object(1259, {t}, 0)",
+        f"SELECT * FROM pg_identify_object(1259, {t}, 0)", f"SELECT * FROM pg_identify_object_as_address(1259, {t}, 0)",
+        f"SELECT pg_get_functiondef({f})", f"SELECT pg_get_viewdef({v})", f"SELECT pg_get_userbyid({r})",
+        "SELECT current_schemas(true)", f"SELECT to_regclass('{a.schema}.a_secret_table')",
+        f"SELECT to_regrole('{a.owner}')", f"SELECT has_table_privilege({t}, 'SELECT')",
+        f"SELECT has_schema_privilege({n}, 'USAGE')", f"SELECT row_security_active({t})",
+        f"SELECT acldefault('r', {r})::text", f"SELECT makeaclitem({r}, {r}, 'SELECT', false)::text",
+        f"SELECT '{r}=r/{r}'::aclitem", f"SELECT information_schema._pg_truetypid(NULL, NULL)",
+        f"CREATE FUNCTION leak(oid) RETURNS text LANGUAGE sql AS 'SELECT regclassout($1)::text'",
+        f"CREATE VIEW leak AS SELECT {t}::regclass AS name",
+    ]
+    for sql in attempts:
+        params = [f"{ty} {ty}"] if "?" in sql else []
+        message = refused(lambda: q(mallory, sql, params))
+        assert not any(secret in message for secret in secrets), (sql, message)
+    # Ordinary SQL that merely resembles them still runs.
+    q(mallory, "CREATE TABLE registry (regular TEXT)")
+    q(mallory, "INSERT INTO registry VALUES (regexp_replace('a-b', '-', '+'))")
+    assert q(mallory, "SELECT regular FROM registry")["data"]["rows"] == [{"regular": "a+b"}]
+    assert q(mallory, "SELECT current_schema() IS NOT NULL AS ok")["data"]["rows"] == [{"ok": True}]

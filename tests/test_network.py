@@ -7,6 +7,7 @@ allow-list show the guard itself. Where a test needs a name that is not in DNS, 
 replaces capabilities.network.addresses.resolve (the platform's only resolver).
 """
 
+import ipaddress
 import ssl
 import time
 import tracemalloc
@@ -206,6 +207,45 @@ def test_cant_reach_loopback_in_any_spelling(outsider, server, spelling):
 )
 def test_cant_reach_private_link_local_or_metadata_addresses(outsider, url):
     assert "only public addresses can be reached" in refused(lambda: fetch(outsider, url), "PERMISSION_DENIED")
+
+
+def embeddings(ipv4):
+    """Every IPv6 form that carries `ipv4`, spelled as a URL host would spell it."""
+    v4 = ipaddress.IPv4Address(ipv4)
+    n = int(v4)
+    hi, lo = f"{n >> 16:x}", f"{n & 0xFFFF:x}"
+    return {
+        "mapped": f"::ffff:{ipv4}",
+        "mapped, hex": f"::ffff:{hi}:{lo}",
+        "SIIT": f"::ffff:0:{ipv4}",
+        "SIIT, hex": f"0:0:0:0:ffff:0:{hi}:{lo}",
+        "NAT64": f"64:ff9b::{ipv4}",
+        "local NAT64": f"64:ff9b:1::{ipv4}",
+        "6to4": f"2002:{hi}:{lo}::1",
+        "Teredo": f"2001:0:4136:e378:8000:63bf:{(~n >> 16) & 0xFFFF:x}:{~n & 0xFFFF:x}",
+        "IPv4-compatible": f"::{ipv4}",
+    }
+
+
+@pytest.mark.parametrize("ipv4", ["127.0.0.1", "10.0.0.1", "169.254.169.254", "192.168.1.1", "100.64.0.1", "0.0.0.0"])
+def test_cant_reach_a_non_public_ipv4_address_through_an_ipv6_form_that_carries_it(outsider, server, monkeypatch, ipv4):
+    for form, host in embeddings(ipv4).items():
+        message = refused(lambda: fetch(outsider, f"http://[{host}]:{server.port}/json"), "PERMISSION_DENIED")
+        assert "only public addresses can be reached" in message, form
+        # ... and when a name resolves to it.
+        monkeypatch.setattr(addresses, "resolve", lambda name, port: [host])
+        message = refused(lambda: fetch(outsider, f"http://embedded.example:{server.port}/json"), "PERMISSION_DENIED")
+        assert "resolves to a non-public address" in message, form
+    assert server.state.requests == []
+
+
+def test_it_judges_ipv6_forms_by_the_public_ipv4_address_they_carry():
+    # Forms public hosts are reached through stay reachable; the others are refused
+    # whatever they carry.
+    reachable = {"mapped", "mapped, hex", "NAT64", "6to4"}
+    for form, host in embeddings("8.8.8.8").items():
+        why = addresses.refusal(ipaddress.ip_address(host))
+        assert (why is None) == (form in reachable), (form, why)
 
 
 def test_cant_reach_a_name_that_resolves_to_a_private_address(outsider, monkeypatch):

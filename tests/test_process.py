@@ -7,6 +7,7 @@ which only these tests' tenants have on their allow-list (a PolicyOverride)."""
 import dataclasses
 import os
 import socket
+import stat
 import textwrap
 import threading
 import time
@@ -285,6 +286,74 @@ def test_cant_reach_programs_off_the_list_through_an_allowed_one(advanced):
     assert "sed" in listed and "awk" in listed
 
 
+@pytest.fixture
+def wrapper_user(make_tenant):
+    """An Advanced tenant whose admin also allowed more commands that exec others."""
+    tenant = make_tenant("wrap-co", "Advanced")
+    override(tenant, "process_commands", ADVANCED_COMMANDS + " xargs nice timeout tar")
+    return tenant
+
+
+def test_cant_run_a_program_off_the_list_through_a_command_that_execs(wrapper_user):
+    # Programs of the server that are not on the list, by name, by path, under /usr/lib
+    # (where `env /usr/lib/jvm/.../java` was found) and through the dynamic loader.
+    hidden = ["perl", "/usr/bin/perl", "/usr/bin/python3", "/bin/sh", "/usr/sbin/nologin"]
+    hidden += [str(p) for p in sorted(Path("/usr/lib").glob("*/*")) if p.is_file() and os.access(p, os.X_OK)][:3]
+    loader = next(str(p) for p in Path("/lib64").glob("ld-linux*"))
+    wrappers = {
+        "env": lambda program: ["env", [program, "-v"]],
+        "nice": lambda program: ["nice", [program, "-v"]],
+        "timeout": lambda program: ["timeout", ["5", program, "-v"]],
+        "xargs": lambda program: ["xargs", [program, "-v"]],
+        "find -exec": lambda program: ["find", ["/", "-maxdepth", "0", "-exec", program, "-v", ";"]],
+        "loader": lambda program: ["env", [loader, program]],
+        "tar --to-command": lambda program: ["tar", ["-cf", "/dev/null", f"--use-compress-program={program}", "/dev/null"]],
+    }
+    for program in hidden:
+        for how, make in wrappers.items():
+            command, args = make(program)
+            result = run(wrapper_user, command, args, input="x\n")
+            # Nothing ran (its -v would print), and the wrapper says it found nothing.
+            assert result["stdout"] == "", (how, program, result)
+            stderr = result["stderr"].lower()
+            assert "no such file" in stderr or "cannot" in stderr, (how, program, result["stderr"])
+    # awk's system() and sed's `e` need a shell, and there is none.
+    result = run(wrapper_user, "awk", ["BEGIN { exit system(\"id\") }"])
+    assert result["exitCode"] != 0 and "uid=" not in result["stdout"]
+    result = run(wrapper_user, "sed", ["e id"], input="x\n")
+    assert "uid=" not in result["stdout"]
+    # Only the list's programs (and the loader, libraries and prlimit) are executables.
+    listed = run(
+        wrapper_user, "find", ["/usr", "/bin", "/lib", "/lib64", "-path", "/usr/share", "-prune", "-o", "-type", "f", "-perm", "-u+x", "-print"]
+    )["stdout"].split()
+    assert all("/lib" in path or path.startswith(("/usr/bin/", "/bin/", "/usr/libexec/")) for path in listed), listed
+    assert "/usr/bin/perl" not in listed and not any("chromium" in path or "udev" in path for path in listed)
+    # /usr/share (data) and every writable place are noexec.
+    mounts = {line.split()[4]: line.split()[5] for line in run(wrapper_user, "cat", ["/proc/self/mountinfo"])["stdout"].splitlines()}
+    for place in ("/", "/tmp", "/usr/share"):
+        assert "noexec" in mounts[place].split(","), (place, mounts[place])
+
+
+def test_cant_load_native_code_into_awk(wrapper_user):
+    # A real gawk extension, stored by the tenant: @load, AWKLIBPATH, and the system's own
+    # extension folder all fail (storage and /tmp are noexec; the system's are not there).
+    extensions = sorted(Path("/usr/lib").glob("*/gawk/filefuncs.so"))
+    if not extensions:
+        pytest.skip("gawk's extensions are not installed")
+    files.write_file(context_for(wrapper_user), {"path": "ext/filefuncs.so", "data": extensions[0].read_bytes()})
+    for args, env in [
+        (["@load \"/ext/filefuncs\"; BEGIN { print \"loaded\" }"], None),
+        (["@load \"filefuncs\"; BEGIN { print \"loaded\" }"], {"AWKLIBPATH": "/ext"}),
+        (["@load \"filefuncs\"; BEGIN { print \"loaded\" }"], None),
+        (["-l", "filefuncs", "BEGIN { print \"loaded\" }"], {"AWKLIBPATH": "/ext"}),
+    ]:
+        result = run(wrapper_user, "awk", args, env=env)
+        assert "loaded" not in result["stdout"] and result["exitCode"] != 0, (args, env, result)
+    result = run(wrapper_user, "tee", ["/tmp/x.so"], input=extensions[0].read_bytes().decode("latin-1"))
+    result = run(wrapper_user, "awk", ["@load \"/tmp/x\"; BEGIN { print \"loaded\" }"])
+    assert "loaded" not in result["stdout"]
+
+
 def test_cant_bomb_the_server_with_forks(prober):
     marker = f"bomb-{time.time_ns()}"
     started = time.monotonic()
@@ -499,6 +568,111 @@ def test_cant_gain_privileges_or_leave_the_namespaces(prober):
     assert lines[1:] == ["setuid refused", "unshare refused 1", "mount refused 1", "ptrace refused 1"]
 
 
+SET_ID = stat.S_ISUID | stat.S_ISGID
+
+
+@pytest.fixture
+def chmodder(make_tenant):
+    """An Advanced tenant whose admin also allowed chmod (and python3, to probe with)."""
+    tenant = make_tenant("chmod-co", "Advanced")
+    override(tenant, "process_commands", ADVANCED_COMMANDS + " chmod python3")
+    return tenant
+
+
+def store_program(tenant, name):
+    """A real program (a copy of /usr/bin/true), stored through the file API."""
+    files.write_file(context_for(tenant), {"path": name, "data": Path("/usr/bin/true").read_bytes()})
+    return Path(tenant.storage_root()) / name
+
+
+def test_cant_make_a_set_uid_program_on_the_server(chmodder):
+    program = store_program(chmodder, "bin-escape")
+    result = run(chmodder, "chmod", ["4755", "/bin-escape"])
+    assert result["exitCode"] != 0 and "Operation not permitted" in result["stderr"]
+    for mode in ("u+s", "g+s", "6755", "2755"):
+        assert run(chmodder, "chmod", [mode, "/bin-escape"])["exitCode"] != 0, mode
+    # Every call that could set the bits, not only chmod's: fchmod, fchmodat, a file made
+    # set-id at creation, a set-gid folder.
+    result = python(
+        chmodder,
+        """
+        import os
+        attempts = {
+            'chmod': lambda: os.chmod('/bin-escape', 0o4755),
+            'fchmod': lambda: os.fchmod(os.open('/bin-escape', os.O_RDONLY), 0o2755),
+            'fchmodat': lambda: os.chmod('bin-escape', 0o6755, dir_fd=os.open('/', os.O_RDONLY)),
+            'create': lambda: os.open('/made-set-id', os.O_CREAT | os.O_WRONLY, 0o4755),
+            'mkdir': lambda: os.chmod(os.mkdir('/set-gid-folder') or '/set-gid-folder', 0o2775),
+        }
+        for name, attempt in attempts.items():
+            try:
+                attempt()
+                print(name, 'allowed')
+            except PermissionError:
+                print(name, 'refused')
+        os.chmod('/bin-escape', 0o755)
+        print('plain chmod works')
+        """,
+    )
+    assert result["stdout"].split("\n")[:-1] == [
+        "chmod refused", "fchmod refused", "fchmodat refused", "create refused", "mkdir refused", "plain chmod works",
+    ], result["stderr"]
+    storage = Path(chmodder.storage_root())
+    for path in [program, storage / "set-gid-folder"]:
+        assert not path.stat().st_mode & SET_ID, path
+    assert not (storage / "made-set-id").exists()
+
+
+def test_cant_own_anything_of_the_servers_user(chmodder):
+    # The command is uid 1000 inside; on the server it is never root (and, when the
+    # server is root, not the server's user either).
+    result = python(chmodder, "open('/made-by-a-command', 'w').write('x'); import os; print(os.getuid())")
+    assert result["stdout"] == "1000\n"
+    owner = (Path(chmodder.storage_root()) / "made-by-a-command").stat()
+    assert owner.st_uid != 0 and owner.st_gid != 0
+    if os.geteuid() == 0:
+        assert owner.st_uid == settings.SYMPOSIUM_PROCESS_SANDBOX_UID
+    else:
+        assert owner.st_uid == os.geteuid()
+    # Files the file API wrote stay writable by commands, and commands' files by the API.
+    store_program(chmodder, "from-the-api")
+    assert run(chmodder, "tee", ["-a", "/from-the-api"], input="more")["exitCode"] == 0
+    files.write_file(context_for(chmodder), {"path": "made-by-a-command", "data": "replaced"})
+
+
+def test_cant_run_a_program_it_stored_or_wrote_to_tmp(chmodder):
+    store_program(chmodder, "stored-true")
+    assert run(chmodder, "chmod", ["755", "/stored-true"])["exitCode"] == 0
+    # Through a command that execs its arguments, and through the dynamic loader.
+    result = run(chmodder, "env", ["/stored-true"])
+    assert result["exitCode"] == 126 and "Permission denied" in result["stderr"]
+    result = run(chmodder, "find", ["/stored-true", "-exec", "{}", ";"])
+    assert "Permission denied" in result["stderr"]
+    result = python(
+        chmodder,
+        """
+        import os, shutil, subprocess, glob
+        shutil.copy('/stored-true', '/tmp/x')
+        os.chmod('/tmp/x', 0o755)
+        for argv in (['/tmp/x'], ['/stored-true']):
+            try:
+                print(subprocess.run(argv).returncode)
+            except PermissionError:
+                print('refused')
+        loader = glob.glob('/lib64/ld-linux*')[0]
+        print(subprocess.run([loader, '/stored-true'], capture_output=True).returncode)
+        print(subprocess.run([loader, '/tmp/x'], capture_output=True).returncode)
+        mounts = {line.split()[4]: line.split()[5] for line in open('/proc/self/mountinfo')}
+        print(mounts['/'], mounts['/tmp'])
+        """,
+    )
+    lines = result["stdout"].splitlines()
+    assert lines[:2] == ["refused", "refused"], result
+    assert lines[2] != "0" and lines[3] != "0"  # "failed to map segment from shared object"
+    for flags in lines[4].split():
+        assert {"nosuid", "nodev", "noexec"} <= set(flags.split(",")), lines[4]
+
+
 def test_cant_override_path_or_the_loader_through_env(advanced):
     for name in ["PATH", "LD_PRELOAD", "ld_library_path", "LD_AUDIT", "BASH_ENV", "GCONV_PATH", "BASH_FUNC_ls%%", "GLIBC_TUNABLES"]:
         error = refused(advanced, "ls", env={name: "/tmp/evil"})
@@ -549,3 +723,17 @@ def test_cant_run_anything_as_root_without_a_process_limit(advanced, monkeypatch
     monkeypatch.setattr(sandbox.PidsCgroup, "create", classmethod(lambda cls, max_pids: None))
     error = refused(advanced, "ls")
     assert error.code == "INTERNAL" and "cannot limit the number of processes" in error.message
+
+
+def test_cant_run_the_platform_as_root_as_shipped():
+    # A command maps to the server's user when the server is not root; the shipped
+    # units and image must therefore never run it as root.
+    repository = Path(settings.BASE_DIR)
+    units = sorted((repository / "deploy").glob("*.service"))
+    assert units
+    for unit in units:
+        users = [line.split("=", 1)[1].strip() for line in unit.read_text().splitlines() if line.startswith("User=")]
+        assert users and "root" not in users and "0" not in users, unit.name
+        assert "RestrictSUIDSGID=yes" in unit.read_text(), unit.name
+    users = [line.split()[1] for line in (repository / "Dockerfile").read_text().splitlines() if line.startswith("USER ")]
+    assert users and users[-1] not in ("root", "0")

@@ -745,3 +745,50 @@ def test_the_stub_broker_encodes_binary_as_documented():
     encoded = json.loads(encode_frame({"a": [b"\x00\xff"]}))
     assert encoded == {"a": [{"$bytes": base64.b64encode(b"\x00\xff").decode()}]}
     assert decode_value(encoded) == {"a": [b"\x00\xff"]}
+
+
+async def test_cant_resolve_names_from_a_block(pool, broker):
+    """Deno.resolveDns and node:dns (named imports, the module object, require, the
+    promises API, a Resolver pointed at a server of the test's own) all refuse, plainly,
+    and no query reaches the test's DNS server."""
+    queries = []
+
+    class Listener(asyncio.DatagramProtocol):
+        def datagram_received(self, data, addr):
+            queries.append(data)
+
+    loop = asyncio.get_running_loop()
+    transport, _ = await loop.create_datagram_endpoint(Listener, local_addr=("127.0.0.1", 0))
+    port = transport.get_extra_info("sockname")[1]
+    code = f"""
+    import {{ lookup, Resolver, promises }} from 'node:dns';
+    import dnsPromises from 'node:dns/promises';
+    import {{ createRequire }} from 'node:module';
+    const attempt = async (f) => {{
+      try {{ await f(); return 'allowed'; }} catch (e) {{ return `${{e.name}}: ${{e.message}}`; }}
+    }};
+    export default async () => {{
+      const dns = await import('node:dns');
+      const required = createRequire('file:///')('dns');
+      return {{
+        resolveDns: await attempt(() => Deno.resolveDns('example.com', 'A', {{ nameServer: {{ ipAddr: '127.0.0.1', port: {port} }} }})),
+        lookup: await attempt(() => new Promise((ok, fail) => lookup('example.com', (e, a) => e ? fail(e) : ok(a)))),
+        resolver: await attempt(() => {{ const r = new Resolver(); r.setServers(['127.0.0.1:{port}']); return new Promise((ok, fail) => r.resolve4('example.com', (e, a) => e ? fail(e) : ok(a))); }}),
+        promises: await attempt(() => promises.resolve4('example.com')),
+        dnsPromises: await attempt(() => dnsPromises.lookup('example.com')),
+        dynamic: await attempt(() => dns.default.lookup('example.com', () => {{}})),
+        required: await attempt(() => new Promise((ok, fail) => required.lookup('example.com', (e, a) => e ? fail(e) : ok(a)))),
+        requiredResolver: await attempt(() => {{ const r = new required.Resolver(); r.setServers(['127.0.0.1:{port}']); return new Promise((ok, fail) => r.resolve4('example.com', (e, a) => e ? fail(e) : ok(a))); }}),
+      }};
+    }};
+    """
+    try:
+        _, done, _ = await run(pool, broker, code)
+        await asyncio.sleep(0.2)
+    finally:
+        transport.close()
+    assert done["ok"], done
+    for attempt, outcome in done["result"].items():
+        assert outcome.startswith("NotCapable: ") and "a block resolves no names" in outcome, (attempt, outcome)
+        assert "10." not in outcome and ":53" not in outcome  # the server's resolver is not named
+    assert queries == []

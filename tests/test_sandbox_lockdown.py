@@ -129,6 +129,16 @@ attempt("kill_process_group_zero", lambda: os.kill(0, 0))
 attempt("kill_parent", lambda: os.kill(os.getppid(), 0))
 attempt("kill_self", lambda: os.kill(os.getpid(), 0) or "signalled")
 attempt("setuid_root", lambda: os.setuid(0))
+attempt("unshare_time", lambda: syscall(272, 0x80))                                # CLONE_NEWTIME
+
+# set-id bits: on a path that does not exist, only the filter answers EPERM (the kernel
+# would say ENOENT, Landlock EACCES), so these show the rule itself
+missing = "/nonexistent-symposium-probe"
+attempt("chmod_setuid", lambda: os.chmod(missing, 0o4755))
+attempt("chmod_setgid", lambda: os.chmod(missing, 0o2755))
+attempt("fchmodat_setuid", lambda: syscall(268, -100, missing.encode(), 0o4755))  # fchmodat(AT_FDCWD)
+attempt("create_setuid", lambda: os.open(missing, os.O_CREAT | os.O_WRONLY, 0o4755))
+attempt("chmod_plain", lambda: os.chmod(missing, 0o755))
 
 # kernel interfaces the runtime never needs
 attempt("bpf", lambda: syscall(321, 0, 0, 0))
@@ -322,6 +332,45 @@ def test_cant_ptrace_or_read_other_processes_memory(probe):
 def test_cant_unshare_setns_mount_or_chroot(probe):
     for attempt in ("unshare_user", "unshare_net", "setns", "mount", "chroot"):
         refused(probe[attempt], errno.EPERM)
+
+
+def test_cant_make_a_time_namespace(probe):
+    refused(probe["unshare_time"], errno.EPERM)
+    assert "CLONE_NEWTIME" in sandbox.POLICY["seccomp"]["clone_forbidden"]
+
+
+def test_cant_give_a_file_set_id_bits(probe):
+    for attempt in ("chmod_setuid", "chmod_setgid", "fchmodat_setuid", "create_setuid"):
+        refused(probe[attempt], errno.EPERM)
+    # A mode without set-id bits reaches the kernel (and Landlock), which answers for it.
+    refused(probe["chmod_plain"], errno.ENOENT, errno.EACCES)
+
+
+def test_both_sandboxes_refuse_the_one_shared_list():
+    """The isolate's filter and the process sandbox's are built from one definition
+    (capabilities/syscall_rules.py): every call of it is refused by both."""
+    import io
+
+    from capabilities import syscall_rules
+    from capabilities.process import seccomp_filter
+
+    def rules_text(seccomp_filter_object):
+        out = tempfile.TemporaryFile()
+        seccomp_filter_object.export_pfc(out)
+        out.seek(0)
+        return out.read().decode()
+
+    isolate = rules_text(sandbox.build_seccomp_filter(0, os.getpid()))
+    process = rules_text(seccomp_filter.build_filter())
+    for name in syscall_rules.denied_syscalls():
+        if name in syscall_rules.OPTIONAL_SYSCALLS and f'"{name}"' not in isolate:
+            continue  # unknown to this libseccomp, in both
+        assert f'"{name}"' in isolate, name
+        assert f'"{name}"' in process, name
+    for name in syscall_rules.MODE_ARGUMENT:
+        if name != "fchmodat2" or '"fchmodat2"' in isolate:
+            assert f'"{name}"' in isolate and f'"{name}"' in process, name
+    assert sandbox.CLONE_NEW_FLAGS is not None and sandbox.CLONE_NEW_FLAGS == syscall_rules.CLONE_NAMESPACE_FLAGS
 
 
 def test_cant_signal_another_process(probe):

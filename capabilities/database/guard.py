@@ -102,9 +102,7 @@ PG_ALLOWED_PG_NAMES = {
     "pg_sleep_until", "pg_input_is_valid", "pg_input_error_info", "pg_trigger_depth",
 }  # fmt: skip
 PG_REFUSED_NAMES = {
-    # Casts to these types turn an object number into its name (16390::regclass).
-    "regclass", "regcollation", "regconfig", "regdictionary", "regnamespace", "regoper",
-    "regoperator", "regproc", "regprocedure", "regrole", "regtype",
+    # (The object-name types, regclass and its kin, are refused by PG_REFUSED_PATTERNS.)
     # set_config('role', ...) and set_config('search_path', ...) are SET in disguise.
     "set_config",
     # These run SQL given as a string, out of the guard's sight.
@@ -114,7 +112,16 @@ PG_REFUSED_NAMES = {
     "database_to_xmlschema", "database_to_xml_and_xmlschema", "ts_stat", "ts_rewrite", "dblink",
     "dblink_exec",
     # These name or describe any object by number, other tenants' included.
-    "format_type", "obj_description", "col_description", "shobj_description",
+    "format_type", "obj_description", "col_description", "shobj_description", "oidvectortypes",
+    # The schemas of the session's search path (the platform sets it; nothing to learn).
+    "current_schemas",
+    # Whether row security is active on a table named or numbered: another tenant's
+    # table's existence.
+    "row_security_active",
+    # aclitem's output names the roles it grants to and from: acldefault('r', 16390) or
+    # '16390=r/16390'::aclitem print role names.
+    "aclitem", "_aclitem", "aclitemin", "aclitemout", "aclitemeq", "makeaclitem", "acldefault",
+    "aclexplode", "aclcontains", "aclinsert", "aclremove", "hash_aclitem", "hash_aclitem_extended",
     # The database server's and the platform's addresses.
     "inet_server_addr", "inet_server_port", "inet_client_addr", "inet_client_port",
     # Large objects live outside every schema: they would escape the tenant's schema, its
@@ -125,8 +132,32 @@ PG_REFUSED_NAMES = {
     # A rule's action can be NOTIFY; the channels are shared by every tenant.
     "notify", "listen", "unlisten",
 }  # fmt: skip
-# has_table_privilege(16390, 'select') and the like answer for objects by number.
-PG_REFUSED_PATTERNS = [re.compile(r"^to_reg"), re.compile(r"^has_\w*_privilege$")]
+# The object-name types: a value of any of them prints as an object's name (16390::regclass
+# is 'a_table', 16390::regrole a role), and reads a name back into its number (which says
+# whether another tenant's object exists).
+PG_OBJECT_NAME_TYPES = (
+    "class", "collation", "config", "dictionary", "namespace", "oper", "operator", "proc",
+    "procedure", "role", "type",
+)  # fmt: skip
+PG_REFUSED_PATTERNS = [
+    # to_regclass('x') and friends: a name's number, or NULL if no such object.
+    re.compile(r"^to_reg"),
+    # has_table_privilege(16390, 'select') and the like answer for objects by number.
+    re.compile(r"^has_\w*_privilege$"),
+    # The types themselves (casts, typed literals, arrays: _regclass) and their input,
+    # output, binary receive and send functions, which take or give the name:
+    # regclassout(16390), regprocout(...), regtypeout(...), regroleout(...), and so on.
+    re.compile(rf"^_?reg(?:{'|'.join(PG_OBJECT_NAME_TYPES)})(?:in|out|recv|send)?$"),
+    # information_schema's helper functions, which read the catalogs by number.
+    re.compile(r"^_pg_"),
+]
+# Why the statement guard and not the server: the family lives in pg_catalog, owned by
+# the bootstrap superuser; the platform's user is usually not one, and cannot REVOKE
+# EXECUTE on them from PUBLIC (nor should a database-wide change depend on it). A type's
+# output function also runs with no EXECUTE check at all whenever a value of the type is
+# printed, so only refusing the types' names in the statement closes the casts. The
+# pg_* names, which hold the rest of the family (pg_get_*def, pg_describe_object,
+# pg_identify_object*), are refused above as a whole.
 
 
 def refuse(message):

@@ -297,6 +297,10 @@ def _replace_atomically(parent_fd, name, data):
     fd = os.open(temp_name, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644, dir_fd=parent_fd)
     try:
         try:
+            # A file the API writes is plain data: no set-id, sticky or execute bit, whatever
+            # the server's umask or the file it replaces had (a set-uid file in storage is
+            # one on the server's disk).
+            os.fchmod(fd, 0o644)
             view = memoryview(data)
             while view:
                 written = os.write(fd, view)

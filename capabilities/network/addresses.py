@@ -28,7 +28,7 @@ from capabilities.network.limits import BAD_PORTS, DNS_THREADS, DNS_TIMEOUT_SECO
 from tenants.policy import host_matches
 
 # Networks a request may not reach, with the name the refusal gives. IPv6 addresses
-# that embed an IPv4 address (mapped, compatible, NAT64, 6to4) are judged by it.
+# that embed an IPv4 address are judged by it first (IPV4_EMBEDDING below).
 BLOCKED_IPV4 = [
     ("0.0.0.0/8", "the unspecified 'this network' range"),
     ("10.0.0.0/8", "a private network"),
@@ -63,8 +63,46 @@ BLOCKED_IPV6 = [
 ]
 _V4 = [(ipaddress.ip_network(net), why) for net, why in BLOCKED_IPV4]
 _V6 = [(ipaddress.ip_network(net), why) for net, why in BLOCKED_IPV6]
-_NAT64 = ipaddress.ip_network("64:ff9b::/96")
-_COMPAT = ipaddress.ip_network("::/96")
+
+
+def _last_32_bits(address):
+    return [ipaddress.IPv4Address(int(address) & 0xFFFFFFFF)]
+
+
+def _bits(address, start, length=32):
+    """The IPv4 address in bits [start, start + 32) of the IPv6 address, counted from the
+    most significant bit."""
+    return ipaddress.IPv4Address((int(address) >> (128 - start - length)) & 0xFFFFFFFF)
+
+
+def _teredo(address):
+    server, client = address.teredo
+    return [server, client]
+
+
+# Every IPv6 form that carries an IPv4 address, and where it carries it. An address of
+# one of these forms is judged first by the IPv4 address(es) it carries (a packet to it
+# reaches that IPv4 host through a translator, a tunnel or the kernel's own dual stack),
+# then as itself: the forms no public host uses (IPv4-compatible, SIIT, local NAT64,
+# Teredo) are refused whatever they carry.
+IPV4_EMBEDDING = [
+    (ipaddress.ip_network("::ffff:0:0/96"), "IPv4-mapped", _last_32_bits),
+    (ipaddress.ip_network("::ffff:0:0:0/96"), "SIIT (IPv4-translated)", _last_32_bits),
+    (ipaddress.ip_network("64:ff9b::/96"), "NAT64", _last_32_bits),
+    # Local-use NAT64 prefixes may be of any RFC 6052 length; the /96 reading is judged
+    # for the message, and the whole range is refused anyway (REFUSED_FORMS).
+    (ipaddress.ip_network("64:ff9b:1::/48"), "local-use NAT64", _last_32_bits),
+    (ipaddress.ip_network("2002::/16"), "6to4", lambda address: [_bits(address, 16)]),
+    (ipaddress.ip_network("2001::/32"), "Teredo", _teredo),
+    (ipaddress.ip_network("::/96"), "IPv4-compatible", _last_32_bits),
+]
+# Forms refused whatever they carry: no public host is reached through them.
+REFUSED_FORMS = {
+    "SIIT (IPv4-translated)": "SIIT (IPv4-translated) space",
+    "local-use NAT64": "local-use NAT64 space",
+    "Teredo": "Teredo space",
+    "IPv4-compatible": "IPv4-compatible space",
+}
 
 
 def refusal(address):
@@ -72,11 +110,17 @@ def refusal(address):
     if isinstance(address, ipaddress.IPv6Address):
         if address.scope_id:
             return "a scoped (zone) address"
-        embedded = address.ipv4_mapped or address.sixtofour
-        if embedded is None and (address in _NAT64 or address in _COMPAT and int(address) > 1):
-            embedded = ipaddress.IPv4Address(int(address) & 0xFFFFFFFF)
-        if embedded is not None:
-            return refusal(embedded) or ("IPv4-compatible space" if address in _COMPAT else None)
+        for network, form, embedded in IPV4_EMBEDDING:
+            if address in network:
+                if form == "IPv4-compatible" and int(address) <= 1:
+                    break  # :: and ::1, judged below as themselves
+                for ipv4 in embedded(address):
+                    why = refusal(ipv4)
+                    if why:
+                        return f"{why} (as {form} {address.compressed})"
+                if form in REFUSED_FORMS:
+                    return REFUSED_FORMS[form]
+                break
         for network, why in _V6:
             if address in network:
                 return why

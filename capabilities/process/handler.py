@@ -16,7 +16,7 @@ from capabilities.files.beneath import (
     opened,
 )
 from capabilities.files.paths import PLATFORM_FOLDER, SANDBOX_SYSTEM_FOLDERS, parse_tenant_path
-from capabilities.process import sandbox
+from capabilities.process import mounts, sandbox
 from capabilities.process.arguments import (
     ProcessRequest,
     check_args,
@@ -56,6 +56,10 @@ def execute(ctx, args):
     else:
         with opened(open_storage_root(ctx)) as root_fd:
             _prepare_storage(root_fd, request.cwd, writable)
+            if writable:
+                # As root, commands run as a user of their own, which must own the
+                # tenant's files to change them (capabilities.process.mounts).
+                mounts.hand_storage_to(root_fd, *mounts.sandbox_host_ids())
             try:
                 outcome = sandbox.run(request, policy, storage=(root_fd, writable))
             finally:
@@ -73,15 +77,17 @@ def _check_cwd(value):
     first = cwd.parts[0]
     if first not in SANDBOX_SYSTEM_FOLDERS:
         raise CapabilityError("PERMISSION_DENIED", f"cwd cannot be '{cwd.display}': {cwd.reserved}.")
-    # A folder of the sandbox itself. Under /tmp (private, empty) it is made; /usr, /lib
-    # and /lib64 are the server's own, read-only; of the others only the folder itself.
+    # A folder of the sandbox itself. Under /tmp (private, empty) it is made; under
+    # /usr/share, the server's own (read-only) folders; /usr/bin and the top-level
+    # folders themselves. The rest of the server's /usr is not in the sandbox
+    # (capabilities.process.programs).
     if first == "tmp":
         return cwd
-    if first in ("usr", "lib", "lib64"):
+    if cwd.parts[:2] == ("usr", "share"):
         host = "/" + "/".join(cwd.parts)
         if os.path.isdir(host) and not os.path.islink(host) and not cwd.parts[-1].startswith("."):
             return cwd
-    elif len(cwd.parts) == 1:
+    elif len(cwd.parts) == 1 or cwd.parts == ("usr", "bin"):
         return cwd
     raise CapabilityError("NOT_FOUND", f"The folder '{cwd.display}' (cwd) does not exist in the sandbox.")
 

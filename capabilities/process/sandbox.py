@@ -46,7 +46,7 @@ import time
 from dataclasses import dataclass
 
 from capabilities.base import CapabilityError
-from capabilities.process import seccomp_filter
+from capabilities.process import mounts, programs, seccomp_filter
 from capabilities.process.cgroups import PidsCgroup
 from capabilities.process.limits import MB, SANDBOX_HOME, SANDBOX_LIMITS, SANDBOX_UID, SANDBOX_USER
 
@@ -58,6 +58,9 @@ PRLIMIT = "/usr/bin/prlimit"
 # namespace: set outside, RLIMIT_NPROC would count the server's own processes too.
 SANDBOX_PRLIMIT = "/usr/libexec/symposium/prlimit"
 READ_CHUNK = 64 * 1024
+# The sandbox's folders of programs and libraries (mount points in the tenant's root,
+# capabilities.files.paths.SANDBOX_SYSTEM_FOLDERS), filled per command.
+SYSTEM_FOLDERS = ("/usr", "/bin", "/lib", "/lib64")
 
 ETC_FILES = {
     "passwd": (
@@ -93,15 +96,10 @@ def _data_fd(name, data: bytes):
     return fd
 
 
-def _host_folder(path):
-    """Where a top-level system folder really is on the server (/lib is often a link to
-    usr/lib): bind the real folder, never a link."""
-    return os.path.realpath(path)
-
-
-def build_arguments(request, policy, storage, fds):
+def build_arguments(request, policy, storage, fds, root_fd):
     """bubblewrap's arguments for `request`. `storage` is (fd, writable) or None; data for
-    generated files is put in memfds appended to `fds` (to be passed to bubblewrap)."""
+    generated files is put in memfds appended to `fds` (to be passed to bubblewrap);
+    `root_fd` is the descriptor the staged root will have in bubblewrap."""
     a = [
         "--unshare-all",
         "--unshare-user",
@@ -117,30 +115,12 @@ def build_arguments(request, policy, storage, fds):
     for name, value in request.env.items():
         a += ["--setenv", name, value]
 
-    if storage is not None:
-        storage_fd, writable = storage
-        a += ["--bind-fd" if writable else "--ro-bind-fd", str(storage_fd), "/"]
-    a += ["--ro-bind", "/usr", "/usr"]
-    for folder in ("/lib", "/lib64"):
-        if os.path.exists(folder):
-            a += ["--ro-bind", _host_folder(folder), folder]
-
-    # /usr/bin and /bin hold the tenant's commands and nothing else.
-    for folder in ("/usr/bin", "/bin"):
-        a += ["--tmpfs", folder]
-        for name, program in sorted(request.allowed_programs.items()):
-            a += ["--ro-bind", program, f"{folder}/{name}"]
-        a += ["--remount-ro", folder]
-    # Other places of /usr that hold programs are emptied too.
-    for folder in ("/usr/sbin", "/usr/local", "/usr/games"):
-        if os.path.isdir(folder):
-            a += ["--tmpfs", folder, "--remount-ro", folder]
-    a += [
-        "--tmpfs", "/usr/libexec",
-        "--dir", "/usr/libexec/symposium",
-        "--ro-bind", PRLIMIT, SANDBOX_PRLIMIT,
-        "--remount-ro", "/usr/libexec",
-    ]
+    # The root: the tenant's storage (or an empty tmpfs), prepared nosuid, nodev and
+    # noexec in the command's own namespace before bubblewrap starts (mounts.Staging), on
+    # the descriptor number `root_fd` once staged.
+    writable = storage is None or storage[1]
+    a += ["--bind-fd" if writable else "--ro-bind-fd", str(root_fd), "/"]
+    a += system_view(request)
 
     a += ["--tmpfs", "/etc"]
     if os.path.exists("/etc/ld.so.cache"):
@@ -151,7 +131,9 @@ def build_arguments(request, policy, storage, fds):
         a += ["--ro-bind-data", str(fd), f"/etc/{name}"]
     a += ["--remount-ro", "/etc"]
 
-    a += ["--size", str(SANDBOX_LIMITS["tmp_bytes"]), "--tmpfs", "/tmp"]
+    # The private /tmp: a tmpfs of SANDBOX_LIMITS["tmp_bytes"], nosuid, nodev, noexec,
+    # made by mounts.Staging.
+    a += ["--bind", mounts.STAGED_TMP, "/tmp"]
     a += ["--proc", "/proc", "--dev", "/dev", "--remount-ro", "/dev"]
     if storage is not None:
         a += ["--tmpfs", "/.symposium", "--remount-ro", "/.symposium"]
@@ -166,6 +148,32 @@ def build_arguments(request, policy, storage, fds):
     a += ["--seccomp", str(seccomp)]
 
     return a
+
+
+def system_view(request):
+    """bubblewrap's arguments for the server's files a command sees: its tenant's
+    allowed programs (in /usr/bin and /bin, nothing else there), the libraries they load,
+    the trees they need at run time, /usr/share (read-only, noexec) and prlimit; not the
+    rest of /usr, so that no command can exec a program off the allow-list, whatever it
+    execs through (capabilities.process.programs)."""
+    # /usr, /bin, /lib and /lib64 hold only what Staging bound into them (system_files),
+    # each file at the very path the loader, the PATH or a #! line names it by.
+    a = []
+    for folder in SYSTEM_FOLDERS:
+        # /bin is the same folder as /usr/bin (the commands, nothing else).
+        source = mounts.STAGED_SYSTEM + ("/usr/bin" if folder == "/bin" else folder)
+        a += ["--ro-bind", source, folder]
+    return a
+
+
+def system_files(request):
+    """(files, trees) of the server the command sees, for Staging to bind."""
+    files, trees = programs.visible_files([*request.allowed_programs.values(), PRLIMIT])
+    files = dict(files)
+    for name, program in request.allowed_programs.items():
+        files[f"/usr/bin/{name}"] = program
+    files[SANDBOX_PRLIMIT] = PRLIMIT
+    return sorted(files.items()), trees
 
 
 def build_command_line(request, policy):
@@ -202,10 +210,11 @@ def run(request, policy, storage):
         )
     fds = []
     try:
-        arguments = build_arguments(request, policy, storage, fds)
+        staging = _staging(storage, fds, request)
+        arguments = build_arguments(request, policy, storage, fds, staging.root_fd_number)
         args_fd = _data_fd("symposium-bwrap-args", b"".join(arg.encode() + b"\0" for arg in arguments))
         fds.append(args_fd)
-        return _run_bwrap(request, policy, args_fd, fds, storage, cgroup)
+        return _run_bwrap(request, policy, args_fd, fds, staging, cgroup)
     finally:
         for fd in fds:
             os.close(fd)
@@ -214,13 +223,39 @@ def run(request, policy, storage):
             cgroup.remove()
 
 
-def _run_bwrap(request, policy, args_fd, fds, storage, cgroup):
+def _staging(storage, fds, request):
+    """How the command's writable places are prepared (capabilities.process.mounts). The
+    staged root takes the number of a descriptor reserved here, passed to bubblewrap."""
+    files, trees = system_files(request)
+    reserved = os.open("/", os.O_PATH | os.O_CLOEXEC)
+    fds.append(reserved)
+    tree = None
+    path = None
+    writable = True
+    if storage is not None:
+        storage_fd, writable = storage
+        tree = mounts.detached_storage(storage_fd, writable)
+        if tree is not None:
+            fds.append(tree)
+        else:
+            path = os.readlink(f"/proc/self/fd/{storage_fd}")
+    return mounts.Staging(
+        storage_path=path,
+        storage_tree=tree,
+        writable=writable,
+        tmp_bytes=SANDBOX_LIMITS["tmp_bytes"],
+        ids=mounts.sandbox_host_ids(),
+        root_fd_number=reserved,
+        system_files=files,
+        system_trees=trees,
+    )
+
+
+def _run_bwrap(request, policy, args_fd, fds, staging, cgroup):
     status_read, status_write = os.pipe()
     block_read, block_write = os.pipe()
     status = _StatusReader(status_read)
     passed = [args_fd, status_write, block_read, *fds]
-    if storage is not None:
-        passed.append(storage[0])
     command = [
         BWRAP,
         "--json-status-fd", str(status_write),
@@ -234,21 +269,32 @@ def _run_bwrap(request, policy, args_fd, fds, storage, cgroup):
     process = None
     try:
         try:
-            process = subprocess.Popen(
-                command,
-                stdin=subprocess.PIPE if request.stdin is not None else subprocess.DEVNULL,
-                stdout=subprocess.PIPE,
-                stderr=subprocess.PIPE,
-                pass_fds=passed,
-                env={},
-                start_new_session=True,  # its own process group, killed as one
-                close_fds=True,
-            )
+            try:
+                process = subprocess.Popen(
+                    command,
+                    stdin=subprocess.PIPE if request.stdin is not None else subprocess.DEVNULL,
+                    stdout=subprocess.PIPE,
+                    stderr=subprocess.PIPE,
+                    pass_fds=passed,
+                    env={},
+                    start_new_session=True,  # its own process group, killed as one
+                    close_fds=True,
+                    # bubblewrap runs as the sandbox's user (the server's own unless the
+                    # server is root), in a namespace Staging prepares in the child.
+                    **_identity(staging),
+                    preexec_fn=staging,
+                )
+            except (OSError, subprocess.SubprocessError) as e:
+                # The child could not prepare the command's namespace (Staging) or run
+                # bubblewrap at all.
+                logger.error("The process sandbox failed to start: %s", e)
+                raise CapabilityError("INTERNAL", "The sandbox could not start the command.") from None
         finally:
             os.close(status_write)
             os.close(block_read)
         child_pid = status.child_pid(SANDBOX_LIMITS["startup_seconds"])
         try:
+            _hand_pipes_to(process, staging)
             if child_pid is None:
                 raise OSError("bubblewrap reported no sandbox process")
             if cgroup is not None:
@@ -274,6 +320,23 @@ def _run_bwrap(request, policy, args_fd, fds, storage, cgroup):
             for stream in (process.stdin, process.stdout, process.stderr):
                 if stream is not None and not stream.closed:
                     stream.close()
+
+
+def _hand_pipes_to(process, staging):
+    """The command's stdin, stdout and stderr are the server's pipes; a command that
+    reopens one (`sed /dev/stdin`, `tee /dev/stderr`) does so as the sandbox's user, so
+    they are made its own. Done before bubblewrap starts the command (--block-fd)."""
+    if os.geteuid() != 0:
+        return
+    for stream in (process.stdin, process.stdout, process.stderr):
+        if stream is not None:
+            os.fchown(stream.fileno(), staging.uid, staging.gid)
+
+
+def _identity(staging):
+    if os.geteuid() != 0:
+        return {}
+    return {"user": staging.uid, "group": staging.gid, "extra_groups": []}
 
 
 def _sandbox_failed(process, detail):

@@ -479,7 +479,29 @@ denoView.execPath = () => "/usr/local/bin/deno";
 for (const stream of ["stdin", "stdout", "stderr"]) {
   Object.defineProperty(denoView, stream, { get: notAvailable(`Deno.${stream}`), enumerable: false });
 }
+// A block resolves no names (see NODE_DNS_EXPORTS in isolates/pool.py): Deno.resolveDns
+// would be refused by the Worker's permissions anyway, with a message naming the server's
+// resolver; this says why instead, before anything is asked.
+function refusesNames(what) {
+  return function () {
+    throw new NotCapable(`${what} is not available to content blocks: a block resolves no names. symposium.network.fetch(url) resolves and checks the host itself.`);
+  };
+}
+denoView.resolveDns = refusesNames("Deno.resolveDns()");
 Object.defineProperty(globalThis, "Deno", { value: Object.freeze(denoView), writable: false, configurable: false, enumerable: true });
+
+// node:dns's module object, which require("dns") (through node:module's createRequire)
+// hands out past the import map: its functions refuse too.
+{
+  const { createRequire } = await import("node:module");
+  const nodeRequire = createRequire("file:///");
+  for (const specifier of ["dns", "dns/promises"]) {
+    const module = nodeRequire(specifier);
+    for (const key of Object.keys(module)) {
+      if (typeof module[key] === "function") module[key] = refusesNames(`node:${specifier} ${key}()`);
+    }
+  }
+}
 
 function startProcessGlobal(env) {
   const frozenEnv = Object.freeze(Object.assign(Object.create(null), env));
