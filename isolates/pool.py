@@ -77,8 +77,8 @@ MEMORY_LIMIT_MARKERS = (b"Fatal process out of memory", b"memory allocation of",
 # The block resolves no names: a DNS query is a channel of its own to any resolver, outside
 # symposium.network's checks and audit log. The Worker has no net permission, so Deno
 # refuses the queries; the runtime makes every way to ask refuse plainly, before any
-# socket: Deno.resolveDns and node:dns's module object (reached by require) in worker.js,
-# and the named exports of node:dns and node:dns/promises here, through an import map
+# socket: Deno.resolveDns in worker.js, and the named exports of node:dns and
+# node:dns/promises here, through an import map
 # that puts a module of refusals in their place (Deno applies it to the Worker's imports,
 # static and dynamic). Its exports mirror node:dns's, so that `import { lookup } from
 # "node:dns"` links and then refuses, with a message saying why.

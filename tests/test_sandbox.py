@@ -789,6 +789,12 @@ async def test_cant_resolve_names_from_a_block(pool, broker):
         transport.close()
     assert done["ok"], done
     for attempt, outcome in done["result"].items():
-        assert outcome.startswith("NotCapable: ") and "a block resolves no names" in outcome, (attempt, outcome)
+        if attempt.startswith("required"):
+            # Through require() the Worker's missing net permission refuses (the runtime
+            # does not load node's module system in every isolate to reword it: that
+            # costs each isolate memory a 64 MB run needs).
+            assert outcome != "allowed" and ("EPERM" in outcome or "NotCapable" in outcome), (attempt, outcome)
+        else:
+            assert outcome.startswith("NotCapable: ") and "a block resolves no names" in outcome, (attempt, outcome)
         assert "10." not in outcome and ":53" not in outcome  # the server's resolver is not named
     assert queries == []

@@ -490,19 +490,6 @@ function refusesNames(what) {
 denoView.resolveDns = refusesNames("Deno.resolveDns()");
 Object.defineProperty(globalThis, "Deno", { value: Object.freeze(denoView), writable: false, configurable: false, enumerable: true });
 
-// node:dns's module object, which require("dns") (through node:module's createRequire)
-// hands out past the import map: its functions refuse too.
-{
-  const { createRequire } = await import("node:module");
-  const nodeRequire = createRequire("file:///");
-  for (const specifier of ["dns", "dns/promises"]) {
-    const module = nodeRequire(specifier);
-    for (const key of Object.keys(module)) {
-      if (typeof module[key] === "function") module[key] = refusesNames(`node:${specifier} ${key}()`);
-    }
-  }
-}
-
 function startProcessGlobal(env) {
   const frozenEnv = Object.freeze(Object.assign(Object.create(null), env));
   Object.defineProperty(globalThis, "process", {
