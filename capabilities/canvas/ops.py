@@ -106,11 +106,13 @@ def color(value):
 
 
 def font(value):
+    """The font as the drawing state keeps it, or None for a shorthand a browser would
+    ignore (the op then leaves the font as it was)."""
     try:
         spec = parse_font(value)
     except FontError as e:
         raise FieldError(str(e)) from None
-    return (spec.family, spec.size, spec.bold, spec.italic)
+    return None if spec is None else spec.as_tuple()
 
 
 def one_of(*choices):
@@ -211,6 +213,11 @@ def _parse(index, field, parser, value):
         raise _fail(index, str(e), field) from None
 
 
+def _set_properties(parsed):
+    # A property parsed as None (an invalid font shorthand) is left as it was.
+    return {name: value for name, value in parsed.items() if value is not None}
+
+
 def _overrides(index, op, fields, style_property):
     """The property fields of a drawing op (and its `style`), parsed."""
     overrides = {}
@@ -220,7 +227,9 @@ def _overrides(index, op, fields, style_property):
                 raise _fail(index, f"gives both style and {style_property}; style is its shorthand", "style")
             overrides[style_property] = _parse(index, "style", color, op[name])
         elif name in PROPERTIES:
-            overrides[name] = _parse(index, name, PROPERTIES[name], op[name])
+            value = _parse(index, name, PROPERTIES[name], op[name])
+            if value is not None:
+                overrides[name] = value
         else:
             raise _fail(index, f"unknown field {_field_name(name)} for {op['type']}")
     return overrides or None
@@ -263,7 +272,7 @@ class OpValidator:
                 raise _fail(index, f"unknown field {_field_name(extra[0])} for {kind} (set it with value)")
             if "value" not in op:
                 raise _fail(index, f"needs a value, as in {{type: '{kind}', value: ...}}")
-            return ("set", None, {kind: _parse(index, "value", PROPERTIES[kind], op["value"])})
+            return ("set", None, _set_properties({kind: _parse(index, "value", PROPERTIES[kind], op["value"])}))
         if kind == "set":
             fields = [name for name in op if name != "type"]
             if not fields:
@@ -271,7 +280,7 @@ class OpValidator:
             for name in fields:
                 if name not in PROPERTIES:
                     raise _fail(index, f"{_field_name(name)} is not a property that set can change")
-            return ("set", None, {name: _parse(index, name, PROPERTIES[name], op[name]) for name in fields})
+            return ("set", None, _set_properties({name: _parse(index, name, PROPERTIES[name], op[name]) for name in fields}))
         if kind == "drawImage":
             return self.validate_draw_image(index, op)
         method = METHODS.get(kind)

@@ -6,20 +6,20 @@ the current path kept in device space (each point transformed when it is added, 
 transform set between moveTo and lineTo applies only to the later point); strokes drawn
 under the transform current at stroke(); arcs with Chrome's angle normalization;
 drawing and path-building skipped while the transform is not invertible; text shaped
-with HarfBuzz (kerning, ligatures) by Skia's paragraph layout, positioned with Chrome's
-baseline rules. The result is a picture a browser shows as the same picture.
+and hinted as Chromium on Linux does it (text.py), positioned with Chrome's baseline
+rules. The result is a picture a browser shows as the same picture.
 """
 
 import itertools
 import math
-import struct
 
 import skia
 
 from capabilities.base import CapabilityError
 from capabilities.canvas import limits
-from capabilities.canvas.fonts import FONT_FILES, typeface
+from capabilities.canvas.fonts import DEFAULT_FONT, parse_font
 from capabilities.canvas.ops import METHODS
+from capabilities.canvas.text import WHITESPACE, TextShaper
 
 OP_METHODS = {kind: f"op_{kind}" for kind in [*METHODS, "drawImage"]}
 
@@ -27,7 +27,6 @@ TAU = 2 * math.pi
 # Skia's SK_ScalarNearlyZero: how close to a whole turn (in degrees) Chrome takes a sweep
 # for a whole turn.
 NEARLY_ZERO = 1 / 4096
-FAMILY_NAMES = {"sans": "CanvasSans", "serif": "CanvasSerif", "mono": "CanvasMono"}
 CAPS = {"butt": skia.Paint.kButt_Cap, "round": skia.Paint.kRound_Cap, "square": skia.Paint.kSquare_Cap}
 JOINS = {"miter": skia.Paint.kMiter_Join, "round": skia.Paint.kRound_Join, "bevel": skia.Paint.kBevel_Join}
 EVEN_ODD, NONZERO = skia.PathFillType.kEvenOdd, skia.PathFillType.kWinding
@@ -35,9 +34,6 @@ IDENTITY = skia.Matrix()
 IDENTITY_SERIAL = 0
 CLEAR_PAINT = skia.Paint(AntiAlias=True, BlendMode=skia.BlendMode.kClear)
 LINEAR_SAMPLING = skia.SamplingOptions(skia.FilterMode.kLinear, skia.MipmapMode.kNone)
-# Chrome puts the hanging baseline at 80% of the ascent when the font does not say.
-HANGING_AS_PART_OF_ASCENT = 0.8
-WHITESPACE = str.maketrans({"\t": " ", "\n": " ", "\x0c": " ", "\r": " "})
 
 
 class DrawingState:
@@ -58,7 +54,7 @@ class DrawingState:
         self.lineJoin = "miter"
         self.miterLimit = 10.0
         self.globalAlpha = 1.0
-        self.font = ("sans", 10.0, False, False)
+        self.font = parse_font(DEFAULT_FONT).as_tuple()
         self.textAlign = "start"
         self.textBaseline = "alphabetic"
         self.matrix = skia.Matrix()
@@ -84,81 +80,6 @@ class DrawingState:
 
 def copy_matrix(matrix):
     return skia.Matrix.MakeAll(*matrix.get9())
-
-
-def _font_metrics(family, bold):
-    """Typo ascent/descent (scaled to sum to 1 em, as Chrome's normalized metrics) and the
-    hhea ascent/descent, all per pixel of font size."""
-    face = typeface(family, bold)
-    units = face.getUnitsPerEm()
-    os2 = int.from_bytes(b"OS/2", "big")
-    typo_ascent, typo_descent = 0.8 * units, 0.2 * units
-    if os2 in face.getTableTags():
-        table = bytes(face.copyTableData(os2))
-        ascender, descender = struct.unpack(">hh", table[68:72])
-        if ascender - descender > 0:
-            typo_ascent, typo_descent = ascender, -descender
-    metrics = skia.Font(face, units).getMetrics()
-    total = typo_ascent + typo_descent
-    return typo_ascent / total, typo_descent / total, -metrics.fAscent / units, metrics.fDescent / units
-
-
-class TextShaper:
-    """Shapes one line of text in the bundled fonts (and only them: no fallback to the
-    server's fonts, so every server renders the same glyphs)."""
-
-    def __init__(self):
-        textlayout = skia.textlayout
-        provider = textlayout.TypefaceFontProvider()
-        for (family, bold), _ in FONT_FILES.items():
-            provider.registerTypeface(typeface(family, bold), FAMILY_NAMES[family])
-        self.collection = textlayout.FontCollection()
-        self.collection.setDefaultFontManager(provider)
-        self.unicode = skia.Unicode()
-        self.metrics = {}
-
-    def paragraph(self, text, font, paint):
-        family, size, bold, italic = font
-        textlayout = skia.textlayout
-        style = textlayout.TextStyle()
-        style.setFontFamilies([FAMILY_NAMES[family]])
-        style.setFontSize(size)
-        style.setFontStyle(
-            skia.FontStyle(
-                skia.FontStyle.kBold_Weight if bold else skia.FontStyle.kNormal_Weight,
-                skia.FontStyle.kNormal_Width,
-                skia.FontStyle.kItalic_Slant if italic else skia.FontStyle.kUpright_Slant,
-            )
-        )
-        style.setForegroundPaint(paint)
-        paragraph_style = textlayout.ParagraphStyle()
-        paragraph_style.setTextStyle(style)
-        builder = textlayout.ParagraphBuilder.make(paragraph_style, self.collection, self.unicode)
-        builder.pushStyle(style)
-        builder.addText(text)
-        paragraph = builder.Build()
-        paragraph.layout(1e9)  # one line: the canvas never wraps text
-        return paragraph
-
-    def baseline_offset(self, font, baseline):
-        """How far below y the alphabetic baseline lies, for a textBaseline."""
-        family, size, bold, _ = font
-        key = (family, bold)
-        if key not in self.metrics:
-            self.metrics[key] = _font_metrics(family, bold)
-        typo_ascent, typo_descent, ascent, descent = self.metrics[key]
-        if baseline == "top":
-            return typo_ascent * size
-        if baseline == "middle":
-            return (typo_ascent - typo_descent) * size / 2
-        if baseline == "bottom":
-            return -typo_descent * size
-        # Chrome rounds the font's ascent and descent to whole pixels for these two.
-        if baseline == "hanging":
-            return round(ascent * size) * HANGING_AS_PART_OF_ASCENT
-        if baseline == "ideographic":
-            return -round(descent * size)
-        return 0.0
 
 
 class Renderer:
@@ -471,18 +392,14 @@ class Renderer:
             return
         if self.shaper is None:
             self.shaper = TextShaper()
-        paragraph = self.shaper.paragraph(text.translate(WHITESPACE), font, paint)
-        width = paragraph.MaxIntrinsicWidth
-        align = self.state.textAlign
-        anchor = -width if align in ("end", "right") else -width / 2 if align == "center" else 0.0
-        baseline = self.shaper.baseline_offset(font, self.state.textBaseline)
+        line = self.shaper.line(text.translate(WHITESPACE), font)
         matrix = copy_matrix(self.matrix)
         matrix.preTranslate(x, y)
-        if max_width is not None and width > max_width:
+        if max_width is not None and line.width > max_width:
             # Too wide: squeezed horizontally about the anchor point, as in a browser.
-            matrix.preScale(max_width / width, 1)
+            matrix.preScale(max_width / line.width, 1)
         self.use_own_matrix(matrix)
-        paragraph.paint(self.canvas, anchor, baseline - paragraph.AlphabeticBaseline)
+        self.canvas.drawTextBlob(line.blob(), line.anchor(self.state.textAlign), line.baseline_offset(self.state.textBaseline), paint)
 
     # Images -------------------------------------------------------------------------
 
