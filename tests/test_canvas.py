@@ -16,7 +16,7 @@ import pytest
 from PIL import Image
 
 from capabilities.base import CapabilityError, run_state
-from capabilities.canvas import create_canvas, draw, export_image, store
+from capabilities.canvas import create_canvas, draw, export_image, limits, store
 from capabilities.canvas.colors import ColorError, parse_color
 from capabilities.canvas.fonts import FontError, FontSpec, parse_font
 from tenants.models import PolicyOverride
@@ -698,3 +698,45 @@ def test_cant_validate_past_the_deadline(ctx):
     ctx.deadline = time.time() - 1
     message = refused("TIMEOUT", draw, ctx, {"canvasId": canvas_id, "ops": SEED_OPS})
     assert message == "Checking the operations took longer than the call may wait; it was stopped."
+
+
+def test_it_measures_text_in_the_current_font(ctx):
+    canvas_id = new_canvas(ctx)
+    reply = draw(ctx, {"canvasId": canvas_id, "ops": [
+        {"type": "measureText", "text": "Hello World"},
+        {"type": "set", "font": "bold 20px serif", "textAlign": "center"},
+        {"type": "save"},
+        {"type": "font", "value": "40px monospace"},
+        {"type": "measureText", "text": "Hello World", "textBaseline": "top"},
+        {"type": "restore"},
+        {"type": "measureText", "text": "Hello World"},
+        {"type": "fillRect", "x": 0, "y": 0, "width": 10, "height": 10},
+    ]})
+    # Measuring draws nothing and stores nothing: the five other ops are on the canvas.
+    assert reply["opCount"] == 5
+    default, mono, bold = reply["data"]["metrics"]
+    # The default font is 10px sans-serif: Liberation Sans, Arial's metrics.
+    assert round(default["width"], 3) == 51.499
+    assert mono["width"] == pytest.approx(11 * 40 * 1229 / 2048)  # Liberation Mono: 1229/2048 em a character
+    assert mono["actualBoundingBoxAscent"] < 0 < mono["actualBoundingBoxDescent"]  # below the top line
+    assert bold["width"] > default["width"] * 2 - 15
+    # Centred: the ink reaches about as far left of the point as right of it.
+    assert bold["actualBoundingBoxLeft"] == pytest.approx(bold["actualBoundingBoxRight"], abs=1)
+    assert set(bold) == {
+        "width", "actualBoundingBoxLeft", "actualBoundingBoxRight", "actualBoundingBoxAscent", "actualBoundingBoxDescent",
+        "fontBoundingBoxAscent", "fontBoundingBoxDescent", "emHeightAscent", "emHeightDescent", "hangingBaseline",
+        "alphabeticBaseline", "ideographicBaseline",
+    }
+    # The font set in an earlier draw call holds in a later one.
+    later = draw(ctx, {"canvasId": canvas_id, "ops": [{"type": "measureText", "text": "Hello World"}]})
+    assert later["data"]["metrics"] == [bold] and later["opCount"] == 5
+    refused("INVALID_ARGUMENT", draw, ctx, {"canvasId": canvas_id, "ops": [{"type": "measureText", "text": "x", "fillStyle": "red"}]})
+    refused("INVALID_ARGUMENT", draw, ctx, {"canvasId": canvas_id, "ops": [{"type": "measureText"}]})
+
+
+def test_cant_measure_more_text_than_a_canvas_may_hold(ctx):
+    canvas_id = new_canvas(ctx)
+    long_text = "x" * limits.MAX_TEXT_LENGTH
+    ops = [{"type": "measureText", "text": long_text}] * (limits.MAX_TEXT_PER_CANVAS // limits.MAX_TEXT_LENGTH + 1)
+    message = refused("QUOTA_EXCEEDED", draw, ctx, {"canvasId": canvas_id, "ops": ops})
+    assert message.startswith("This draw call measures 1010000 characters of text")

@@ -684,3 +684,95 @@ def test_it_draws_what_chromium_draws(case, browser, make_tenant, acme, sample_i
     (ARTIFACTS / f"{case}.json").write_text(json.dumps({"inked_ssim": inked, "ssim": score, "psnr": peak, "bound": bound}))
     assert inked >= INKED_SSIM_BOUND, f"{case}: inked-area SSIM {inked:.4f} below {INKED_SSIM_BOUND}; see {ARTIFACTS}/{case}.side-by-side.png"
     assert score >= bound, f"{case}: SSIM {score:.4f} below {bound}; see {ARTIFACTS}/{case}.side-by-side.png"
+
+
+# Shorthands a block might write, valid and not: each is set on a context whose font was
+# '10px sans-serif', and a text is measured in what the context then holds.
+SHORTHANDS = [
+    "10px sans-serif", "16px serif", "16px monospace", "bold 16px sans-serif", "italic 16px serif",
+    "oblique 10deg 16px serif", "550 16px serif", "550.5 16px serif", "1000 16px serif", "bolder 16px serif",
+    "lighter 16px serif", "small-caps 16px serif", "condensed 16px serif", "normal normal normal normal 16px serif",
+    "italic bold 16px serif", "bold italic small-caps 16px Liberation Sans", "0 serif", "16PX SERIF", "2em serif",
+    "150% serif", "larger serif", "smaller serif", "medium serif", "xxx-large serif", "x-small serif", "12pt serif",
+    "1in serif", "10mm serif", "2rem serif", "16px/2 serif", "16px / 2 serif", "16px/normal serif",
+    "16px/120% serif", "16px/1.5em serif", '16px "Liberation Sans"', "16px 'Liberation Sans'",
+    "16px   Liberation    Sans  ", '16px "sans-serif"', "16px sans-serif, serif", "16px xyzzy, monospace",
+    "16px Arial, sans-serif", "16px Helvetica", "16px Times New Roman", "16px Courier New", "16px Cousine",
+    "16px system-ui", "16px DejaVu Sans", '16px "DejaVu Sans Mono"', "16px cursive, monospace", "16px xyzzy",
+    "16px -moz-fixed", '16px "a\\"b", serif', "16px a\\ b, serif", "16px 'Liberation Sans", "caption",
+    "180% monospace", "larger monospace", "medium monospace", "2em monospace", "180% Courier, monospace",
+    "20px/1 bold serif", "14px 'Courier New', monospace", "italic 600 12pt Georgia, serif",
+    # Ignored: the font stays 10px sans-serif.
+    "bold bold 16px serif", "italic italic 16px serif", "normal normal normal normal normal 16px serif",
+    "0 16px serif", "1001 16px serif", "50% 16px serif", "16px/ serif", "16px/-1 serif", "-16px serif", "16px",
+    "serif", "16px xyzzy, ", "16px ,serif", "16px 3D, serif", "16px inherit", "16px default",
+    "16px initial, serif", "inherit", "16px serif bold", "16px serif!", "16px serif;", "",
+]
+MEASURED_TEXT = "Hello, AVATAR! To fi office 0123"
+MEASURE_JS = """
+({shorthands, text, aligns, baselines}) => {
+  const ctx = document.createElement('canvas').getContext('2d');
+  const fields = ['width', 'actualBoundingBoxLeft', 'actualBoundingBoxRight', 'actualBoundingBoxAscent',
+                  'actualBoundingBoxDescent', 'fontBoundingBoxAscent', 'fontBoundingBoxDescent', 'emHeightAscent',
+                  'emHeightDescent', 'hangingBaseline', 'alphabeticBaseline', 'ideographicBaseline'];
+  const results = [];
+  for (const font of shorthands) for (const textAlign of aligns) for (const textBaseline of baselines) {
+    ctx.font = '10px sans-serif';
+    ctx.font = font;
+    ctx.textAlign = textAlign;
+    ctx.textBaseline = textBaseline;
+    const metrics = ctx.measureText(text);
+    results.push(Object.fromEntries(fields.map(f => [f, metrics[f]])));
+  }
+  return results;
+}
+"""
+
+
+def measured(ctx, shorthands, aligns, baselines):
+    canvas_id = create_canvas(ctx, {"width": 10, "height": 10})["canvasId"]
+    ops = []
+    for font in shorthands:
+        for align in aligns:
+            for baseline in baselines:
+                ops += [
+                    {"type": "font", "value": "10px sans-serif"}, {"type": "font", "value": font},
+                    {"type": "measureText", "text": MEASURED_TEXT, "textAlign": align, "textBaseline": baseline},
+                ]
+    return draw(ctx, {"canvasId": canvas_id, "ops": ops})["data"]["metrics"]
+
+
+def test_it_reads_font_shorthands_as_chromium_does(chromium, acme):
+    # The width of a text tells the family, face, weight and size the shorthand chose, or
+    # that the shorthand was ignored (the width of 10px sans-serif).
+    ours = measured(context_for(acme, run_id="browser-fonts"), SHORTHANDS, ["start"], ["alphabetic"])
+    theirs = chromium.evaluate(MEASURE_JS, {"shorthands": SHORTHANDS, "text": MEASURED_TEXT, "aligns": ["start"], "baselines": ["alphabetic"]})
+    # Chromium computes relative sizes in 32-bit floats (180% of 10px times 13/16 is a
+    # hair under 14.625px there, and its advances are those of 14.609px): 0.2% allows
+    # that, and is far less than any other face, weight or size would change.
+    wrong = [(font, round(mine["width"], 3), round(browser["width"], 3))
+             for font, mine, browser in zip(SHORTHANDS, ours, theirs)
+             if abs(mine["width"] - browser["width"]) > max(0.01, browser["width"] * 0.002)]
+    assert not wrong, f"font shorthand -> width here and in Chromium: {wrong}"
+
+
+def test_it_measures_text_as_chromium_does(chromium, acme):
+    fonts = ["10px sans-serif", "bold 16px serif", "italic 20px monospace", "13px Liberation Sans", "small-caps 18px serif",
+             "30px DejaVu Sans", "bold italic 24px Arial"]
+    aligns = ["start", "center", "right"]
+    baselines = ["alphabetic", "top", "middle", "bottom", "hanging", "ideographic"]
+    ours = measured(context_for(acme, run_id="browser-metrics"), fonts, aligns, baselines)
+    theirs = chromium.evaluate(MEASURE_JS, {"shorthands": fonts, "text": MEASURED_TEXT, "aligns": aligns, "baselines": baselines})
+    cases = [(font, align, baseline) for font in fonts for align in aligns for baseline in baselines]
+    wrong = []
+    for case, mine, browser in zip(cases, ours, theirs):
+        for field, value in browser.items():
+            if value is None:
+                continue  # a field this Chromium does not give (emHeightAscent, emHeightDescent)
+            # Advances and font metrics are exact. Ink bounds are whole pixels around
+            # the glyph masks, which Chromium takes at the glyphs' drawn subpixel
+            # position: at a fractional baseline (hanging) they may move by a pixel.
+            tolerance = 0.01 if not field.startswith("actual") else 1.0 + 1e-6
+            if abs(mine[field] - value) > tolerance:
+                wrong.append((case, field, round(mine[field], 3), round(value, 3)))
+    assert not wrong, f"{len(wrong)} TextMetrics differ from Chromium's, such as {wrong[:40]}"

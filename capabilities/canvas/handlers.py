@@ -1,4 +1,5 @@
-"""The three canvas operations: createCanvas, draw and exportImage.
+"""The three canvas operations: createCanvas, draw (which also answers measureText ops)
+and exportImage.
 
 A canvas is its size plus the validated list of its ops, kept in the run state
 (store.py); nothing is drawn until it is exported, when the ops are run on a Skia
@@ -17,8 +18,10 @@ import threading
 
 from capabilities.base import CapabilityError
 from capabilities.canvas import encode, limits, store
-from capabilities.canvas.ops import OpValidator
+from capabilities.canvas.fonts import DEFAULT_FONT, parse_font
+from capabilities.canvas.ops import TEXT_PROPERTIES, OpValidator
 from capabilities.canvas.render import Renderer, deadline_checker
+from capabilities.canvas.text import WHITESPACE, TextShaper
 from capabilities.canvas.sources import decode_image, image_size, tenant_path
 
 
@@ -158,6 +161,12 @@ def draw(ctx, args):
 
     validator = OpValidator(number, find_canvas, check_file)
     normalized, text_chars = validator.validate(ops, deadline_checker(ctx, "Checking the operations"))
+    metrics = None
+    if any(entry[0] == "measureText" for entry in normalized):
+        metrics = _measure(ctx, number, normalized)
+        normalized = [entry for entry in normalized if entry[0] != "measureText"]
+    if not normalized:
+        return _drawn(meta["id"], current, metrics)
     stored_text = store.text_count(ctx, number)
     if stored_text + text_chars > limits.MAX_TEXT_PER_CANVAS:
         raise CapabilityError(
@@ -170,8 +179,53 @@ def draw(ctx, args):
         # Another draw call on the same canvas took the room in the meantime.
         raise CapabilityError("QUOTA_EXCEEDED", f"The canvas has no room left for {len(ops)} more operations.")
     store.append(ctx, number, start, normalized)
-    count = start + len(normalized)
-    return {"data": {"canvasId": meta["id"], "opCount": count}, "canvasId": meta["id"], "opCount": count}
+    return _drawn(meta["id"], start + len(normalized), metrics)
+
+
+def _drawn(canvas_id, count, metrics):
+    data = {"canvasId": canvas_id, "opCount": count}
+    if metrics is not None:
+        data["metrics"] = metrics
+    return {"data": data, "canvasId": canvas_id, "opCount": count}
+
+
+def _measure(ctx, number, normalized):
+    """The TextMetrics of each measureText op among the validated ops, in order: the
+    text state (font, textAlign, textBaseline, with save and restore) is replayed from
+    the canvas's stored ops through the new ones, as a browser's context would hold it."""
+    measured = sum(len(args[0]) for kind, args, _ in normalized if kind == "measureText")
+    if measured > limits.MAX_TEXT_PER_CANVAS:
+        # Measuring costs what drawing costs (shaping), so it is bounded the same way.
+        raise CapabilityError(
+            "QUOTA_EXCEEDED",
+            f"This draw call measures {measured} characters of text; one call may measure at most "
+            f"{limits.MAX_TEXT_PER_CANVAS}.",
+        )
+    check_deadline = deadline_checker(ctx, "Measuring the text")
+    state = {"font": parse_font(DEFAULT_FONT).as_tuple(), "textAlign": "start", "textBaseline": "alphabetic"}
+    stack, ignored_saves, shaper, metrics = [], 0, TextShaper(), []
+    for index, (kind, args, overrides) in enumerate([*store.load_ops(ctx, number), *normalized]):
+        if index % limits.DEADLINE_CHECK_EVERY == 0:
+            check_deadline()
+        if kind == "set":
+            state.update((name, value) for name, value in overrides.items() if name in TEXT_PROPERTIES)
+        elif kind == "save":
+            # As the renderer does: past the depth limit a save is ignored, and so is
+            # its restore.
+            if len(stack) < limits.MAX_SAVE_DEPTH:
+                stack.append(dict(state))
+            else:
+                ignored_saves += 1
+        elif kind == "restore":
+            if ignored_saves:
+                ignored_saves -= 1
+            elif stack:
+                state = stack.pop()
+        elif kind == "measureText":
+            current = {**state, **(overrides or {})}
+            line = shaper.line(args[0].translate(WHITESPACE), current["font"])
+            metrics.append(line.measure(current["textAlign"], current["textBaseline"]))
+    return metrics
 
 
 def _format(ctx, args):

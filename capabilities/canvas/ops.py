@@ -139,6 +139,9 @@ PROPERTIES = {
     "textBaseline": one_of("top", "hanging", "middle", "alphabetic", "ideographic", "bottom"),
 }
 
+# What measureText depends on.
+TEXT_PROPERTIES = ("font", "textAlign", "textBaseline")
+
 RECT = [("x", number), ("y", number), ("width", number), ("height", number)]
 MATRIX = [(name, number) for name in "abcdef"]
 
@@ -283,6 +286,8 @@ class OpValidator:
             return ("set", None, _set_properties({name: _parse(index, name, PROPERTIES[name], op[name]) for name in fields}))
         if kind == "drawImage":
             return self.validate_draw_image(index, op)
+        if kind == "measureText":
+            return self.validate_measure_text(index, op)
         method = METHODS.get(kind)
         if method is None:
             raise _fail(index, f"unknown operation {kind[:40]!r}")
@@ -306,6 +311,18 @@ class OpValidator:
                 raise _fail(index, f"unknown field {_field_name(rest[0])} for {kind}")
             return (kind, tuple(args), None)
         return (kind, tuple(args), _overrides(index, op, rest, style_property))
+
+    def validate_measure_text(self, index, op):
+        """measureText draws nothing: the draw call answers it with the text's metrics
+        in the font, textAlign and textBaseline current at that op (or given on it)."""
+        if "text" not in op:
+            raise _fail(index, "measureText needs text", "text")
+        value = _parse(index, "text", text, op["text"])
+        rest = [name for name in op if name not in ("type", "text")]
+        for name in rest:
+            if name not in TEXT_PROPERTIES:
+                raise _fail(index, f"unknown field {_field_name(name)} for measureText")
+        return ("measureText", (value,), _overrides(index, op, rest, None))
 
     def validate_draw_image(self, index, op):
         sources = [name for name in ("path", "canvasId") if name in op]

@@ -125,6 +125,8 @@ class Line:
         typo_ascent, typo_descent, ascent, descent = self.metrics
         size = self.size
         anchor, below = self.anchor(align), self.baseline_offset(baseline)
+        # The ink bounds of each glyph are Skia's, which are those of the glyph's mask:
+        # whole pixels around the glyph's origin, as in Chromium.
         left = top = math.inf
         right = bottom = -math.inf
         for font, glyphs, points in self.runs:
@@ -184,7 +186,10 @@ class TextShaper:
             buffer.add_str(word)
             buffer.guess_segment_properties()
             uharfbuzz.shape(font, buffer)
-            scale = size / units
+            # Skia hands the size to FreeType in 26.6 fixed point, truncated: Chromium's
+            # advances (which come from Skia) are those of the size rounded down to a
+            # 64th of a pixel.
+            scale = math.floor(size * 64) / 64 / units
             glyphs, offsets, x = [], [], 0
             for info, position in zip(buffer.glyph_infos, buffer.glyph_positions):
                 glyphs.append(info.codepoint)
@@ -204,7 +209,8 @@ class TextShaper:
         pieces = small_caps_runs(text) if small_caps else [(text, False)]
         runs, x = [], 0.0
         for piece, small in pieces:
-            piece_size = size * SMALL_CAPS_SCALE if small else size
+            # Chromium draws its synthetic small capitals at a whole pixel size.
+            piece_size = round(size * SMALL_CAPS_SCALE) if small else size
             skia_font = self.skia_font(face, piece_size, fake_bold, fake_italic)
             glyphs, points = [], []
             for word in WORDS.findall(piece):
