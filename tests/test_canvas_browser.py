@@ -476,7 +476,7 @@ CASES = {
         0.97,
     ),
     # Weights: normal and bold faces, numeric weights on either side of 500, relative
-    # weights, and a face the family lacks (DejaVu Serif has no bold bundled).
+    # weights, in each family and through the names of their metric twins.
     "text_weights": (
         (620, 340),
         [
