@@ -51,7 +51,6 @@ FACES = {
     "dejavu-serif": {(False, False): "DejaVuSerif.ttf"},
     "dejavu-mono": {(False, False): "DejaVuSansMono.ttf"},
 }
-FONT_FILES = {(family, *style): filename for family, faces in FACES.items() for style, filename in faces.items()}
 DEFAULT_FONT = "10px sans-serif"
 # What a browser draws when no family of the list is available: its default font,
 # Times New Roman (here its metric twin, Liberation Serif).
