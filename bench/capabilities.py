@@ -13,7 +13,8 @@ queue.
 - network.fetch: GET of a small JSON document from a server on 127.0.0.1; floor: the
   same GET with httpx on a new connection (the handler opens one per request).
 - canvas: export of a 1920x1080 canvas holding 10,000 ops to PNG; floor: Pillow
-  ImageDraw drawing the same shapes and saving a PNG.
+  ImageDraw drawing the same shapes and saving a PNG, each export alternating with a
+  floor run so that a shared machine's load falls on both alike.
 - process.execute: `echo hello` in the sandbox; floor: subprocess.run(["echo", "hello"]).
 
 It uses a throwaway SQLite database and storage folder, never the project's own.
@@ -172,8 +173,24 @@ def main():
         measure_paths("network.fetch", LOOP % {"n": n, "call": f"symposium.network.fetch('{url}')"},
                       {"httpx.Client, new connection per GET": timed(lambda: fresh.get(url).json(), n)})
 
-        measure_paths("canvas export", CANVAS % {"n": options.exports, "ops": ops_json},
-                      {"Pillow ImageDraw, same shapes, PNG": timed(lambda: pillow_floor(items), options.exports)})
+        # The exports and their floor alternate, one of each at a time, so that the load
+        # of a shared machine falls on both alike (measured one series after the other,
+        # a burst of load made the ratio swing from 0.9 to 2.5 between runs).
+        paths = {"inline": []}
+        if options.redis:
+            paths["RQ"] = []
+        floor = []
+        one_export = CANVAS % {"n": 1, "ops": ops_json}
+        for _ in range(options.exports):
+            for path, times in paths.items():
+                settings.SYMPOSIUM_RQ_CAPABILITIES = ["files", "network", "canvas", "database", "process"] if path == "RQ" else []
+                times += block(one_export)
+            settings.SYMPOSIUM_RQ_CAPABILITIES = []
+            floor += timed(lambda: pillow_floor(items), 1)
+        for path, times in paths.items():
+            ratio = statistics.median(times) / statistics.median(floor)
+            print(f"{'canvas export':<16} {path:<7} {percentiles(times)}   {ratio:.2f}x the floor")
+        print(f"{'canvas export':<16} {'floor':<7} {percentiles(floor)}   Pillow ImageDraw, same shapes, PNG")
 
         measure_paths("process echo", LOOP % {"n": max(50, n // 10), "call": "symposium.process.execute('echo', ['hello'])"},
                       {"subprocess.run echo": timed(lambda: subprocess.run(["echo", "hello"], capture_output=True), max(50, n // 10))})

@@ -73,7 +73,7 @@ def as_ops(items):
 def pillow_floor(items):
     image = Image.new("RGBA", (WIDTH, HEIGHT), (0, 0, 0, 0))
     canvas = ImageDraw.Draw(image, "RGBA")
-    font = ImageFont.truetype(str(FONTS_DIR / "DejaVuSans.ttf"), 12)
+    font = ImageFont.truetype(str(FONTS_DIR / "LiberationSans-Regular.ttf"), 12)  # the canvas's 12px sans-serif
     for item in items:
         kind = item[0]
         if kind == "rect":

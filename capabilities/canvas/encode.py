@@ -1,8 +1,15 @@
-"""Encoding a rendered canvas: every format through Pillow.
+"""Encoding a rendered canvas: PNG written here, every other format through Pillow.
 
-Skia encodes PNG, JPEG and WebP but not GIF, BMP or TIFF; Pillow encodes all six. One
-encoder for every format keeps the options (quality, alpha handling) in one place and
-the bytes of a PNG the same whichever profile asked for it.
+Skia encodes PNG, JPEG and WebP but not GIF, BMP or TIFF; Pillow encodes all six, and
+encodes JPEG, WebP, GIF, BMP and TIFF here. PNG, the format nearly every export asks
+for, is written by this module: Pillow's PNG encoder tries five filters on every row
+and deflates at zlib level 6, which took 0.5 s of a 1920x1080 export (more than
+rendering its 10,000 ops). Canvas pictures are flat colours and anti-aliased edges:
+the Sub filter (each byte minus the same channel of the pixel to its left) turns flat
+runs into zeros, and zlib's run-length strategy compresses those zeros as well as a full
+deflate does, at a sixth of the time (0.08 s, and 3.15 MB against 3.01 MB for that
+picture). Photographs drawn onto a canvas compress less well this way (run-length
+matching finds no repeats across rows); a canvas is a drawing surface first.
 
 Formats without alpha follow the HTML rule for canvas.toDataURL: the image is
 composited onto opaque black, which is exactly the canvas's premultiplied colour, so
@@ -14,6 +21,8 @@ partly transparent ones onto black, as it cannot store partial alpha.
 """
 
 import io
+import struct
+import zlib
 
 import numpy
 
@@ -72,17 +81,51 @@ def encode(image, fmt, quality=None):
             paletted.save(out, "GIF", transparency=255)
         return out.getvalue()
 
-    rgba = Image.frombuffer("RGBA", size, pixels(image), "raw", "RGBA", 0, 1)
     if fmt == "png":
-        # Level 6 is zlib's default: within a few percent of the smallest size at a
-        # fraction of level 9's time.
-        rgba.save(out, "PNG", compress_level=6)
-    elif fmt == "webp":
+        return png(pixels(image))
+    rgba = Image.frombuffer("RGBA", size, pixels(image), "raw", "RGBA", 0, 1)
+    if fmt == "webp":
         quality = limits.DEFAULT_WEBP_QUALITY if quality is None else quality
         rgba.save(out, "WEBP", quality=_percent(quality), method=4)
     elif fmt == "tiff":
         rgba.save(out, "TIFF", compression="tiff_adobe_deflate")
     return out.getvalue()
+
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+# Rows filtered and compressed at a time: the filtered copy of a band is small (a 7680
+# pixels wide canvas: 2 MB), so the PNG costs the unpremultiplied pixels and its output,
+# not a third full copy of the picture.
+PNG_BAND_ROWS = 64
+PNG_FILTER_SUB = 1
+
+
+def png(rgba):
+    """A PNG (8-bit RGBA, not interlaced) of an unpremultiplied H x W x 4 uint8 array:
+    every row Sub-filtered, the rows deflated with zlib's run-length strategy, one IDAT
+    chunk per band of rows."""
+    height, width, _ = rgba.shape
+    rows = rgba.reshape(height, width * 4)
+    chunks = [PNG_SIGNATURE, _png_chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 6, 0, 0, 0))]
+    compressor = zlib.compressobj(6, zlib.DEFLATED, 15, 9, zlib.Z_RLE)
+    band = numpy.empty((min(PNG_BAND_ROWS, height), width * 4 + 1), numpy.uint8)
+    for top in range(0, height, PNG_BAND_ROWS):
+        source = rows[top : top + PNG_BAND_ROWS]
+        filtered = band[: len(source)]
+        filtered[:, 0] = PNG_FILTER_SUB
+        filtered[:, 1:5] = source[:, :4]
+        # uint8 arithmetic wraps modulo 256, which is exactly the PNG filter's.
+        numpy.subtract(source[:, 4:], source[:, :-4], out=filtered[:, 5:])
+        data = compressor.compress(filtered)
+        if data:
+            chunks.append(_png_chunk(b"IDAT", data))
+    chunks.append(_png_chunk(b"IDAT", compressor.flush()))
+    chunks.append(_png_chunk(b"IEND", b""))
+    return b"".join(chunks)
+
+
+def _png_chunk(kind, data):
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(data, zlib.crc32(kind)))
 
 
 def _percent(quality):

@@ -1,4 +1,5 @@
-"""The three canvas operations: createCanvas, draw and exportImage.
+"""The three canvas operations: createCanvas, draw (which also answers measureText ops)
+and exportImage.
 
 A canvas is its size plus the validated list of its ops, kept in the run state
 (store.py); nothing is drawn until it is exported, when the ops are run on a Skia
@@ -11,13 +12,18 @@ export format); these handlers check again themselves, as they must never trust 
 """
 
 import base64
+import contextlib
+import gc
 import math
+import threading
 from functools import partial
 
 from capabilities.base import CapabilityError
 from capabilities.canvas import encode, limits, store
-from capabilities.canvas.ops import OpValidator
+from capabilities.canvas.fonts import DEFAULT_FONT, parse_font
+from capabilities.canvas.ops import TEXT_PROPERTIES, OpValidator
 from capabilities.canvas.render import Renderer
+from capabilities.canvas.text import WHITESPACE, TextShaper
 from capabilities.canvas.sources import decode_image, image_size, tenant_path
 
 
@@ -25,6 +31,7 @@ from capabilities.canvas.sources import decode_image, image_size, tenant_path
 # worker called directly), at the run's time limit: a render no run can wait for is
 # work for nobody.
 CHECKING_TOO_LONG = "Checking the operations took longer than the call may wait; it was stopped."
+MEASURING_TOO_LONG = "Measuring the text took longer than the call may wait; it was stopped."
 RENDERING_TOO_LONG = "Rendering the canvas took longer than the call may wait; it was stopped."
 
 
@@ -35,6 +42,38 @@ def _deadline_check(ctx, message):
 # Far above any profile's limit (32768 at most); larger sizes are refused without being
 # printed in the message.
 MAX_SHOWN_DIMENSION = 10**6
+
+
+# Exports in flight that asked for the cyclic garbage collector to wait (see below).
+_collection_pause_lock = threading.Lock()
+_collection_pausers = 0
+_collection_was_enabled = True
+
+
+@contextlib.contextmanager
+def collection_paused():
+    """Holds Python's cyclic garbage collector back while an export runs.
+
+    Loading a canvas allocates tens of thousands of op tuples and dicts at once, which
+    sets off the collector's full passes over every object in the process: measured,
+    160 ms of a 10,000-op export went to a pass that found nothing, because the ops hold
+    no reference cycles and are freed by reference counting when the export ends (so
+    the collector is not merely put off: the allocations it counts are gone by then).
+    The pause lasts one export at most, which its deadline bounds; concurrent exports
+    share it, and a collector someone else had disabled stays disabled."""
+    global _collection_pausers, _collection_was_enabled
+    with _collection_pause_lock:
+        if _collection_pausers == 0:
+            _collection_was_enabled = gc.isenabled()
+            gc.disable()
+        _collection_pausers += 1
+    try:
+        yield
+    finally:
+        with _collection_pause_lock:
+            _collection_pausers -= 1
+            if _collection_pausers == 0 and _collection_was_enabled:
+                gc.enable()
 
 
 def _require_canvas_profile(ctx):
@@ -136,6 +175,12 @@ def draw(ctx, args):
 
     validator = OpValidator(number, find_canvas, check_file)
     normalized, text_chars = validator.validate(ops, _deadline_check(ctx, CHECKING_TOO_LONG))
+    metrics = None
+    if any(entry[0] == "measureText" for entry in normalized):
+        metrics = _measure(ctx, number, normalized)
+        normalized = [entry for entry in normalized if entry[0] != "measureText"]
+    if not normalized:
+        return _drawn(meta["id"], current, metrics)
     stored_text = store.text_count(ctx, number)
     if stored_text + text_chars > limits.MAX_TEXT_PER_CANVAS:
         raise CapabilityError(
@@ -148,8 +193,53 @@ def draw(ctx, args):
         # Another draw call on the same canvas took the room in the meantime.
         raise CapabilityError("QUOTA_EXCEEDED", f"The canvas has no room left for {len(ops)} more operations.")
     store.append(ctx, number, start, normalized)
-    count = start + len(normalized)
-    return {"data": {"canvasId": meta["id"], "opCount": count}, "canvasId": meta["id"], "opCount": count}
+    return _drawn(meta["id"], start + len(normalized), metrics)
+
+
+def _drawn(canvas_id, count, metrics):
+    data = {"canvasId": canvas_id, "opCount": count}
+    if metrics is not None:
+        data["metrics"] = metrics
+    return {"data": data, "canvasId": canvas_id, "opCount": count}
+
+
+def _measure(ctx, number, normalized):
+    """The TextMetrics of each measureText op among the validated ops, in order: the
+    text state (font, textAlign, textBaseline, with save and restore) is replayed from
+    the canvas's stored ops through the new ones, as a browser's context would hold it."""
+    measured = sum(len(args[0]) for kind, args, _ in normalized if kind == "measureText")
+    if measured > limits.MAX_TEXT_PER_CANVAS:
+        # Measuring costs what drawing costs (shaping), so it is bounded the same way.
+        raise CapabilityError(
+            "QUOTA_EXCEEDED",
+            f"This draw call measures {measured} characters of text; one call may measure at most "
+            f"{limits.MAX_TEXT_PER_CANVAS}.",
+        )
+    check_deadline = _deadline_check(ctx, MEASURING_TOO_LONG)
+    state = {"font": parse_font(DEFAULT_FONT).as_tuple(), "textAlign": "start", "textBaseline": "alphabetic"}
+    stack, ignored_saves, shaper, metrics = [], 0, TextShaper(), []
+    for index, (kind, args, overrides) in enumerate([*store.load_ops(ctx, number), *normalized]):
+        if index % limits.DEADLINE_CHECK_EVERY == 0:
+            check_deadline()
+        if kind == "set":
+            state.update((name, value) for name, value in overrides.items() if name in TEXT_PROPERTIES)
+        elif kind == "save":
+            # As the renderer does: past the depth limit a save is ignored, and so is
+            # its restore.
+            if len(stack) < limits.MAX_SAVE_DEPTH:
+                stack.append(dict(state))
+            else:
+                ignored_saves += 1
+        elif kind == "restore":
+            if ignored_saves:
+                ignored_saves -= 1
+            elif stack:
+                state = stack.pop()
+        elif kind == "measureText":
+            current = {**state, **(overrides or {})}
+            line = shaper.line(args[0].translate(WHITESPACE), current["font"])
+            metrics.append(line.measure(current["textAlign"], current["textBaseline"]))
+    return metrics
 
 
 def _format(ctx, args):
@@ -243,6 +333,11 @@ class ExportPlan:
 
 def export_image(ctx, args):
     """{canvasId, format, quality?} -> the canvas rendered and encoded."""
+    with collection_paused():
+        return _export_image(ctx, args)
+
+
+def _export_image(ctx, args):
     import skia
 
     _require_canvas_profile(ctx)
@@ -267,7 +362,7 @@ def export_image(ctx, args):
             width, height = plan.sizes[key[0]]
             images[key] = Renderer(width, height, images, check_deadline).run(ops)
     image = Renderer(meta["width"], meta["height"], images, check_deadline).run(plan.snapshots[plan.root])
-    del images
+    del images, plan
     data = encode.encode(image, fmt, quality)
     return {
         "data": data,

@@ -106,11 +106,13 @@ def color(value):
 
 
 def font(value):
+    """The font as the drawing state keeps it, or None for a shorthand a browser would
+    ignore (the op then leaves the font as it was)."""
     try:
         spec = parse_font(value)
     except FontError as e:
         raise FieldError(str(e)) from None
-    return (spec.family, spec.size, spec.bold, spec.italic)
+    return None if spec is None else spec.as_tuple()
 
 
 def one_of(*choices):
@@ -136,6 +138,9 @@ PROPERTIES = {
     "textAlign": one_of("start", "end", "left", "right", "center"),
     "textBaseline": one_of("top", "hanging", "middle", "alphabetic", "ideographic", "bottom"),
 }
+
+# What measureText depends on.
+TEXT_PROPERTIES = ("font", "textAlign", "textBaseline")
 
 RECT = [("x", number), ("y", number), ("width", number), ("height", number)]
 MATRIX = [(name, number) for name in "abcdef"]
@@ -211,6 +216,11 @@ def _parse(index, field, parser, value):
         raise _fail(index, str(e), field) from None
 
 
+def _set_properties(parsed):
+    # A property parsed as None (an invalid font shorthand) is left as it was.
+    return {name: value for name, value in parsed.items() if value is not None}
+
+
 def _overrides(index, op, fields, style_property):
     """The property fields of a drawing op (and its `style`), parsed."""
     overrides = {}
@@ -220,7 +230,9 @@ def _overrides(index, op, fields, style_property):
                 raise _fail(index, f"gives both style and {style_property}; style is its shorthand", "style")
             overrides[style_property] = _parse(index, "style", color, op[name])
         elif name in PROPERTIES:
-            overrides[name] = _parse(index, name, PROPERTIES[name], op[name])
+            value = _parse(index, name, PROPERTIES[name], op[name])
+            if value is not None:
+                overrides[name] = value
         else:
             raise _fail(index, f"unknown field {_field_name(name)} for {op['type']}")
     return overrides or None
@@ -263,7 +275,7 @@ class OpValidator:
                 raise _fail(index, f"unknown field {_field_name(extra[0])} for {kind} (set it with value)")
             if "value" not in op:
                 raise _fail(index, f"needs a value, as in {{type: '{kind}', value: ...}}")
-            return ("set", None, {kind: _parse(index, "value", PROPERTIES[kind], op["value"])})
+            return ("set", None, _set_properties({kind: _parse(index, "value", PROPERTIES[kind], op["value"])}))
         if kind == "set":
             fields = [name for name in op if name != "type"]
             if not fields:
@@ -271,9 +283,11 @@ class OpValidator:
             for name in fields:
                 if name not in PROPERTIES:
                     raise _fail(index, f"{_field_name(name)} is not a property that set can change")
-            return ("set", None, {name: _parse(index, name, PROPERTIES[name], op[name]) for name in fields})
+            return ("set", None, _set_properties({name: _parse(index, name, PROPERTIES[name], op[name]) for name in fields}))
         if kind == "drawImage":
             return self.validate_draw_image(index, op)
+        if kind == "measureText":
+            return self.validate_measure_text(index, op)
         method = METHODS.get(kind)
         if method is None:
             raise _fail(index, f"unknown operation {kind[:40]!r}")
@@ -297,6 +311,18 @@ class OpValidator:
                 raise _fail(index, f"unknown field {_field_name(rest[0])} for {kind}")
             return (kind, tuple(args), None)
         return (kind, tuple(args), _overrides(index, op, rest, style_property))
+
+    def validate_measure_text(self, index, op):
+        """measureText draws nothing: the draw call answers it with the text's metrics
+        in the font, textAlign and textBaseline current at that op (or given on it)."""
+        if "text" not in op:
+            raise _fail(index, "measureText needs text", "text")
+        value = _parse(index, "text", text, op["text"])
+        rest = [name for name in op if name not in ("type", "text")]
+        for name in rest:
+            if name not in TEXT_PROPERTIES:
+                raise _fail(index, f"unknown field {_field_name(name)} for measureText")
+        return ("measureText", (value,), _overrides(index, op, rest, None))
 
     def validate_draw_image(self, index, op):
         sources = [name for name in ("path", "canvasId") if name in op]

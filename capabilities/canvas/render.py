@@ -6,18 +6,19 @@ the current path kept in device space (each point transformed when it is added, 
 transform set between moveTo and lineTo applies only to the later point); strokes drawn
 under the transform current at stroke(); arcs with Chrome's angle normalization;
 drawing and path-building skipped while the transform is not invertible; text shaped
-with HarfBuzz (kerning, ligatures) by Skia's paragraph layout, positioned with Chrome's
-baseline rules. The result is a picture a browser shows as the same picture.
+and hinted as Chromium on Linux does it (text.py), positioned with Chrome's baseline
+rules. The result is a picture a browser shows as the same picture.
 """
 
+import itertools
 import math
-import struct
 
 import skia
 
 from capabilities.canvas import limits
-from capabilities.canvas.fonts import FONT_FILES, typeface
+from capabilities.canvas.fonts import DEFAULT_FONT, parse_font
 from capabilities.canvas.ops import METHODS
+from capabilities.canvas.text import WHITESPACE, TextShaper
 
 OP_METHODS = {kind: f"op_{kind}" for kind in [*METHODS, "drawImage"]}
 
@@ -25,13 +26,13 @@ TAU = 2 * math.pi
 # Skia's SK_ScalarNearlyZero: how close to a whole turn (in degrees) Chrome takes a sweep
 # for a whole turn.
 NEARLY_ZERO = 1 / 4096
-FAMILY_NAMES = {"sans": "CanvasSans", "serif": "CanvasSerif", "mono": "CanvasMono"}
 CAPS = {"butt": skia.Paint.kButt_Cap, "round": skia.Paint.kRound_Cap, "square": skia.Paint.kSquare_Cap}
 JOINS = {"miter": skia.Paint.kMiter_Join, "round": skia.Paint.kRound_Join, "bevel": skia.Paint.kBevel_Join}
+EVEN_ODD, NONZERO = skia.PathFillType.kEvenOdd, skia.PathFillType.kWinding
+IDENTITY = skia.Matrix()
+IDENTITY_SERIAL = 0
+CLEAR_PAINT = skia.Paint(AntiAlias=True, BlendMode=skia.BlendMode.kClear)
 LINEAR_SAMPLING = skia.SamplingOptions(skia.FilterMode.kLinear, skia.MipmapMode.kNone)
-# Chrome puts the hanging baseline at 80% of the ascent when the font does not say.
-HANGING_AS_PART_OF_ASCENT = 0.8
-WHITESPACE = str.maketrans({"\t": " ", "\n": " ", "\x0c": " ", "\r": " "})
 
 
 class DrawingState:
@@ -41,7 +42,7 @@ class DrawingState:
 
     __slots__ = (
         "fillStyle", "strokeStyle", "lineWidth", "lineCap", "lineJoin", "miterLimit",
-        "globalAlpha", "font", "textAlign", "textBaseline", "matrix", "inverse",
+        "globalAlpha", "font", "textAlign", "textBaseline", "matrix", "inverse", "matrix_serial",
     )
 
     def __init__(self):
@@ -52,11 +53,15 @@ class DrawingState:
         self.lineJoin = "miter"
         self.miterLimit = 10.0
         self.globalAlpha = 1.0
-        self.font = ("sans", 10.0, False, False)
+        self.font = parse_font(DEFAULT_FONT).as_tuple()
         self.textAlign = "start"
         self.textBaseline = "alphabetic"
         self.matrix = skia.Matrix()
         self.inverse = skia.Matrix()
+        # Which matrix value this is (a new number at every change, 0 for the identity):
+        # the renderer sets the canvas's matrix only when it differs from the one it set
+        # last.
+        self.matrix_serial = IDENTITY_SERIAL
 
     def copy(self):
         twin = DrawingState.__new__(DrawingState)
@@ -66,88 +71,14 @@ class DrawingState:
         twin.matrix = copy_matrix(self.matrix)
         return twin
 
-    def matrix_changed(self):
+    def matrix_changed(self, serial):
         inverse = skia.Matrix()
         self.inverse = inverse if self.matrix.isFinite() and self.matrix.invert(inverse) else None
+        self.matrix_serial = IDENTITY_SERIAL if self.matrix.isIdentity() else serial
 
 
 def copy_matrix(matrix):
     return skia.Matrix.MakeAll(*matrix.get9())
-
-
-def _font_metrics(family, bold):
-    """Typo ascent/descent (scaled to sum to 1 em, as Chrome's normalized metrics) and the
-    hhea ascent/descent, all per pixel of font size."""
-    face = typeface(family, bold)
-    units = face.getUnitsPerEm()
-    os2 = int.from_bytes(b"OS/2", "big")
-    typo_ascent, typo_descent = 0.8 * units, 0.2 * units
-    if os2 in face.getTableTags():
-        table = bytes(face.copyTableData(os2))
-        ascender, descender = struct.unpack(">hh", table[68:72])
-        if ascender - descender > 0:
-            typo_ascent, typo_descent = ascender, -descender
-    metrics = skia.Font(face, units).getMetrics()
-    total = typo_ascent + typo_descent
-    return typo_ascent / total, typo_descent / total, -metrics.fAscent / units, metrics.fDescent / units
-
-
-class TextShaper:
-    """Shapes one line of text in the bundled fonts (and only them: no fallback to the
-    server's fonts, so every server renders the same glyphs)."""
-
-    def __init__(self):
-        textlayout = skia.textlayout
-        provider = textlayout.TypefaceFontProvider()
-        for (family, bold), _ in FONT_FILES.items():
-            provider.registerTypeface(typeface(family, bold), FAMILY_NAMES[family])
-        self.collection = textlayout.FontCollection()
-        self.collection.setDefaultFontManager(provider)
-        self.unicode = skia.Unicode()
-        self.metrics = {}
-
-    def paragraph(self, text, font, paint):
-        family, size, bold, italic = font
-        textlayout = skia.textlayout
-        style = textlayout.TextStyle()
-        style.setFontFamilies([FAMILY_NAMES[family]])
-        style.setFontSize(size)
-        style.setFontStyle(
-            skia.FontStyle(
-                skia.FontStyle.kBold_Weight if bold else skia.FontStyle.kNormal_Weight,
-                skia.FontStyle.kNormal_Width,
-                skia.FontStyle.kItalic_Slant if italic else skia.FontStyle.kUpright_Slant,
-            )
-        )
-        style.setForegroundPaint(paint)
-        paragraph_style = textlayout.ParagraphStyle()
-        paragraph_style.setTextStyle(style)
-        builder = textlayout.ParagraphBuilder.make(paragraph_style, self.collection, self.unicode)
-        builder.pushStyle(style)
-        builder.addText(text)
-        paragraph = builder.Build()
-        paragraph.layout(1e9)  # one line: the canvas never wraps text
-        return paragraph
-
-    def baseline_offset(self, font, baseline):
-        """How far below y the alphabetic baseline lies, for a textBaseline."""
-        family, size, bold, _ = font
-        key = (family, bold)
-        if key not in self.metrics:
-            self.metrics[key] = _font_metrics(family, bold)
-        typo_ascent, typo_descent, ascent, descent = self.metrics[key]
-        if baseline == "top":
-            return typo_ascent * size
-        if baseline == "middle":
-            return (typo_ascent - typo_descent) * size / 2
-        if baseline == "bottom":
-            return -typo_descent * size
-        # Chrome rounds the font's ascent and descent to whole pixels for these two.
-        if baseline == "hanging":
-            return round(ascent * size) * HANGING_AS_PART_OF_ASCENT
-        if baseline == "ideographic":
-            return -round(descent * size)
-        return 0.0
 
 
 class Renderer:
@@ -167,10 +98,21 @@ class Renderer:
         self.ignored_saves = 0
         self.path = skia.Path()
         self.shaper = None
+        # One paint of each kind, set anew for every op: building a skia.Paint costs
+        # more than drawing a small rectangle with it. Skia copies what it needs from a
+        # paint during the draw call, so changing it afterwards changes nothing drawn.
+        self.fill_paint = skia.Paint(AntiAlias=True)
+        self.stroke_paint = skia.Paint(AntiAlias=True)
+        self.stroke_paint.setStyle(skia.Paint.kStroke_Style)
+        self.serials = itertools.count(1)
+        self.canvas_matrix_serial = IDENTITY_SERIAL  # a new Skia canvas has the identity
 
     # Running ------------------------------------------------------------------------
 
     def run(self, ops):
+        # Only the ops validation produces are ever run: an explicit table, never a
+        # method looked up by a name from the stored state.
+        methods = {kind: getattr(self, name) for kind, name in OP_METHODS.items()}
         for kind, args, overrides in ops:
             # Every op: one op can cost milliseconds (a full 8K canvas blended), so a
             # coarser check could overshoot the deadline by seconds.
@@ -179,18 +121,16 @@ class Renderer:
             if kind == "set":
                 self.apply(overrides)
                 continue
-            # Only the ops validation produces are ever run: an explicit table, never a
-            # method looked up by a name from the stored state.
-            method = getattr(self, OP_METHODS[kind])
             if overrides:
                 # Property fields on a drawing op hold for that op alone.
                 state = self.state
-                previous = {name: getattr(state, name) for name in overrides}
+                previous = [(name, getattr(state, name)) for name in overrides]
                 self.apply(overrides)
-                method(*args)
-                self.apply(previous)
+                methods[kind](*args)
+                for name, value in previous:
+                    setattr(self.state, name, value)
             else:
-                method(*args)
+                methods[kind](*args)
         return self.surface.makeImageSnapshot()
 
     def apply(self, properties):
@@ -205,6 +145,22 @@ class Renderer:
 
     def inverse(self):
         return self.state.inverse
+
+    def use_matrix(self):
+        """Puts the current transform on the Skia canvas (unless it is there already)."""
+        if self.canvas_matrix_serial != self.state.matrix_serial:
+            self.canvas.setMatrix(self.state.matrix)
+            self.canvas_matrix_serial = self.state.matrix_serial
+
+    def use_identity(self):
+        if self.canvas_matrix_serial != IDENTITY_SERIAL:
+            self.canvas.setMatrix(IDENTITY)
+            self.canvas_matrix_serial = IDENTITY_SERIAL
+
+    def use_own_matrix(self, matrix):
+        """Puts a matrix of an op's own (a text's) on the Skia canvas."""
+        self.canvas.setMatrix(matrix)
+        self.canvas_matrix_serial = None
 
     def map(self, x, y):
         point = self.matrix.mapXY(x, y)
@@ -225,28 +181,28 @@ class Renderer:
 
     def op_translate(self, x, y):
         self.matrix.preTranslate(x, y)
-        self.state.matrix_changed()
+        self.state.matrix_changed(next(self.serials))
 
     def op_rotate(self, angle):
         cos, sin = math.cos(angle), math.sin(angle)
         self.matrix.preConcat(skia.Matrix.MakeAll(cos, -sin, 0, sin, cos, 0, 0, 0, 1))
-        self.state.matrix_changed()
+        self.state.matrix_changed(next(self.serials))
 
     def op_scale(self, x, y):
         self.matrix.preScale(x, y)
-        self.state.matrix_changed()
+        self.state.matrix_changed(next(self.serials))
 
     def op_transform(self, a, b, c, d, e, f):
         self.matrix.preConcat(skia.Matrix.MakeAll(a, c, e, b, d, f, 0, 0, 1))
-        self.state.matrix_changed()
+        self.state.matrix_changed(next(self.serials))
 
     def op_setTransform(self, a, b, c, d, e, f):
         self.state.matrix = skia.Matrix.MakeAll(a, c, e, b, d, f, 0, 0, 1)
-        self.state.matrix_changed()
+        self.state.matrix_changed(next(self.serials))
 
     def op_resetTransform(self):
         self.state.matrix = skia.Matrix()
-        self.state.matrix_changed()
+        self.state.matrix_changed(next(self.serials))
 
     # Paths --------------------------------------------------------------------------
 
@@ -364,23 +320,24 @@ class Renderer:
 
     def paint(self, color, stroke=False):
         r, g, b, a = color
-        paint = skia.Paint(AntiAlias=True)
-        paint.setColor4f(skia.Color4f(r / 255, g / 255, b / 255, a / 255 * self.state.globalAlpha))
+        state = self.state
+        paint = self.stroke_paint if stroke else self.fill_paint
+        paint.setColor4f(skia.Color4f(r / 255, g / 255, b / 255, a / 255 * state.globalAlpha))
         if stroke:
-            paint.setStyle(skia.Paint.kStroke_Style)
-            paint.setStrokeWidth(self.state.lineWidth)
-            paint.setStrokeCap(CAPS[self.state.lineCap])
-            paint.setStrokeJoin(JOINS[self.state.lineJoin])
-            paint.setStrokeMiter(self.state.miterLimit)
+            paint.setStrokeWidth(state.lineWidth)
+            paint.setStrokeCap(CAPS[state.lineCap])
+            paint.setStrokeJoin(JOINS[state.lineJoin])
+            paint.setStrokeMiter(state.miterLimit)
         return paint
 
     def op_fill(self, fill_rule):
         if self.inverse() is None:
             return
-        path = skia.Path(self.path)
-        path.setFillType(skia.PathFillType.kEvenOdd if fill_rule == "evenodd" else skia.PathFillType.kWinding)
-        self.canvas.resetMatrix()
-        self.canvas.drawPath(path, self.paint(self.state.fillStyle))
+        # The fill rule is the path's own in Skia; nothing but a fill reads it, and every
+        # fill sets it, so the current path takes it without a copy.
+        self.path.setFillType(EVEN_ODD if fill_rule == "evenodd" else NONZERO)
+        self.use_identity()
+        self.canvas.drawPath(self.path, self.paint(self.state.fillStyle))
 
     def op_stroke(self):
         inverse = self.inverse()
@@ -390,19 +347,19 @@ class Renderer:
         # of the transform current now, so the path goes back there to be stroked.
         path = skia.Path()
         self.path.transform(inverse, path)
-        self.canvas.setMatrix(self.matrix)
+        self.use_matrix()
         self.canvas.drawPath(path, self.paint(self.state.strokeStyle, stroke=True))
 
     def op_fillRect(self, x, y, width, height):
         if self.inverse() is None or not width or not height:
             return
-        self.canvas.setMatrix(self.matrix)
+        self.use_matrix()
         self.canvas.drawRect(skia.Rect.MakeXYWH(x, y, width, height).makeSorted(), self.paint(self.state.fillStyle))
 
     def op_strokeRect(self, x, y, width, height):
         if self.inverse() is None or (not width and not height):
             return
-        self.canvas.setMatrix(self.matrix)
+        self.use_matrix()
         paint = self.paint(self.state.strokeStyle, stroke=True)
         if not width or not height:
             # One side of zero length: a line there and back, as Chrome strokes it.
@@ -417,9 +374,8 @@ class Renderer:
     def op_clearRect(self, x, y, width, height):
         if self.inverse() is None or not width or not height:
             return
-        self.canvas.setMatrix(self.matrix)
-        paint = skia.Paint(AntiAlias=True, BlendMode=skia.BlendMode.kClear)
-        self.canvas.drawRect(skia.Rect.MakeXYWH(x, y, width, height).makeSorted(), paint)
+        self.use_matrix()
+        self.canvas.drawRect(skia.Rect.MakeXYWH(x, y, width, height).makeSorted(), CLEAR_PAINT)
 
     # Text ---------------------------------------------------------------------------
 
@@ -435,18 +391,14 @@ class Renderer:
             return
         if self.shaper is None:
             self.shaper = TextShaper()
-        paragraph = self.shaper.paragraph(text.translate(WHITESPACE), font, paint)
-        width = paragraph.MaxIntrinsicWidth
-        align = self.state.textAlign
-        anchor = -width if align in ("end", "right") else -width / 2 if align == "center" else 0.0
-        baseline = self.shaper.baseline_offset(font, self.state.textBaseline)
+        line = self.shaper.line(text.translate(WHITESPACE), font)
         matrix = copy_matrix(self.matrix)
         matrix.preTranslate(x, y)
-        if max_width is not None and width > max_width:
+        if max_width is not None and line.width > max_width:
             # Too wide: squeezed horizontally about the anchor point, as in a browser.
-            matrix.preScale(max_width / width, 1)
-        self.canvas.setMatrix(matrix)
-        paragraph.paint(self.canvas, anchor, baseline - paragraph.AlphabeticBaseline)
+            matrix.preScale(max_width / line.width, 1)
+        self.use_own_matrix(matrix)
+        self.canvas.drawTextBlob(line.blob(), line.anchor(self.state.textAlign), line.baseline_offset(self.state.textBaseline), paint)
 
     # Images -------------------------------------------------------------------------
 
@@ -482,5 +434,5 @@ class Renderer:
         )
         paint = skia.Paint(AntiAlias=True)
         paint.setAlphaf(self.state.globalAlpha)
-        self.canvas.setMatrix(self.matrix)
+        self.use_matrix()
         self.canvas.drawImageRect(image, clipped, dest_rect, LINEAR_SAMPLING, paint, skia.Canvas.kStrict_SrcRectConstraint)
