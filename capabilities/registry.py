@@ -7,7 +7,7 @@ key of OPERATIONS is refused, never looked up by name on a module.
 from dataclasses import dataclass
 from typing import Callable
 
-from capabilities import canvas, database, files, network, process
+from capabilities import canvas, database, files, kv, network, process
 from tenants.policy import OPERATION_CAPABILITY
 
 
@@ -41,6 +41,10 @@ OPERATIONS = {
         Operation("database.query", "database", database.query, "sql"),
         Operation("database.transaction", "database", database.transaction),
         Operation("process.execute", "process", process.execute, "command"),
+        Operation("kv.get", "kv", kv.kv_get, "key", idempotent=True),
+        Operation("kv.set", "kv", kv.kv_set, "key"),
+        Operation("kv.delete", "kv", kv.kv_delete, "key", idempotent=True),
+        Operation("kv.list", "kv", kv.kv_list, "prefix", idempotent=True),
     ]
 }
 

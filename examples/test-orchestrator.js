@@ -134,6 +134,26 @@ await check('process.execute', async () => {
   expect(r.exitCode === 0 && r.stdout.trim() === '$HOME stays literal', `got ${JSON.stringify(r.stdout)}`);
 });
 
+// Key-value state between runs
+const kvKey = `orchestrator-test:${symposium.utils.generateId()}`;
+await check('kv.set', async () => {
+  const r = await symposium.kv.set(kvKey, { runs: 1, tags: ['a', 'b'] }, { ttl: 600 });
+  expect(r.data.key === kvKey && r.data.expires, 'no expiry');
+});
+await check('kv.get', async () => {
+  const r = await symposium.kv.get(kvKey);
+  expect(r.found && r.data.runs === 1 && r.data.tags[1] === 'b', `read back ${JSON.stringify(r.data)}`);
+}, 'kv.set');
+await check('kv.list', async () => {
+  const r = await symposium.kv.list({ prefix: kvKey, limit: 10 });
+  expect(r.data.keys.length === 1 && r.data.keys[0].key === kvKey, `listed ${JSON.stringify(r.data.keys)}`);
+}, 'kv.set');
+await check('kv.delete', async () => {
+  await symposium.kv.delete(kvKey);
+  const r = await symposium.kv.get(kvKey);
+  expect(!r.found, 'still there');
+}, 'kv.set');
+
 // Utilities (local, synchronous)
 await check('utils', () => {
   expect(/^temp\/tmp_\d+_[a-z0-9]+\.json$/.test(symposium.utils.generateTempPath('.json')), 'temp path');

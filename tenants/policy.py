@@ -31,10 +31,14 @@ OPERATION_CAPABILITY = {
     "database.query": "database",
     "database.transaction": "database",
     "process.execute": "process",
+    "kv.get": "kv",
+    "kv.set": "kv",
+    "kv.delete": "kv",
+    "kv.list": "kv",
 }
 FILE_READ_OPS = {"readFile", "listDirectory", "getFileInfo", "fileExists"}
 FILE_WRITE_OPS = {"writeFile", "deleteFile"}
-LIST_FIELDS = {"blocked_extensions", "cdn_domains", "canvas_formats", "process_commands"}
+LIST_FIELDS = {"blocked_extensions", "cdn_domains", "canvas_formats", "process_commands", "image_formats"}
 
 
 @dataclass(frozen=True)
@@ -64,6 +68,18 @@ class EffectivePolicy:
     process_timeout_seconds: int
     process_max_output: int
     process_rate_per_minute: int
+    kv_max_keys: int
+    kv_max_bytes: int
+    kv_rate_per_minute: int
+    email_per_hour: int
+    email_max_recipients: int
+    email_max_bytes: int
+    email_max_attachment_bytes: int
+    image_formats: tuple
+    image_max_frames: int
+    image_rate_per_minute: int
+    realtime_max_message_bytes: int
+    realtime_rate_per_minute: int
     memory_mb: int
     time_limit_seconds: int
     console_output_cap: int
@@ -72,7 +88,9 @@ class EffectivePolicy:
     overridden: frozenset = frozenset()
 
     def rate_per_minute(self, capability):
-        return getattr(self, f"{capability}_rate_per_minute")
+        # Email has no per-minute limit: its limit is per hour, counted by its handler
+        # once a message is known to be sendable (capabilities/email).
+        return getattr(self, f"{capability}_rate_per_minute", 0)
 
     def as_dict(self):
         return {f.name: getattr(self, f.name) for f in fields(self)}
@@ -231,10 +249,17 @@ def decide_process(policy, op, args):
     return ALLOW
 
 
+def decide_kv(policy, op, args):
+    if not policy.kv_max_keys:
+        return denied_for_profile(policy, "a key-value store")
+    return ALLOW
+
+
 DECIDERS = {
     "files": decide_files,
     "network": decide_network,
     "canvas": decide_canvas,
     "database": decide_database,
     "process": decide_process,
+    "kv": decide_kv,
 }

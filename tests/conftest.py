@@ -49,6 +49,7 @@ def storage_root(settings, tmp_path):
 
 
 SEED = importlib.import_module("tenants.migrations.0002_seed_profiles")
+NEW_CAPABILITIES = importlib.import_module("tenants.migrations.0005_new_capabilities")
 
 
 @pytest.fixture
@@ -57,7 +58,7 @@ def profiles(db):
     # included: put the seed profiles back when they are gone.
     if not PermissionProfile.objects.exists():
         for values in SEED.PROFILES:
-            PermissionProfile.objects.create(**values)
+            PermissionProfile.objects.create(**values, **NEW_CAPABILITIES.NEW_CAPABILITY_VALUES[values["name"]])
     return {p.name: p for p in PermissionProfile.objects.all()}
 
 

@@ -30,6 +30,10 @@ CASES = [
     ("database.query", {"sql": "SELECT 1", "params": []}, {"Data", "Advanced"}),
     ("database.transaction", {"steps": []}, {"Data", "Advanced"}),
     ("process.execute", {"command": "ls", "args": ["-la"]}, {"Advanced"}),
+    ("kv.get", {"key": "k"}, {"Interactive", "Data", "Advanced"}),
+    ("kv.set", {"key": "k", "value": 1}, {"Interactive", "Data", "Advanced"}),
+    ("kv.delete", {"key": "k"}, {"Interactive", "Data", "Advanced"}),
+    ("kv.list", {}, {"Interactive", "Data", "Advanced"}),
 ]
 
 

@@ -30,6 +30,10 @@ const CAPABILITY = {
   "database.query": "database",
   "database.transaction": "database",
   "process.execute": "process",
+  "kv.get": "kv",
+  "kv.set": "kv",
+  "kv.delete": "kv",
+  "kv.list": "kv",
 };
 
 // Set by the start message; the defaults only matter if a block calls before it.
@@ -433,6 +437,14 @@ const symposium = Object.freeze({
   }),
   process: Object.freeze({
     execute: method("process.execute", (command, args = [], opts) => ({ command, args, ...options(opts) })),
+  }),
+  kv: Object.freeze({
+    get: method("kv.get", (key) => ({ key })),
+    // opts: {ttl} in seconds, or a bare number of seconds.
+    set: method("kv.set", (key, value, opts) =>
+      (typeof opts === "number" ? { key, value, ttl: opts } : { key, value, ...options(opts) })),
+    delete: method("kv.delete", (key) => ({ key })),
+    list: method("kv.list", (opts) => ({ ...options(opts) })),
   }),
   utils: Object.freeze({
     generateTempPath: (extension = ".tmp") => {

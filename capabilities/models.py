@@ -1,0 +1,3 @@
+"""Models of the capabilities app, defined in their capability's package."""
+
+from capabilities.kv.models import KeyValue  # noqa: F401
