@@ -7,7 +7,7 @@ key of OPERATIONS is refused, never looked up by name on a module.
 from dataclasses import dataclass
 from typing import Callable
 
-from capabilities import canvas, database, files, kv, network, process
+from capabilities import canvas, database, email, files, kv, network, process
 from tenants.policy import OPERATION_CAPABILITY
 
 
@@ -45,6 +45,7 @@ OPERATIONS = {
         Operation("kv.set", "kv", kv.kv_set, "key"),
         Operation("kv.delete", "kv", kv.kv_delete, "key", idempotent=True),
         Operation("kv.list", "kv", kv.kv_list, "prefix", idempotent=True),
+        Operation("email.send", "email", email.email_send, "subject"),
     ]
 }
 

@@ -154,6 +154,28 @@ await check('kv.delete', async () => {
   expect(!r.found, 'still there');
 }, 'kv.set');
 
+// Email (from the tenant's configured sender; the embedded platform keeps it in its outbox)
+await check('email.send', async () => {
+  const r = await symposium.email.send({
+    to: 'orchestrator@example.org',
+    subject: 'Test orchestrator',
+    text: 'Sent by the test orchestrator.',
+    attachments: [{ filename: 'result.json', content: JSON.stringify(results) }],
+  });
+  expect(r.data.accepted.length === 1 && /^<.+@.+>$/.test(r.data.messageId), `got ${JSON.stringify(r.data)}`);
+  return r.data.messageId;
+});
+await check('email.send header injection refused', async () => {
+  try {
+    await symposium.email.send({ to: 'orchestrator@example.org', subject: 'Hi\r\nBcc: victim@example.org', text: 'x' });
+  } catch (error) {
+    if (error.code === 'PERMISSION_DENIED') throw error;
+    expect(error.code === 'INVALID_ARGUMENT', `got ${error.code}`);
+    return error.code;
+  }
+  throw new Error('the injected header was sent');
+});
+
 // Utilities (local, synchronous)
 await check('utils', () => {
   expect(/^temp\/tmp_\d+_[a-z0-9]+\.json$/.test(symposium.utils.generateTempPath('.json')), 'temp path');

@@ -35,6 +35,7 @@ OPERATION_CAPABILITY = {
     "kv.set": "kv",
     "kv.delete": "kv",
     "kv.list": "kv",
+    "email.send": "email",
 }
 FILE_READ_OPS = {"readFile", "listDirectory", "getFileInfo", "fileExists"}
 FILE_WRITE_OPS = {"writeFile", "deleteFile"}
@@ -255,6 +256,12 @@ def decide_kv(policy, op, args):
     return ALLOW
 
 
+def decide_email(policy, op, args):
+    if not policy.email_per_hour:
+        return denied_for_profile(policy, "sending email")
+    return ALLOW
+
+
 DECIDERS = {
     "files": decide_files,
     "network": decide_network,
@@ -262,4 +269,5 @@ DECIDERS = {
     "database": decide_database,
     "process": decide_process,
     "kv": decide_kv,
+    "email": decide_email,
 }

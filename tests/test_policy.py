@@ -34,6 +34,7 @@ CASES = [
     ("kv.set", {"key": "k", "value": 1}, {"Interactive", "Data", "Advanced"}),
     ("kv.delete", {"key": "k"}, {"Interactive", "Data", "Advanced"}),
     ("kv.list", {}, {"Interactive", "Data", "Advanced"}),
+    ("email.send", {"to": "a@example.org", "subject": "s", "text": "t"}, {"Interactive", "Data", "Advanced"}),
 ]
 
 

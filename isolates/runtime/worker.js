@@ -34,6 +34,7 @@ const CAPABILITY = {
   "kv.set": "kv",
   "kv.delete": "kv",
   "kv.list": "kv",
+  "email.send": "email",
 };
 
 // Set by the start message; the defaults only matter if a block calls before it.
@@ -445,6 +446,9 @@ const symposium = Object.freeze({
       (typeof opts === "number" ? { key, value, ttl: opts } : { key, value, ...options(opts) })),
     delete: method("kv.delete", (key) => ({ key })),
     list: method("kv.list", (opts) => ({ ...options(opts) })),
+  }),
+  email: Object.freeze({
+    send: method("email.send", (message) => ({ ...options(message) })),
   }),
   utils: Object.freeze({
     generateTempPath: (extension = ".tmp") => {
