@@ -7,7 +7,7 @@ key of OPERATIONS is refused, never looked up by name on a module.
 from dataclasses import dataclass
 from typing import Callable
 
-from capabilities import canvas, database, email, files, kv, network, process
+from capabilities import canvas, database, email, files, image, kv, network, process
 from tenants.policy import OPERATION_CAPABILITY
 
 
@@ -46,6 +46,8 @@ OPERATIONS = {
         Operation("kv.delete", "kv", kv.kv_delete, "key", idempotent=True),
         Operation("kv.list", "kv", kv.kv_list, "prefix", idempotent=True),
         Operation("email.send", "email", email.email_send, "subject"),
+        Operation("image.info", "image", image.image_info, "path", idempotent=True),
+        Operation("image.transform", "image", image.image_transform, "output"),
     ]
 }
 

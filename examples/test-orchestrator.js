@@ -113,6 +113,27 @@ await check('canvas.exportImage', async () => {
   return `${img.data.length} bytes of PNG`;
 }, 'canvas.draw');
 
+// Images: the canvas's picture, written, described, transformed, drawn back
+await check('image.info', async () => {
+  const img = await symposium.canvas.exportImage(globalThis.testCanvas, 'png');
+  await symposium.writeFile(`${dir}/chart.png`, img.data);
+  const info = await symposium.image.info(`${dir}/chart.png`);
+  expect(info.data.width === 200 && info.data.height === 100 && info.data.format === 'png', `got ${JSON.stringify(info.data)}`);
+}, 'canvas.draw');
+await check('image.transform', async () => {
+  const r = await symposium.image.transform(`${dir}/chart.png`,
+    [{ type: 'crop', x: 0, y: 0, width: 100, height: 100 }, { type: 'resize', width: 50 }, 'grayscale'],
+    { output: `${dir}/thumb.png` });
+  expect(r.data.width === 50 && r.data.height === 50 && r.data.mode === 'LA', `got ${JSON.stringify(r.data)}`);
+  return `${r.data.size} bytes`;
+}, 'image.info');
+await check('canvas.drawImage', async () => {
+  const c = await symposium.canvas.createCanvas(60, 60);
+  await symposium.canvas.drawImage(c.canvasId, `${dir}/thumb.png`, 5, 5, 50, 50);
+  const img = await symposium.canvas.exportImage(c.canvasId, 'png');
+  expect(img.data.length > 0, 'empty export');
+}, 'image.transform');
+
 // Database
 await check('database.query', async () => {
   await symposium.database.query('CREATE TABLE IF NOT EXISTS orchestrator_test (note TEXT)');

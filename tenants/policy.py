@@ -36,6 +36,8 @@ OPERATION_CAPABILITY = {
     "kv.delete": "kv",
     "kv.list": "kv",
     "email.send": "email",
+    "image.info": "image",
+    "image.transform": "image",
 }
 FILE_READ_OPS = {"readFile", "listDirectory", "getFileInfo", "fileExists"}
 FILE_WRITE_OPS = {"writeFile", "deleteFile"}
@@ -262,6 +264,12 @@ def decide_email(policy, op, args):
     return ALLOW
 
 
+def decide_image(policy, op, args):
+    if not policy.image_formats:
+        return denied_for_profile(policy, "image processing")
+    return ALLOW
+
+
 DECIDERS = {
     "files": decide_files,
     "network": decide_network,
@@ -270,4 +278,5 @@ DECIDERS = {
     "process": decide_process,
     "kv": decide_kv,
     "email": decide_email,
+    "image": decide_image,
 }

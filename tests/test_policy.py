@@ -35,6 +35,8 @@ CASES = [
     ("kv.delete", {"key": "k"}, {"Interactive", "Data", "Advanced"}),
     ("kv.list", {}, {"Interactive", "Data", "Advanced"}),
     ("email.send", {"to": "a@example.org", "subject": "s", "text": "t"}, {"Interactive", "Data", "Advanced"}),
+    ("image.info", {"path": "a.png"}, {"Interactive", "Data", "Advanced"}),
+    ("image.transform", {"path": "a.png", "steps": [], "output": "b.png"}, {"Interactive", "Data", "Advanced"}),
 ]
 
 

@@ -35,6 +35,8 @@ const CAPABILITY = {
   "kv.delete": "kv",
   "kv.list": "kv",
   "email.send": "email",
+  "image.info": "image",
+  "image.transform": "image",
 };
 
 // Set by the start message; the defaults only matter if a block calls before it.
@@ -428,6 +430,9 @@ const symposium = Object.freeze({
   canvas: Object.freeze({
     createCanvas: method("canvas.createCanvas", (width, height) => ({ width, height })),
     draw: method("canvas.draw", (canvasId, ops) => ({ canvasId, ops })),
+    // One drawImage op from a tenant file: drawImage(id, path, x, y, width?, height?).
+    drawImage: method("canvas.draw", (canvasId, path, dx, dy, dw, dh) =>
+      ({ canvasId, ops: [dw === undefined && dh === undefined ? { type: "drawImage", path, dx, dy } : { type: "drawImage", path, dx, dy, dw, dh }] })),
     // Like toDataURL(type, quality), a bare number is the quality.
     exportImage: method("canvas.exportImage", (canvasId, format = "png", opts) =>
       typeof opts === "number" ? { canvasId, format, quality: opts } : { canvasId, format, ...options(opts) }),
@@ -446,6 +451,12 @@ const symposium = Object.freeze({
       (typeof opts === "number" ? { key, value, ttl: opts } : { key, value, ...options(opts) })),
     delete: method("kv.delete", (key) => ({ key })),
     list: method("kv.list", (opts) => ({ ...options(opts) })),
+  }),
+  image: Object.freeze({
+    info: method("image.info", (path) => ({ path })),
+    // opts: {output, format?, quality?, keepMetadata?}; a bare string is the output path.
+    transform: method("image.transform", (path, steps = [], opts) =>
+      (typeof opts === "string" ? { path, steps, output: opts } : { path, steps, ...options(opts) })),
   }),
   email: Object.freeze({
     send: method("email.send", (message) => ({ ...options(message) })),
