@@ -7,7 +7,7 @@ key of OPERATIONS is refused, never looked up by name on a module.
 from dataclasses import dataclass
 from typing import Callable
 
-from capabilities import canvas, database, email, files, image, kv, network, process
+from capabilities import canvas, database, email, files, image, kv, network, process, realtime
 from tenants.policy import OPERATION_CAPABILITY
 
 
@@ -48,6 +48,7 @@ OPERATIONS = {
         Operation("email.send", "email", email.email_send, "subject"),
         Operation("image.info", "image", image.image_info, "path", idempotent=True),
         Operation("image.transform", "image", image.image_transform, "output"),
+        Operation("realtime.publish", "realtime", realtime.realtime_publish, "channel"),
     ]
 }
 

@@ -197,6 +197,13 @@ await check('email.send header injection refused', async () => {
   throw new Error('the injected header was sent');
 });
 
+// Realtime: publishing with nobody listening succeeds
+await check('realtime.publish', async () => {
+  const r = await symposium.realtime.publish('orchestrator-test', { passed: results.passed });
+  expect(r.success && (r.data.delivered === undefined || r.data.delivered >= 0), `got ${JSON.stringify(r.data)}`);
+  return r.data.delivered === undefined ? 'sent' : `${r.data.delivered} listening`;
+});
+
 // Utilities (local, synchronous)
 await check('utils', () => {
   expect(/^temp\/tmp_\d+_[a-z0-9]+\.json$/.test(symposium.utils.generateTempPath('.json')), 'temp path');

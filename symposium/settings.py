@@ -219,6 +219,10 @@ def email_settings(url):
 
 globals().update(email_settings(envsecret("SYMPOSIUM_EMAIL_URL")))
 
+# Who else may listen on a tenant's private realtime channels, besides its logged-in
+# members (docs/realtime.md): dotted paths of functions (scope, tenant, channel) -> bool.
+SYMPOSIUM_REALTIME_AUTHORIZERS = [p for p in os.environ.get("SYMPOSIUM_REALTIME_AUTHORIZERS", "").split(",") if p]
+
 # Tenant storage: one folder per tenant under this root.
 TENANT_STORAGE_ROOT = Path(os.environ.get("SYMPOSIUM_STORAGE_ROOT", VAR_DIR / "storage"))
 

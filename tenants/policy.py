@@ -38,6 +38,7 @@ OPERATION_CAPABILITY = {
     "email.send": "email",
     "image.info": "image",
     "image.transform": "image",
+    "realtime.publish": "realtime",
 }
 FILE_READ_OPS = {"readFile", "listDirectory", "getFileInfo", "fileExists"}
 FILE_WRITE_OPS = {"writeFile", "deleteFile"}
@@ -270,6 +271,12 @@ def decide_image(policy, op, args):
     return ALLOW
 
 
+def decide_realtime(policy, op, args):
+    if not policy.realtime_max_message_bytes:
+        return denied_for_profile(policy, "realtime channels")
+    return ALLOW
+
+
 DECIDERS = {
     "files": decide_files,
     "network": decide_network,
@@ -279,4 +286,5 @@ DECIDERS = {
     "kv": decide_kv,
     "email": decide_email,
     "image": decide_image,
+    "realtime": decide_realtime,
 }

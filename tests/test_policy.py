@@ -37,6 +37,7 @@ CASES = [
     ("email.send", {"to": "a@example.org", "subject": "s", "text": "t"}, {"Interactive", "Data", "Advanced"}),
     ("image.info", {"path": "a.png"}, {"Interactive", "Data", "Advanced"}),
     ("image.transform", {"path": "a.png", "steps": [], "output": "b.png"}, {"Interactive", "Data", "Advanced"}),
+    ("realtime.publish", {"channel": "c", "message": 1}, {"Interactive", "Data", "Advanced"}),
 ]
 
 

@@ -37,6 +37,7 @@ const CAPABILITY = {
   "email.send": "email",
   "image.info": "image",
   "image.transform": "image",
+  "realtime.publish": "realtime",
 };
 
 // Set by the start message; the defaults only matter if a block calls before it.
@@ -457,6 +458,9 @@ const symposium = Object.freeze({
     // opts: {output, format?, quality?, keepMetadata?}; a bare string is the output path.
     transform: method("image.transform", (path, steps = [], opts) =>
       (typeof opts === "string" ? { path, steps, output: opts } : { path, steps, ...options(opts) })),
+  }),
+  realtime: Object.freeze({
+    publish: method("realtime.publish", (channel, message) => ({ channel, message })),
   }),
   email: Object.freeze({
     send: method("email.send", (message) => ({ ...options(message) })),
