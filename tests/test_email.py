@@ -1,17 +1,13 @@
 """The email capability against a real SMTP server on loopback (aiosmtpd): what the relay
 receives, the embedded outbox, and every refusal as an attack."""
 
-import email
-import email.policy
-import socket
-
 import pytest
 from django.core.exceptions import ImproperlyConfigured
-from aiosmtpd.controller import Controller
 
 from capabilities import email as email_capability
 from capabilities.base import CapabilityError
 from capabilities.email.models import OutboxMessage
+from capabilities.email.testing import free_port, start_relay
 from tenants.models import PolicyOverride
 from tenants.ratelimit import limiter, reset_limiter
 from symposium.settings import email_settings
@@ -22,35 +18,10 @@ pytestmark = [pytest.mark.django_db(transaction=True)]
 SENDER = "reports@acme.example"
 
 
-class Relay:
-    """Keeps what it receives; refuses recipients whose address starts with 'nobody'."""
-
-    def __init__(self):
-        self.messages = []
-
-    async def handle_RCPT(self, server, session, envelope, address, rcpt_options):
-        if address.startswith("nobody"):
-            return "550 5.1.1 No such user here"
-        envelope.rcpt_tos.append(address)
-        return "250 OK"
-
-    async def handle_DATA(self, server, session, envelope):
-        self.messages.append((envelope.mail_from, list(envelope.rcpt_tos),
-                              email.message_from_bytes(envelope.content, policy=email.policy.default)))
-        return "250 Message accepted for delivery"
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture
 def relay(settings, platform_outbox):
-    handler = Relay()
-    controller = Controller(handler, hostname="127.0.0.1", port=free_port())
-    controller.start()
+    controller = start_relay()
+    handler = controller.handler
     settings.EMAIL_BACKEND = "capabilities.email.backends.SmtpBackend"
     settings.EMAIL_HOST, settings.EMAIL_PORT = "127.0.0.1", controller.port
     settings.EMAIL_USE_TLS = settings.EMAIL_USE_SSL = False
