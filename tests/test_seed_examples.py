@@ -195,3 +195,17 @@ def test_the_orchestrator_test_suite_passes_what_each_profile_allows(run_block, 
         assert skipped == set()
     if profile == "Basic":
         assert {"files.writeFile", "canvas.createCanvas", "database.query", "process.execute", "kv.set", "email.send", "image.info", "realtime.publish"} <= skipped
+
+
+@pytest.mark.parametrize("name", ["kv", "email", "image", "realtime"])
+def test_the_examples_of_the_new_capabilities_run(run_block, seeded, name):
+    tenant = seeded("examples-co", "Interactive")
+    tenant.email_sender = "blocks@examples-co.example"
+    tenant.save()
+    run = run_block(tenant, (EXAMPLES / "capabilities" / f"{name}.js").read_text())
+    assert run.status == "succeeded", (run.error_code, run.error, run.logs)
+    if name == "kv":
+        assert run_block(tenant, (EXAMPLES / "capabilities" / "kv.js").read_text()).result == {"visits": 2}
+    if name == "image":
+        assert run.result["width"] == 100 and run.result["height"] == 100
+        assert (tenant.storage_root() / "pictures" / "card.png").exists()
