@@ -171,7 +171,7 @@ RQ_QUEUES = {
 # thread of the broker. Files default to inline: a local disk call is faster than a
 # queue round trip, and any server process can reach the tenant's storage.
 SYMPOSIUM_RQ_CAPABILITIES = [
-    c for c in os.environ.get("SYMPOSIUM_RQ_CAPABILITIES", "network,canvas,database,process" if REDIS_URL else "").split(",") if c
+    c for c in os.environ.get("SYMPOSIUM_RQ_CAPABILITIES", "network,canvas,database,process,email,image" if REDIS_URL else "").split(",") if c
 ]
 
 # A pids cgroup (v1 or v2 folder) that process execution may create per-command
