@@ -198,7 +198,7 @@ def test_the_orchestrator_test_suite_passes_what_each_profile_allows(run_block, 
 
 
 @pytest.mark.parametrize("name", ["kv", "email", "image", "realtime"])
-def test_the_examples_of_the_new_capabilities_run(run_block, seeded, name):
+def test_the_examples_of_the_new_capabilities_run(run_block, seeded, name, dispatch_path):
     tenant = seeded("examples-co", "Interactive")
     tenant.email_sender = "blocks@examples-co.example"
     tenant.save()
