@@ -16,6 +16,15 @@ queue.
   ImageDraw drawing the same shapes and saving a PNG, each export alternating with a
   floor run so that a shared machine's load falls on both alike.
 - process.execute: `echo hello` in the sandbox; floor: subprocess.run(["echo", "hello"]).
+- kv.get: one small JSON value; floor: the same SELECT on the platform database (Django's
+  connection, a kept one).
+- email.send: a short message with a 1 KB attachment to an SMTP server on 127.0.0.1
+  (aiosmtpd); floor: smtplib sending the same message on a new connection (the handler
+  opens one per message).
+- image.transform: a 1920x1080 PNG resized to 640 wide and made grayscale, written as
+  PNG; floor: Pillow doing the same from the file's bytes to PNG bytes.
+- realtime.publish: a small message to a channel with one listener; floor: a bare
+  channel-layer group_send of the same event.
 
 It uses a throwaway SQLite database and storage folder, never the project's own.
 """
@@ -84,8 +93,28 @@ def main():
     parser.add_argument("--redis", default="", help="a Redis URL to also measure the RQ path (its database is flushed)")
     options = parser.parse_args()
 
-    overrides = {f"{c}_rate_per_minute": 0 for c in ("files", "network", "canvas", "database", "process")}
-    tenant = throwaway_platform(options.redis, allow_hosts=["127.0.0.1"], overrides={**overrides, "canvas_max_per_run": 1000})
+    capabilities = ("files", "network", "canvas", "database", "process", "kv", "image", "realtime")
+    overrides = {f"{c}_rate_per_minute": 0 for c in capabilities}
+    tenant = throwaway_platform(options.redis, allow_hosts=["127.0.0.1"], overrides={
+        **overrides, "canvas_max_per_run": 1000, "email_per_hour": 10_000_000})
+    tenant.email_sender = "bench@bench.example"
+    tenant.save()
+
+    from django.conf import settings
+
+    from tests.support.platform import free_port
+    from symposium.settings import email_settings
+
+    # The SMTP server in a process of its own, as a relay is: in this one its thread
+    # would compete with the server's for the GIL at every SMTP round trip.
+    smtp_port = free_port()
+    relay = subprocess.Popen([sys.executable, "-m", "aiosmtpd", "-n", "-c", "aiosmtpd.handlers.Sink", "-l", f"127.0.0.1:{smtp_port}"],
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    time.sleep(1)
+    # The relay for this process, and (through the environment) for the RQ worker.
+    os.environ["SYMPOSIUM_EMAIL_URL"] = f"smtp://127.0.0.1:{smtp_port}"
+    for name, value in email_settings(os.environ["SYMPOSIUM_EMAIL_URL"]).items():
+        setattr(settings, name, value)
 
     http = LocalServer()
 
@@ -133,7 +162,7 @@ def main():
         settings.SYMPOSIUM_RQ_CAPABILITIES = []
         results["inline"] = block(code)
         if options.redis:
-            settings.SYMPOSIUM_RQ_CAPABILITIES = ["files", "network", "canvas", "database", "process"]
+            settings.SYMPOSIUM_RQ_CAPABILITIES = [*capabilities, "email"]
             results["RQ"] = block(code)
             settings.SYMPOSIUM_RQ_CAPABILITIES = []
         for path, times in results.items():
@@ -194,7 +223,10 @@ def main():
 
         measure_paths("process echo", LOOP % {"n": max(50, n // 10), "call": "symposium.process.execute('echo', ['hello'])"},
                       {"subprocess.run echo": timed(lambda: subprocess.run(["echo", "hello"], capture_output=True), max(50, n // 10))})
+
+        new_capabilities(block, measure_paths, tenant, server, n, smtp_port)
     finally:
+        relay.terminate()
         if worker is not None:
             worker.terminate()
             worker.wait(10)
@@ -202,6 +234,94 @@ def main():
         http.close()
     sys.stdout.flush()
     os._exit(0)
+
+
+def new_capabilities(block, measure_paths, tenant, server, n, smtp_port):
+    """kv, email, image and realtime, each next to its floor."""
+    import asyncio
+    import io
+    import smtplib
+    from email.message import EmailMessage
+
+    from channels.layers import get_channel_layer
+    from django.db import connection
+    from PIL import Image
+
+    from capabilities.realtime.channels import group_name
+    from isolates.testing import WebsocketClient
+
+    assert block("await symposium.kv.set('bench', { n: 1, tags: ['a', 'b'] }); export default () => 'ok';") == "ok"
+    select = ("SELECT value, is_bytes, expires FROM capabilities_keyvalue WHERE tenant_id = %s AND key = %s "
+              "AND (expires IS NULL OR expires > CURRENT_TIMESTAMP)")
+
+    def direct_select():
+        with connection.cursor() as cursor:
+            cursor.execute(select, [tenant.pk, "bench"])
+            cursor.fetchone()
+
+    measure_paths("kv.get", LOOP % {"n": n, "call": "symposium.kv.get('bench')"},
+                  {"SELECT on the platform database": timed(direct_select, n)})
+
+    mails = max(50, n // 10)
+    attachment = "x" * 1024
+    send = ("symposium.email.send({ to: 'alice@example.org', subject: 'Bench', text: 'Hello from the benchmark.', "
+            f"attachments: [{{ filename: 'a.txt', content: '{attachment}' }}] }})")
+
+    def smtp_floor():
+        message = EmailMessage()
+        message["From"], message["To"], message["Subject"] = "bench@bench.example", "alice@example.org", "Bench"
+        message.set_content("Hello from the benchmark.")
+        message.add_attachment(attachment, filename="a.txt")
+        with smtplib.SMTP("127.0.0.1", smtp_port, timeout=20) as smtp:
+            smtp.send_message(message)
+
+    measure_paths("email.send", LOOP % {"n": mails, "call": send}, {"smtplib, new connection per message": timed(smtp_floor, mails)})
+
+    source = tenant.storage_root() / "bench" / "photo.png"
+    source.parent.mkdir(parents=True, exist_ok=True)
+    gradient = Image.linear_gradient("L").resize((1920, 1080))
+    Image.merge("RGB", (gradient, gradient.transpose(Image.Transpose.FLIP_LEFT_RIGHT), gradient)).save(source)
+    raw = source.read_bytes()
+
+    def pillow_floor():
+        with Image.open(io.BytesIO(raw)) as picture:
+            small = picture.resize((640, 360), Image.LANCZOS).convert("L")
+            small.save(io.BytesIO(), format="PNG")
+
+    transforms = max(20, n // 50)
+    measure_paths("image.transform", LOOP % {"n": transforms, "call": "symposium.image.transform('bench/photo.png', "
+                  "[{ type: 'resize', width: 640 }, 'grayscale'], { output: 'bench/small.png' })"},
+                  {"Pillow, same resize and grayscale, PNG": timed(pillow_floor, transforms)})
+
+    tenant.realtime_public_channels = "bench"
+    tenant.save()
+
+    async def listen():
+        return await WebsocketClient.connect(server.port, "/ws/realtime/bench/bench", {})
+
+    async def bare_group_sends(count):
+        layer = get_channel_layer()
+        event = {"type": "realtime.message", "channel": "bench", "message": {"n": 1}}
+        times = []
+        for _ in range(count):
+            t0 = time.perf_counter()
+            await layer.group_send(group_name(tenant.pk, "bench"), event)
+            times.append((time.perf_counter() - t0) * 1000)
+        return times
+
+    async def drain(ws):
+        while await ws.receive_text() is not None:
+            pass
+
+    ws = server.call(listen(), 30)
+    reader = asyncio.run_coroutine_threadsafe(drain(ws), server.loop)
+    try:
+        floor = server.call(bare_group_sends(n), 600)
+        measure_paths("realtime.publish", LOOP % {"n": n, "call": "symposium.realtime.publish('bench', { n: 1 })"},
+                      {"bare channel-layer group_send": floor})
+    finally:
+        server.loop.call_soon_threadsafe(ws.close)
+        reader.cancel()
 
 
 if __name__ == "__main__":

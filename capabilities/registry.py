@@ -15,7 +15,7 @@ the names and their capabilities from the broker's start frame (OPERATION_CAPABI
 from dataclasses import dataclass
 from typing import Callable
 
-from capabilities import canvas, database, files, network, process
+from capabilities import canvas, database, email, files, image, kv, network, process, realtime
 from tenants import policy
 
 
@@ -79,6 +79,14 @@ OPERATIONS = {
         Operation("database.query", "database", database.query, audit_target=database.statement_fingerprint),
         Operation("database.transaction", "database", database.transaction),
         Operation("process.execute", "process", process.execute, audit_target=argument("command")),
+        Operation("kv.get", "kv", kv.kv_get, idempotent=True, audit_target=argument("key")),
+        Operation("kv.set", "kv", kv.kv_set, writes=True, audit_target=argument("key")),
+        Operation("kv.delete", "kv", kv.kv_delete, writes=True, idempotent=True, audit_target=argument("key")),
+        Operation("kv.list", "kv", kv.kv_list, idempotent=True, audit_target=argument("prefix")),
+        Operation("email.send", "email", email.email_send, writes=True, audit_target=argument("subject")),
+        Operation("image.info", "image", image.image_info, idempotent=True, audit_target=argument("path")),
+        Operation("image.transform", "image", image.image_transform, writes=True, audit_target=argument("output")),
+        Operation("realtime.publish", "realtime", realtime.realtime_publish, audit_target=argument("channel")),
     ]
 }
 

@@ -33,7 +33,7 @@ HISTORY_SIZE = 50
 
 # The examples menu: the seed's code examples verbatim, the three "usage examples" with
 # the driver that calls them appended (as runblock's tests run them), and the two
-# blocks of our own. `input` is what the input field is set to when one is picked.
+# blocks of our own, and one example per capability the seed names as future work. `input` is what the input field is set to when one is picked.
 EXAMPLES = [
     {"key": "hello", "title": "Hello, input", "group": "Start here", "inline": (
         "// A block is an ES module. Its default export is called with the run's input,\n"
@@ -56,6 +56,10 @@ EXAMPLES = [
      "files": ["seed/interactive-dashboard.js", "drivers/interactive-dashboard.js"]},
     {"key": "data-pipeline", "title": "Data pipeline with external APIs", "group": "Seed: usage examples",
      "files": ["seed/data-pipeline.js", "drivers/data-pipeline.js"]},
+    {"key": "kv", "title": "Key-value state between runs", "group": "More capabilities", "files": ["capabilities/kv.js"]},
+    {"key": "email", "title": "Email with an attachment", "group": "More capabilities", "files": ["capabilities/email.js"]},
+    {"key": "image", "title": "Image thumbnails", "group": "More capabilities", "files": ["capabilities/image.js"]},
+    {"key": "realtime", "title": "Realtime channels", "group": "More capabilities", "files": ["capabilities/realtime.js"]},
     {"key": "test-orchestrator", "title": "Test orchestrator (every capability)", "group": "Tools",
      "files": ["test-orchestrator.js"]},
     {"key": "setup-database", "title": "Set up the example database tables", "group": "Tools", "files": ["setup/database.js"]},

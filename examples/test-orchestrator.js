@@ -113,6 +113,27 @@ await check('canvas.exportImage', async () => {
   return `${img.data.length} bytes of PNG`;
 }, 'canvas.draw');
 
+// Images: the canvas's picture, written, described, transformed, drawn back
+await check('image.info', async () => {
+  const img = await symposium.canvas.exportImage(globalThis.testCanvas, 'png');
+  await symposium.writeFile(`${dir}/chart.png`, img.data);
+  const info = await symposium.image.info(`${dir}/chart.png`);
+  expect(info.data.width === 200 && info.data.height === 100 && info.data.format === 'png', `got ${JSON.stringify(info.data)}`);
+}, 'canvas.draw');
+await check('image.transform', async () => {
+  const r = await symposium.image.transform(`${dir}/chart.png`,
+    [{ type: 'crop', x: 0, y: 0, width: 100, height: 100 }, { type: 'resize', width: 50 }, 'grayscale'],
+    { output: `${dir}/thumb.png` });
+  expect(r.data.width === 50 && r.data.height === 50 && r.data.mode === 'LA', `got ${JSON.stringify(r.data)}`);
+  return `${r.data.size} bytes`;
+}, 'image.info');
+await check('canvas.drawImage', async () => {
+  const c = await symposium.canvas.createCanvas(60, 60);
+  await symposium.canvas.drawImage(c.canvasId, `${dir}/thumb.png`, 5, 5, 50, 50);
+  const img = await symposium.canvas.exportImage(c.canvasId, 'png');
+  expect(img.data.length > 0, 'empty export');
+}, 'image.transform');
+
 // Database
 await check('database.query', async () => {
   await symposium.database.query('CREATE TABLE IF NOT EXISTS orchestrator_test (note TEXT)');
@@ -132,6 +153,55 @@ await check('database.transaction', async () => {
 await check('process.execute', async () => {
   const r = await symposium.process.execute('echo', ['$HOME', 'stays literal']);
   expect(r.exitCode === 0 && r.stdout.trim() === '$HOME stays literal', `got ${JSON.stringify(r.stdout)}`);
+});
+
+// Key-value state between runs
+const kvKey = `orchestrator-test:${symposium.utils.generateId()}`;
+await check('kv.set', async () => {
+  const r = await symposium.kv.set(kvKey, { runs: 1, tags: ['a', 'b'] }, { ttl: 600 });
+  expect(r.data.key === kvKey && r.data.expires, 'no expiry');
+});
+await check('kv.get', async () => {
+  const r = await symposium.kv.get(kvKey);
+  expect(r.found && r.data.runs === 1 && r.data.tags[1] === 'b', `read back ${JSON.stringify(r.data)}`);
+}, 'kv.set');
+await check('kv.list', async () => {
+  const r = await symposium.kv.list({ prefix: kvKey, limit: 10 });
+  expect(r.data.keys.length === 1 && r.data.keys[0].key === kvKey, `listed ${JSON.stringify(r.data.keys)}`);
+}, 'kv.set');
+await check('kv.delete', async () => {
+  await symposium.kv.delete(kvKey);
+  const r = await symposium.kv.get(kvKey);
+  expect(!r.found, 'still there');
+}, 'kv.set');
+
+// Email (from the tenant's configured sender; the embedded platform keeps it in its outbox)
+await check('email.send', async () => {
+  const r = await symposium.email.send({
+    to: 'orchestrator@example.org',
+    subject: 'Test orchestrator',
+    text: 'Sent by the test orchestrator.',
+    attachments: [{ filename: 'result.json', content: JSON.stringify(results) }],
+  });
+  expect(r.data.accepted.length === 1 && /^<.+@.+>$/.test(r.data.messageId), `got ${JSON.stringify(r.data)}`);
+  return r.data.messageId;
+});
+await check('email.send header injection refused', async () => {
+  try {
+    await symposium.email.send({ to: 'orchestrator@example.org', subject: 'Hi\r\nBcc: victim@example.org', text: 'x' });
+  } catch (error) {
+    if (error.code === 'PERMISSION_DENIED') throw error;
+    expect(error.code === 'INVALID_ARGUMENT', `got ${error.code}`);
+    return error.code;
+  }
+  throw new Error('the injected header was sent');
+});
+
+// Realtime: publishing with nobody listening succeeds
+await check('realtime.publish', async () => {
+  const r = await symposium.realtime.publish('orchestrator-test', { passed: results.passed });
+  expect(r.success && (r.data.delivered === undefined || r.data.delivered >= 0), `got ${JSON.stringify(r.data)}`);
+  return r.data.delivered === undefined ? 'sent' : `${r.data.delivered} listening`;
 });
 
 // Utilities (local, synchronous)

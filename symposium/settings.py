@@ -174,7 +174,7 @@ RQ_QUEUES = {
 # thread of the broker. Files default to inline: a local disk call is faster than a
 # queue round trip, and any server process can reach the tenant's storage.
 SYMPOSIUM_RQ_CAPABILITIES = [
-    c for c in os.environ.get("SYMPOSIUM_RQ_CAPABILITIES", "network,canvas,database,process" if REDIS_URL else "").split(",") if c
+    c for c in os.environ.get("SYMPOSIUM_RQ_CAPABILITIES", "network,canvas,database,process,email,image" if REDIS_URL else "").split(",") if c
 ]
 
 # A pids cgroup (v1 or v2 folder) that process execution may create per-command
@@ -184,6 +184,51 @@ SYMPOSIUM_PROCESS_CGROUP = os.environ.get("SYMPOSIUM_PROCESS_CGROUP", "")
 # as root: one that owns nothing but the tenants' files (docs/process.md). Not as root,
 # commands run as the server's own user, the only one it can map.
 SYMPOSIUM_PROCESS_SANDBOX_UID = envint("SYMPOSIUM_PROCESS_SANDBOX_UID", 1_899_999_000)
+
+# Email of blocks (docs/email.md): the relay, as smtp://user:password@host:port?tls=1
+# (STARTTLS; ssl=1 or smtps:// for TLS from the start). Empty: messages go to the outbox
+# the admin shows, and nothing leaves the machine.
+def email_settings(url):
+    from urllib.parse import parse_qs, unquote, urlsplit
+
+    if not url:
+        return {"EMAIL_BACKEND": "capabilities.email.backends.OutboxBackend"}
+    parts = urlsplit(url)
+    if parts.scheme not in ("smtp", "smtps") or not parts.hostname:
+        raise ImproperlyConfigured("SYMPOSIUM_EMAIL_URL must look like smtp://user:password@host:587?tls=1")
+    query = {k: v[-1] for k, v in parse_qs(parts.query).items()}
+    unknown = set(query) - {"tls", "ssl", "timeout"}
+    if unknown:
+        raise ImproperlyConfigured(f"SYMPOSIUM_EMAIL_URL has unknown options: {', '.join(sorted(unknown))} (known: tls, ssl, timeout)")
+    flag = {"1": True, "true": True, "0": False, "false": False}
+    if any(query.get(k, "0").lower() not in flag for k in ("tls", "ssl")):
+        raise ImproperlyConfigured("SYMPOSIUM_EMAIL_URL's tls and ssl options are 1 or 0")
+    use_ssl = parts.scheme == "smtps" or flag[query.get("ssl", "0").lower()]
+    use_tls = flag[query.get("tls", "0").lower()]
+    if use_ssl and use_tls:
+        raise ImproperlyConfigured("SYMPOSIUM_EMAIL_URL: tls (STARTTLS) and ssl (TLS from the start) exclude each other")
+    try:
+        port = parts.port or (465 if use_ssl else 587 if use_tls else 25)
+        timeout = float(query.get("timeout", "20"))
+    except ValueError:
+        raise ImproperlyConfigured("SYMPOSIUM_EMAIL_URL has a port or timeout that is not a number") from None
+    return {
+        "EMAIL_BACKEND": "capabilities.email.backends.SmtpBackend",
+        "EMAIL_HOST": parts.hostname,
+        "EMAIL_PORT": port,
+        "EMAIL_HOST_USER": unquote(parts.username or ""),
+        "EMAIL_HOST_PASSWORD": unquote(parts.password or ""),
+        "EMAIL_USE_TLS": use_tls,
+        "EMAIL_USE_SSL": use_ssl,
+        "EMAIL_TIMEOUT": timeout,
+    }
+
+
+globals().update(email_settings(envsecret("SYMPOSIUM_EMAIL_URL")))
+
+# Who else may listen on a tenant's private realtime channels, besides its logged-in
+# members (docs/realtime.md): dotted paths of functions (scope, tenant, channel) -> bool.
+SYMPOSIUM_REALTIME_AUTHORIZERS = [p for p in os.environ.get("SYMPOSIUM_REALTIME_AUTHORIZERS", "").split(",") if p]
 
 # Tenant storage: one folder per tenant under this root.
 TENANT_STORAGE_ROOT = Path(os.environ.get("SYMPOSIUM_STORAGE_ROOT", VAR_DIR / "storage"))

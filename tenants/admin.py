@@ -26,6 +26,10 @@ class PermissionProfileAdmin(admin.ModelAdmin):
         ("Canvas", {"fields": ["canvas_max_width", "canvas_max_height", "canvas_formats", "canvas_max_ops", "canvas_max_per_run", "canvas_rate_per_minute"]}),
         ("Database", {"fields": ["database_access", "database_rate_per_minute", "database_statement_timeout_ms", "database_max_rows", "database_max_result_bytes"]}),
         ("Process execution", {"fields": ["process_allowed", "process_commands", "process_timeout_seconds", "process_max_output", "process_rate_per_minute"]}),
+        ("Key-value store", {"fields": ["kv_max_keys", "kv_max_bytes", "kv_rate_per_minute"]}),
+        ("Email", {"fields": ["email_per_hour", "email_max_recipients", "email_max_bytes", "email_max_attachment_bytes"]}),
+        ("Images", {"fields": ["image_formats", "image_max_frames", "image_rate_per_minute"]}),
+        ("Realtime channels", {"fields": ["realtime_max_message_bytes", "realtime_rate_per_minute"]}),
         ("Runs", {"fields": ["memory_mb", "time_limit_seconds", "console_output_cap", "concurrent_runs"]}),
     ]
 
@@ -96,7 +100,8 @@ class TenantForm(forms.ModelForm):
 
     class Meta:
         model = Tenant
-        fields = ["slug", "name", "profile", "is_active", "suspended_reason", "network_allowed_hosts"]
+        fields = ["slug", "name", "profile", "is_active", "suspended_reason", "network_allowed_hosts",
+                  "email_sender", "email_allowed_recipients", "realtime_public_channels"]
 
     def save(self, commit=True):
         value = self.cleaned_data.get("new_webhook_secret")
@@ -118,6 +123,8 @@ class TenantAdmin(admin.ModelAdmin):
     fieldsets = [
         (None, {"fields": ["slug", "name", "profile", "is_active", "suspended_reason"]}),
         ("Network", {"fields": ["network_allowed_hosts", "new_webhook_secret", "webhook_secret_state"]}),
+        ("Email", {"fields": ["email_sender", "email_allowed_recipients"]}),
+        ("Realtime channels", {"fields": ["realtime_public_channels"]}),
     ]
     readonly_fields = ["webhook_secret_state"]
 

@@ -5,6 +5,7 @@ impossible value with a form error. `tenants.policy` turns a tenant (its profile
 overrides) into the effective policy that the broker checks every call against.
 """
 
+import re
 import secrets as pysecrets
 
 from django.conf import settings
@@ -65,6 +66,27 @@ def validate_extension_list(value):
     for ext in split_list(value):
         if not ext.startswith(".") or not ext[1:].replace("_", "").isalnum():
             raise ValidationError("%(ext)s is not a file extension such as .exe.", params={"ext": ext})
+
+
+def validate_recipient_list(value):
+    for item in split_list(value):
+        local, at, domain = item.rpartition("@")
+        if not at or not domain or "." not in domain or any(c in item for c in "<>\"' ;"):
+            raise ValidationError(
+                "%(item)s is not an address (alice@example.org) or a domain (@example.org).", params={"item": item}
+            )
+
+
+# A realtime channel's name: letters, digits and - _ . :, at most 100 characters.
+CHANNEL_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,99}$"
+
+
+def validate_channel_patterns(value):
+    for item in split_list(value):
+        if not re.fullmatch(CHANNEL_NAME_PATTERN, item.removesuffix("*") or "x"):
+            raise ValidationError(
+                "%(item)s is not a channel name (letters, digits, - _ . :), optionally ending in *.", params={"item": item}
+            )
 
 
 def split_list(value):
@@ -142,6 +164,43 @@ class PermissionProfile(models.Model):
     process_max_output = models.BigIntegerField(default=1 * MB, validators=[MinValueValidator(1)])
     process_rate_per_minute = models.PositiveIntegerField(default=60, help_text="0 means no limit.")
 
+    # Key-value state between runs (docs/kv.md).
+    kv_max_keys = models.PositiveIntegerField(
+        default=0, help_text="Keys a tenant may keep in its key-value store. 0: no key-value store."
+    )
+    kv_max_bytes = models.BigIntegerField(
+        default=0, validators=positive(), help_text="Total bytes of the tenant's keys and values together."
+    )
+    kv_rate_per_minute = models.PositiveIntegerField(default=600, help_text="0 means no limit.")
+
+    # Email (docs/email.md). The sender and allowed recipients are the tenant's own.
+    email_per_hour = models.PositiveIntegerField(default=0, help_text="Messages a tenant may send per hour. 0: no email.")
+    email_max_recipients = models.PositiveIntegerField(
+        default=10, validators=[MinValueValidator(1), MaxValueValidator(1000)], help_text="To, Cc and Bcc of one message together."
+    )
+    email_max_bytes = models.BigIntegerField(
+        default=2 * MB, validators=[MinValueValidator(1024)], help_text="Largest message (text, HTML and attachments), in bytes."
+    )
+    email_max_attachment_bytes = models.BigIntegerField(
+        default=1 * MB, validators=[MinValueValidator(1)], help_text="Largest single attachment, in bytes."
+    )
+
+    # Image processing (docs/image.md). The largest picture is the canvas size above.
+    image_formats = models.CharField(
+        max_length=100, blank=True, validators=[validate_canvas_formats],
+        help_text="Formats images may be read from and written to, e.g. png jpeg. Empty: no image processing.",
+    )
+    image_max_frames = models.PositiveIntegerField(
+        default=50, validators=[MinValueValidator(1)], help_text="Frames an animated image may have."
+    )
+    image_rate_per_minute = models.PositiveIntegerField(default=120, help_text="0 means no limit.")
+
+    # Realtime channels (docs/realtime.md).
+    realtime_max_message_bytes = models.PositiveIntegerField(
+        default=0, validators=positive(1 * MB), help_text="Largest published message, in bytes of JSON. 0: no realtime."
+    )
+    realtime_rate_per_minute = models.PositiveIntegerField(default=600, help_text="0 means no limit.")
+
     # The run itself.
     memory_mb = models.PositiveIntegerField(
         default=128, validators=[MinValueValidator(16), MaxValueValidator(8192)], help_text="V8 heap of a run, in MB."
@@ -166,6 +225,8 @@ class PermissionProfile(models.Model):
             raise ValidationError("A canvas needs both a width and a height, or neither (0 and 0 for no canvas).")
         if width and not split_list(self.canvas_formats):
             raise ValidationError({"canvas_formats": "A profile with a canvas needs at least one export format."})
+        if split_list(self.image_formats) and not width:
+            raise ValidationError({"image_formats": "Image processing needs a canvas size: it bounds the largest picture."})
         if self.max_file_size > self.storage_quota:
             raise ValidationError({"max_file_size": "The largest file cannot be larger than the storage quota."})
 
@@ -186,6 +247,19 @@ class Tenant(models.Model):
         validators=[validate_domain_list],
         help_text="Hosts this tenant may reach even on a private or loopback address, one per line. "
         "This is the only way past the platform's SSRF guard; name hosts you run.",
+    )
+    email_sender = models.EmailField(
+        blank=True, help_text="The From address of every message this tenant's blocks send. Empty: they send none."
+    )
+    email_allowed_recipients = models.TextField(
+        blank=True, validators=[validate_recipient_list],
+        help_text="Addresses (alice@example.org) or domains (@example.org) blocks may send to, one per line. "
+        "Empty: any address.",
+    )
+    realtime_public_channels = models.TextField(
+        blank=True, validators=[validate_channel_patterns],
+        help_text="Realtime channels anyone may listen to without logging in, one per line; "
+        "a name ending in * matches every channel it begins. Other channels are for members only.",
     )
     _webhook_secret = models.TextField(blank=True, db_column="webhook_secret")
     created = models.DateTimeField(default=timezone.now)

@@ -17,14 +17,16 @@ from urllib.parse import urlsplit
 
 from tenants.models import OVERRIDABLE_FIELDS, PermissionProfile, split_list
 
-LIST_FIELDS = {"blocked_extensions", "cdn_domains", "canvas_formats", "process_commands"}
+LIST_FIELDS = {"blocked_extensions", "cdn_domains", "canvas_formats", "process_commands", "image_formats"}
 
 
 class PolicyMethods:
     """What an effective policy can do besides carrying its values."""
 
     def rate_per_minute(self, capability):
-        return getattr(self, f"{capability}_rate_per_minute")
+        # Email has no per-minute limit: its limit is per hour, counted by its handler
+        # once a message is known to be sendable (capabilities/email).
+        return getattr(self, f"{capability}_rate_per_minute", 0)
 
     def as_dict(self):
         return {f.name: getattr(self, f.name) for f in fields(self)}
@@ -224,10 +226,38 @@ def decide_process(policy, op, args):
     return ALLOW
 
 
+def decide_kv(policy, op, args):
+    if not policy.kv_max_keys:
+        return denied_for_profile(policy, "a key-value store")
+    return ALLOW
+
+
+def decide_email(policy, op, args):
+    if not policy.email_per_hour:
+        return denied_for_profile(policy, "sending email")
+    return ALLOW
+
+
+def decide_image(policy, op, args):
+    if not policy.image_formats:
+        return denied_for_profile(policy, "image processing")
+    return ALLOW
+
+
+def decide_realtime(policy, op, args):
+    if not policy.realtime_max_message_bytes:
+        return denied_for_profile(policy, "realtime channels")
+    return ALLOW
+
+
 DECIDERS = {
     "files": decide_files,
     "network": decide_network,
     "canvas": decide_canvas,
     "database": decide_database,
     "process": decide_process,
+    "kv": decide_kv,
+    "email": decide_email,
+    "image": decide_image,
+    "realtime": decide_realtime,
 }

@@ -68,6 +68,19 @@ BASIC = dict(
     time_limit_seconds=30,  # chosen: the seed says "small"
     console_output_cap=256 * 1024,  # chosen: a display block logs little
     concurrent_runs=2,  # chosen: one page with a couple of blocks at once
+    # Key-value state, email, images and realtime channels: a display-only block has none.
+    kv_max_keys=0,  # none
+    kv_max_bytes=0,  # none
+    kv_rate_per_minute=0,  # unused without a store
+    email_per_hour=0,  # spec: Basic sends no email
+    email_max_recipients=1,  # unused: the model's smallest valid value
+    email_max_bytes=1 * MB,  # unused
+    email_max_attachment_bytes=1,  # unused: the model's smallest valid value
+    image_formats="",  # no image processing
+    image_max_frames=1,  # unused
+    image_rate_per_minute=0,  # unused
+    realtime_max_message_bytes=0,  # no realtime channels
+    realtime_rate_per_minute=0,  # unused
 )
 
 INTERACTIVE = dict(
@@ -94,6 +107,18 @@ INTERACTIVE = dict(
     time_limit_seconds=60,  # seed
     console_output_cap=1 * MB,  # chosen: enough to debug with, small to store
     concurrent_runs=5,  # chosen: a few users of one tenant at once
+    kv_max_keys=1000,  # chosen: settings and small state of a few pages
+    kv_max_bytes=10 * MB,  # chosen: a tenth of what its files may hold
+    kv_rate_per_minute=600,  # chosen: ten a second, as files
+    email_per_hour=10,  # spec
+    email_max_recipients=10,  # chosen: a team, not a mailing list
+    email_max_bytes=5 * MB,  # chosen: its largest file fits as an attachment
+    email_max_attachment_bytes=5 * MB,  # chosen: its largest file
+    image_formats="png jpeg webp gif",  # chosen: the web's formats
+    image_max_frames=50,  # chosen: a short animation
+    image_rate_per_minute=120,  # chosen: two a second; each costs CPU
+    realtime_max_message_bytes=16 * 1024,  # chosen: a status update, not a file
+    realtime_rate_per_minute=600,  # chosen: ten a second, a live page's pace
 )
 
 DATA = dict(
@@ -124,6 +149,18 @@ DATA = dict(
     time_limit_seconds=300,  # seed
     console_output_cap=2 * MB,  # chosen: pipelines log progress
     concurrent_runs=10,  # chosen: scheduled jobs and users together
+    kv_max_keys=100_000,  # chosen: state of data jobs
+    kv_max_bytes=100 * MB,  # chosen: a tenth of its storage
+    kv_rate_per_minute=1200,  # chosen: twenty a second
+    email_per_hour=100,  # spec
+    email_max_recipients=50,  # chosen: a report's distribution list
+    email_max_bytes=20 * MB,  # chosen: a report with its charts
+    email_max_attachment_bytes=10 * MB,  # chosen: most mail relays refuse more
+    image_formats="png jpeg webp gif bmp tiff",  # chosen: as its canvas formats
+    image_max_frames=200,  # chosen
+    image_rate_per_minute=300,  # chosen: five a second
+    realtime_max_message_bytes=64 * 1024,  # chosen: a table of results
+    realtime_rate_per_minute=1200,  # chosen: twenty a second
 )
 
 ADVANCED = dict(
@@ -158,6 +195,18 @@ ADVANCED = dict(
     time_limit_seconds=600,  # seed
     console_output_cap=5 * MB,  # chosen: the largest, for the longest runs
     concurrent_runs=20,  # chosen: the highest
+    kv_max_keys=1_000_000,  # chosen: the highest
+    kv_max_bytes=1 * GB,  # chosen: the highest
+    kv_rate_per_minute=6000,  # chosen: a hundred a second
+    email_per_hour=1000,  # spec
+    email_max_recipients=100,  # chosen: the highest
+    email_max_bytes=25 * MB,  # chosen: what common relays accept
+    email_max_attachment_bytes=20 * MB,  # chosen: under the message's limit
+    image_formats="png jpeg webp gif bmp tiff",  # chosen: every format Pillow writes safely here
+    image_max_frames=1000,  # chosen: the highest
+    image_rate_per_minute=1200,  # chosen: twenty a second
+    realtime_max_message_bytes=256 * 1024,  # chosen: the highest
+    realtime_rate_per_minute=6000,  # chosen: a hundred a second
 )
 
 PROFILES = [BASIC, INTERACTIVE, DATA, ADVANCED]

@@ -46,9 +46,9 @@ return {1, '0'}
 """
 
 
-def _parameters(limit):
-    interval = PERIOD / limit
-    return interval, PERIOD - interval
+def _parameters(limit, period=PERIOD):
+    interval = period / limit
+    return interval, period - interval
 
 
 class LocalRateLimiter:
@@ -57,8 +57,8 @@ class LocalRateLimiter:
         self.lock = threading.Lock()
         self.tat = {}
 
-    def hit(self, key, limit):
-        interval, tolerance = _parameters(limit)
+    def hit(self, key, limit, period=PERIOD):
+        interval, tolerance = _parameters(limit, period)
         with self.lock:
             now = self.clock()
             tat = max(self.tat.get(key, now), now)
@@ -83,8 +83,8 @@ class RedisRateLimiter:
         self.script = self.client.register_script(GCRA_SCRIPT)
         self.prefix = prefix
 
-    def hit(self, key, limit):
-        interval, tolerance = _parameters(limit)
+    def hit(self, key, limit, period=PERIOD):
+        interval, tolerance = _parameters(limit, period)
         allowed, retry = self.script(keys=[self.prefix + key], args=[interval, tolerance])
         return RateDecision(bool(allowed), float(retry))
 
@@ -117,3 +117,11 @@ def check_rate(tenant_id, capability, per_minute):
     if not per_minute:
         return RateDecision(True)
     return limiter().hit(f"{tenant_id}:{capability}", per_minute)
+
+
+def check_hourly_rate(tenant_id, what, per_hour):
+    """Count one `what` (an email sent) for the tenant against a limit per hour, with a
+    burst of up to the whole hour's allowance. A limit of 0 means none is allowed."""
+    if not per_hour:
+        return RateDecision(False, PERIOD * 60)
+    return limiter().hit(f"{tenant_id}:{what}:hour", per_hour, PERIOD * 60)

@@ -127,7 +127,7 @@ def rq_dispatch(settings):
 
     queue = django_rq.get_queue("capabilities")
     queue.connection.flushdb()
-    settings.SYMPOSIUM_RQ_CAPABILITIES = ["files", "network", "canvas", "database", "process"]
+    settings.SYMPOSIUM_RQ_CAPABILITIES = ["files", "network", "canvas", "database", "process", "kv", "email", "image", "realtime"]
     worker = RunningWorker(queue)
     yield queue
     worker.stop()

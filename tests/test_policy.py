@@ -31,6 +31,14 @@ CASES = [
     ("database.query", {"sql": "SELECT 1", "params": []}, {"Data", "Advanced"}),
     ("database.transaction", {"steps": []}, {"Data", "Advanced"}),
     ("process.execute", {"command": "ls", "args": ["-la"]}, {"Advanced"}),
+    ("kv.get", {"key": "k"}, {"Interactive", "Data", "Advanced"}),
+    ("kv.set", {"key": "k", "value": 1}, {"Interactive", "Data", "Advanced"}),
+    ("kv.delete", {"key": "k"}, {"Interactive", "Data", "Advanced"}),
+    ("kv.list", {}, {"Interactive", "Data", "Advanced"}),
+    ("email.send", {"to": "a@example.org", "subject": "s", "text": "t"}, {"Interactive", "Data", "Advanced"}),
+    ("image.info", {"path": "a.png"}, {"Interactive", "Data", "Advanced"}),
+    ("image.transform", {"path": "a.png", "steps": [], "output": "b.png"}, {"Interactive", "Data", "Advanced"}),
+    ("realtime.publish", {"channel": "c", "message": 1}, {"Interactive", "Data", "Advanced"}),
 ]
 
 

@@ -182,7 +182,10 @@ def test_the_file_processing_example(run_block, seeded, dispatch_path):
 
 @pytest.mark.parametrize("profile", ["Basic", "Interactive", "Data", "Advanced"])
 def test_the_orchestrator_test_suite_passes_what_each_profile_allows(run_block, seeded, profile, dispatch_path):
-    run = run_block(seeded("suite-co", profile), (EXAMPLES / "test-orchestrator.js").read_text())
+    tenant = seeded("suite-co", profile)
+    tenant.email_sender = "suite@suite-co.example"  # set by its administrator
+    tenant.save()
+    run = run_block(tenant, (EXAMPLES / "test-orchestrator.js").read_text())
     assert run.status == "succeeded", (run.error_code, run.error, run.logs)
     failures = [line for line in run.logs if line.startswith("FAIL")]
     assert failures == []
@@ -191,4 +194,18 @@ def test_the_orchestrator_test_suite_passes_what_each_profile_allows(run_block, 
     if profile == "Advanced":
         assert skipped == set()
     if profile == "Basic":
-        assert {"files.writeFile", "canvas.createCanvas", "database.query", "process.execute"} <= skipped
+        assert {"files.writeFile", "canvas.createCanvas", "database.query", "process.execute", "kv.set", "email.send", "image.info", "realtime.publish"} <= skipped
+
+
+@pytest.mark.parametrize("name", ["kv", "email", "image", "realtime"])
+def test_the_examples_of_the_new_capabilities_run(run_block, seeded, name, dispatch_path):
+    tenant = seeded("examples-co", "Interactive")
+    tenant.email_sender = "blocks@examples-co.example"
+    tenant.save()
+    run = run_block(tenant, (EXAMPLES / "capabilities" / f"{name}.js").read_text())
+    assert run.status == "succeeded", (run.error_code, run.error, run.logs)
+    if name == "kv":
+        assert run_block(tenant, (EXAMPLES / "capabilities" / "kv.js").read_text()).result == {"visits": 2}
+    if name == "image":
+        assert run.result["width"] == 100 and run.result["height"] == 100
+        assert (tenant.storage_root() / "pictures" / "card.png").exists()

@@ -411,6 +411,24 @@ const SIGNATURES = {
   "database.query": (sql, params = []) => ({ sql, params }),
   "database.transaction": (steps) => ({ steps }),
   "process.execute": (command, args = [], opts) => ({ command, args, ...options(opts) }),
+  "kv.get": (key) => ({ key }),
+  // opts: {ttl} in seconds, or a bare number of seconds.
+  "kv.set": (key, value, opts) => (typeof opts === "number" ? { key, value, ttl: opts } : { key, value, ...options(opts) }),
+  "kv.delete": (key) => ({ key }),
+  "kv.list": (opts) => ({ ...options(opts) }),
+  "image.info": (path) => ({ path }),
+  // opts: {output, format?, quality?, keepMetadata?}; a bare string is the output path.
+  "image.transform": (path, steps = [], opts) =>
+    (typeof opts === "string" ? { path, steps, output: opts } : { path, steps, ...options(opts) }),
+  "realtime.publish": (channel, message) => ({ channel, message }),
+};
+
+// Methods that are another operation's call with its arguments shaped for one use; each
+// exists when the operation it calls does.
+const CONVENIENCES = {
+  // One drawImage op from a tenant file: drawImage(id, path, x, y, width?, height?).
+  "canvas.drawImage": ["canvas.draw", (canvasId, path, dx, dy, dw, dh) =>
+    ({ canvasId, ops: [dw === undefined && dh === undefined ? { type: "drawImage", path, dx, dy } : { type: "drawImage", path, dx, dy, dw, dh }] })],
 };
 
 const utils = Object.freeze({
@@ -427,8 +445,12 @@ const utils = Object.freeze({
 function buildApi(operations) {
   const api = {};
   const namespaces = new Map();
-  for (const [op, capability] of Object.entries(operations)) {
-    const fn = method(op, capability, Object.hasOwn(SIGNATURES, op) ? SIGNATURES[op] : (args) => options(args));
+  const methods = Object.entries(operations).map(([op, capability]) =>
+    [op, method(op, capability, Object.hasOwn(SIGNATURES, op) ? SIGNATURES[op] : (args) => options(args))]);
+  for (const [name, [op, buildArgs]] of Object.entries(CONVENIENCES)) {
+    if (Object.hasOwn(operations, op)) methods.push([name, method(op, operations[op], buildArgs)]);
+  }
+  for (const [op, fn] of methods) {
     const [first, second] = op.split(".");
     if (second === undefined) api[op] = fn;
     else {

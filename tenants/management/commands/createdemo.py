@@ -29,7 +29,10 @@ class Command(BaseCommand):
         made = []
         for profile in PermissionProfile.objects.filter(name__in=["Basic", "Interactive", "Data", "Advanced"]):
             slug = f"demo-{profile.name.lower()}"
-            tenant, new = Tenant.objects.get_or_create(slug=slug, defaults={"name": f"Demo ({profile.name})", "profile": profile})
+            tenant, new = Tenant.objects.get_or_create(slug=slug, defaults={
+                "name": f"Demo ({profile.name})", "profile": profile,
+                # Mail of demo blocks goes to the embedded outbox unless a relay is set.
+                "email_sender": f"blocks@{slug}.example"})
             Membership.objects.get_or_create(tenant=tenant, user=user, defaults={"role": "owner"})
             root = tenant.storage_root()
             if new or not root.exists():
