@@ -248,7 +248,7 @@ def new_capabilities(block, measure_paths, tenant, server, n, smtp_port):
     from PIL import Image
 
     from capabilities.realtime.channels import group_name
-    from isolates.testing import WebsocketClient
+    from tests.support.websocket import connect_local
 
     assert block("await symposium.kv.set('bench', { n: 1, tags: ['a', 'b'] }); export default () => 'ok';") == "ok"
     select = ("SELECT value, is_bytes, expires FROM capabilities_keyvalue WHERE tenant_id = %s AND key = %s "
@@ -297,7 +297,7 @@ def new_capabilities(block, measure_paths, tenant, server, n, smtp_port):
     tenant.save()
 
     async def listen():
-        return await WebsocketClient.connect(server.port, "/ws/realtime/bench/bench", {})
+        return await connect_local(server.port, "/ws/realtime/bench/bench", {})
 
     async def bare_group_sends(count):
         layer = get_channel_layer()
@@ -310,7 +310,7 @@ def new_capabilities(block, measure_paths, tenant, server, n, smtp_port):
         return times
 
     async def drain(ws):
-        while await ws.receive_text() is not None:
+        while await ws.receive() is not None:
             pass
 
     ws = server.call(listen(), 30)
@@ -320,7 +320,7 @@ def new_capabilities(block, measure_paths, tenant, server, n, smtp_port):
         measure_paths("realtime.publish", LOOP % {"n": n, "call": "symposium.realtime.publish('bench', { n: 1 })"},
                       {"bare channel-layer group_send": floor})
     finally:
-        server.loop.call_soon_threadsafe(ws.close)
+        server.loop.call_soon_threadsafe(ws.abort)
         reader.cancel()
 
 

@@ -1,7 +1,7 @@
 from channels.auth import AuthMiddlewareStack
 from django.urls import path, re_path
 
-from capabilities.realtime.consumer import RealtimeListenerConsumer
+from console.realtime import RealtimeListenerConsumer
 
 from isolates.broker import IsolateBrokerConsumer
 from console.runner import BlockRunnerConsumer, SameOriginValidator

@@ -13,6 +13,7 @@ from capabilities.base import CapabilityError
 from capabilities.kv import limits
 from capabilities.kv.handlers import purge_expired
 from capabilities.kv.models import KeyValue
+from capabilities.registry import OPERATIONS
 from tenants.models import PolicyOverride
 from tenants.policy import decide, effective_policy
 from tests.helpers import context_for
@@ -188,7 +189,7 @@ def test_cant_forge_a_cursor(acme):
 
 def test_cant_use_kv_on_a_profile_without_it(make_tenant):
     basic = make_tenant("plain", "Basic")
-    decision = decide(effective_policy(basic), "kv.get", {"key": "k"})
+    decision = decide(effective_policy(basic), OPERATIONS["kv.get"], {"key": "k"})
     assert not decision.allowed and decision.code == "PERMISSION_DENIED"
     assert "does not allow a key-value store" in decision.message
     assert refused(kv.kv_get, basic, key="k").code == "PERMISSION_DENIED"

@@ -57,6 +57,12 @@ ROWS = {
         f"{'full SQL' if p['database_access'] == 'full' else 'full SQL, higher limits'}, {p['database_rate_per_minute']}/min, "
         f"{p['database_statement_timeout_ms'] / 1000:g} s statements, {count(p['database_max_rows'])} rows"),
     "process": lambda p: f"allow-listed commands, {p['process_rate_per_minute']}/min" if p["process_allowed"] else "none",
+    "key-value store": lambda p: "none" if not p["kv_max_keys"] else f"{p['kv_max_keys']:,} keys, {size(p['kv_max_bytes'])}",
+    "email": lambda p: "none" if not p["email_per_hour"] else f"{p['email_per_hour']}/hour, {p['email_max_recipients']} recipients",
+    "images": lambda p: "none" if not p["image_formats"] else (
+        "all six formats" if len(p["image_formats"].split()) == 6 else " ".join(FORMAT_NAMES[f] for f in p["image_formats"].split())),
+    "realtime messages": lambda p: "none" if not p["realtime_max_message_bytes"] else (
+        f"{size(p['realtime_max_message_bytes'])}, {p['realtime_rate_per_minute']}/min"),
     "memory / time": lambda p: f"{p['memory_mb']} MB / {p['time_limit_seconds']} s",
     "console output kept": lambda p: size(p["console_output_cap"]),
     "runs at once": lambda p: str(p["concurrent_runs"]),

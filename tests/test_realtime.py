@@ -12,7 +12,7 @@ from django.test import Client
 from capabilities import realtime
 from capabilities.base import CapabilityError
 from capabilities.realtime import handlers
-from isolates.testing import WebsocketClient
+from tests.support.websocket import connect_local
 from tenants.models import Membership, PolicyOverride
 from tenants.ratelimit import limiter, reset_limiter
 from tests.helpers import context_for
@@ -58,17 +58,17 @@ def listen(server, tenant_slug, channel, session=None, origin="same"):
         headers["Origin"] = origin
     if session:
         headers["Cookie"] = f"sessionid={session}"
-    return WebsocketClient.connect(server.port, f"/ws/realtime/{tenant_slug}/{channel}", headers)
+    return connect_local(server.port, f"/ws/realtime/{tenant_slug}/{channel}", headers)
 
 
 async def receive(ws, timeout=5):
-    text = await asyncio.wait_for(ws.receive_text(), timeout)
+    text = await asyncio.wait_for(ws.receive(), timeout)
     return json.loads(text) if text is not None else None
 
 
 async def nothing_arrives(ws, within=0.5):
     try:
-        await asyncio.wait_for(ws.receive_text(), within)
+        await asyncio.wait_for(ws.receive(), within)
     except asyncio.TimeoutError:
         return True
     return False
@@ -83,7 +83,7 @@ def test_a_member_receives_what_a_block_publishes(server, run_block, acme, peopl
         ws = await listen(server, "acme", "orders", session_of_alice)
         run = await run_block._run(acme, PUBLISH, {"channel": "orders", "messages": [{"order": 1, "total": 9.5}, "second"]})
         first, second = await receive(ws), await receive(ws)
-        ws.close()
+        ws.abort()
         return run, first, second
 
     session_of_alice = session_of(people["alice"])
@@ -111,8 +111,8 @@ def test_anyone_may_listen_on_a_public_channel(server, run_block, acme):
         await run_block._run(acme, PUBLISH, {"channel": "status", "messages": ["up"]})
         await run_block._run(acme, PUBLISH, {"channel": "scores:finals", "messages": [3]})
         got = await receive(status), await receive(scores)
-        status.close()
-        scores.close()
+        status.abort()
+        scores.abort()
         return got
 
     assert server.call(scenario(), 60) == ({"channel": "status", "message": "up"}, {"channel": "scores:finals", "message": 3})
@@ -125,7 +125,7 @@ def test_listeners_leave_nothing_behind(server, acme, people):
         sockets = [await listen(server, "acme", "orders", session) for _ in range(3)]
         during = dict(handlers.listeners_by_tenant)
         for ws in sockets:
-            ws.close()
+            ws.abort()
         for _ in range(100):
             if acme.pk not in handlers.listeners_by_tenant:
                 break
@@ -140,10 +140,10 @@ def test_an_authorizer_admits_other_credentials(server, settings, acme):
     settings.SYMPOSIUM_REALTIME_AUTHORIZERS = ["tests.test_realtime.admit_test_token"]
 
     async def scenario():
-        ws = await WebsocketClient.connect(server.port, "/ws/realtime/acme/orders", {"Authorization": "Bearer test-token-acme"})
-        ws.close()
+        ws = await connect_local(server.port, "/ws/realtime/acme/orders", {"Authorization": "Bearer test-token-acme"})
+        ws.abort()
         with pytest.raises(ConnectionError):
-            await WebsocketClient.connect(server.port, "/ws/realtime/acme/orders", {"Authorization": "Bearer wrong"})
+            await connect_local(server.port, "/ws/realtime/acme/orders", {"Authorization": "Bearer wrong"})
 
     server.call(scenario(), 30)
 
@@ -163,8 +163,8 @@ def test_cant_hear_another_tenants_channel(server, run_block, acme, globex, peop
         await run_block._run(acme, PUBLISH, {"channel": "orders", "messages": ["acme's secret"]})
         received = await receive(ours)
         silent = await nothing_arrives(theirs)
-        theirs.close()
-        ours.close()
+        theirs.abort()
+        ours.abort()
         return received, silent
 
     session_of_mallory, session_of_alice = session_of(people["mallory"]), session_of(people["alice"])
@@ -196,7 +196,7 @@ def test_cant_listen_on_bad_names_or_unknown_tenants(server, acme, people, path)
 
     async def scenario():
         with pytest.raises(ConnectionError):
-            await WebsocketClient.connect(server.port, path, {"Origin": f"http://127.0.0.1:{server.port}", "Cookie": f"sessionid={session}"})
+            await connect_local(server.port, path, {"Origin": f"http://127.0.0.1:{server.port}", "Cookie": f"sessionid={session}"})
 
     server.call(scenario(), 30)
 
@@ -220,7 +220,7 @@ def test_cant_send_through_a_listener(server, acme):
 
     async def scenario():
         ws = await listen(server, "acme", "status")
-        ws.send_text("x" * 1000)
+        ws.send("x" * 1000)
         return await receive(ws)
 
     assert server.call(scenario(), 30) is None  # closed (4400)

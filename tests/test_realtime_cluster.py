@@ -1,14 +1,15 @@
 """Realtime channels across servers: two Daphne processes on one (private) Redis. A
 listener on one server hears what a block run on the other publishes; another tenant's
 listener hears nothing; a logged-out browser cannot listen to a private channel.
-(isolates/testing.py starts the processes; nothing here touches the suite's services.)"""
+(tests/support/platform.py starts the processes; nothing here touches the suite's services.)"""
 
 import asyncio
 import json
 
 import pytest
 
-from isolates.testing import Platform, RunnerClient, WebsocketClient, services_available
+from tests.support.platform import Platform, RunnerClient, services_available
+from tests.support.websocket import connect_local
 
 pytestmark = [pytest.mark.slow]
 
@@ -35,7 +36,7 @@ def listener(server, session, tenant, channel="orders"):
     headers = {"Origin": f"http://127.0.0.1:{server.port}"}
     if session:
         headers["Cookie"] = f"sessionid={session}"
-    return WebsocketClient.connect(server.port, f"/ws/realtime/{tenant}/{channel}", headers)
+    return connect_local(server.port, f"/ws/realtime/{tenant}/{channel}", headers)
 
 
 async def test_a_listener_on_one_server_hears_a_block_on_the_other(cluster):
@@ -50,13 +51,13 @@ async def test_a_listener_on_one_server_hears_a_block_on_the_other(cluster):
             finished = await page.finished(run)
         assert finished["status"] == "succeeded", finished
         assert finished["result"] == {}  # across servers the number of listeners is not known
-        heard = json.loads(await asyncio.wait_for(ours.receive_text(), 10))
+        heard = json.loads(await asyncio.wait_for(ours.receive(), 10))
         assert heard == {"channel": "orders", "message": {"order": 42}}
         with pytest.raises(asyncio.TimeoutError):
-            await asyncio.wait_for(theirs.receive_text(), 1)
+            await asyncio.wait_for(theirs.receive(), 1)
     finally:
-        ours.close()
-        theirs.close()
+        ours.abort()
+        theirs.abort()
 
 
 async def test_a_logged_out_browser_cannot_listen_on_either_server(cluster):

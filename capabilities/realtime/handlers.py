@@ -1,7 +1,7 @@
 """realtime.publish: a JSON message to whoever listens on one of the tenant's channels.
 
 The message goes to the channel layer's group of (tenant, channel); listeners
-(capabilities.realtime.consumer) are members of it wherever they are connected, so with
+(console/realtime.py) are members of it wherever they are connected, so with
 Redis any server's listeners receive it. Publishing to a channel nobody listens on costs
 one group send and succeeds.
 """

@@ -92,6 +92,11 @@ async def connect(url, headers=None, max_message_bytes=None):
     return Peer(connection)
 
 
+def connect_local(port, path, headers=None):
+    """A client Peer of a server of this machine's: ws://127.0.0.1:PORT/PATH."""
+    return connect(f"ws://127.0.0.1:{port}{path}", headers)
+
+
 class Server:
     def __init__(self, server):
         self.server = server

@@ -26,7 +26,7 @@ from django.utils.module_loading import import_string
 
 from capabilities.realtime import handlers, limits
 from capabilities.realtime.channels import group_name, is_public, valid_channel
-from isolates.runner import origin_allowed
+from console.runner import origin_allowed
 from tenants.models import Membership, Tenant
 from tenants.policy import effective_policy
 
