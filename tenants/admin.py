@@ -27,6 +27,7 @@ class PermissionProfileAdmin(admin.ModelAdmin):
         ("Database", {"fields": ["database_access", "database_rate_per_minute", "database_statement_timeout_ms", "database_max_rows", "database_max_result_bytes"]}),
         ("Process execution", {"fields": ["process_allowed", "process_commands", "process_timeout_seconds", "process_max_output", "process_rate_per_minute"]}),
         ("Runs", {"fields": ["memory_mb", "time_limit_seconds", "console_output_cap", "concurrent_runs"]}),
+        ("Saved blocks", {"fields": ["api_rate_per_minute", "endpoint_max_body_bytes", "max_schedules", "schedule_min_interval_minutes"]}),
     ]
 
     @admin.display(description="Canvas")

@@ -68,6 +68,10 @@ class EffectivePolicy:
     time_limit_seconds: int
     console_output_cap: int
     concurrent_runs: int
+    api_rate_per_minute: int
+    endpoint_max_body_bytes: int
+    max_schedules: int
+    schedule_min_interval_minutes: int
     profile_name: str = ""
     overridden: frozenset = frozenset()
 

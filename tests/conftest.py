@@ -49,6 +49,7 @@ def storage_root(settings, tmp_path):
 
 
 SEED = importlib.import_module("tenants.migrations.0002_seed_profiles")
+SAVED_BLOCKS_SEED = importlib.import_module("tenants.migrations.0004_saved_blocks")
 
 
 @pytest.fixture
@@ -57,7 +58,7 @@ def profiles(db):
     # included: put the seed profiles back when they are gone.
     if not PermissionProfile.objects.exists():
         for values in SEED.PROFILES:
-            PermissionProfile.objects.create(**values)
+            PermissionProfile.objects.create(**values, **SAVED_BLOCKS_SEED.VALUES.get(values["name"], {}))
     return {p.name: p for p in PermissionProfile.objects.all()}
 
 

@@ -234,6 +234,7 @@ function onStart(frame) {
     code: frame.code,
     name: run.name,
     input: frame.input ?? null,
+    entry: frame.entry === "fetch" ? "fetch" : "default",
     env,
     callTimeoutMs: run.callTimeoutMs,
     maxInFlight: run.maxInFlight,
