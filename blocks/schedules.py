@@ -130,11 +130,10 @@ def schedule_next_run(schedule, now=None):
 class WallClock:
     """The real time."""
 
+    speed = 1.0
+
     def now(self):
         return timezone.now()
-
-    async def sleep(self, seconds):
-        await asyncio.sleep(seconds)
 
 
 @dataclass
@@ -149,9 +148,6 @@ class ScaledClock:
 
     def now(self):
         return self.start + timedelta(seconds=(time.time() - self.origin) * self.speed)
-
-    async def sleep(self, seconds):
-        await asyncio.sleep(seconds / self.speed)
 
 
 # -- claiming and firing ----------------------------------------------------------------
@@ -231,27 +227,36 @@ class Scheduler:
         self.clock = clock or WallClock()
         self.server = server or reaper.new_server_name()
         self.fired = 0
+        self.stopping = None
+
+    def stop(self):
+        """Stop after the look in progress (call on the loop it runs on): a due time it
+        claimed is always fired, never left half done."""
+        if self.stopping is not None:
+            self.stopping.set()
 
     async def run(self):
         from blocks.service import start_block_run
 
-        while True:
+        self.stopping = asyncio.Event()
+        while not self.stopping.is_set():
             try:
                 claims = await database_sync_to_async(claim_due)(self.clock.now(), self.server)
                 for claim in claims:
                     if not claim.overlap:
                         await self.fire(claim, start_block_run)
                 soonest = await database_sync_to_async(earliest_next_run)()
-            except asyncio.CancelledError:
-                raise
             except Exception:
                 # The database restarting, say: the next look tries again.
                 logger.exception("looking for due schedules failed")
                 soonest = None
-            wait = POLL_SECONDS * getattr(self.clock, "speed", 1)  # in the clock's seconds
+            wait = POLL_SECONDS
             if soonest is not None:
-                wait = min(wait, max(0.0, (soonest - self.clock.now()).total_seconds()))
-            await self.clock.sleep(max(wait, 0.01))
+                wait = min(wait, max(0.0, (soonest - self.clock.now()).total_seconds() / self.clock.speed))
+            try:
+                await asyncio.wait_for(self.stopping.wait(), max(wait, 0.01))
+            except asyncio.TimeoutError:
+                pass
 
     async def fire(self, claim, start_block_run):
         from isolates.runs import RunRefused

@@ -53,7 +53,8 @@ class Command(BaseCommand):
                 await asyncio.wait_for(stop.wait(), seconds)
             except asyncio.TimeoutError:
                 pass
-            task.cancel()
+            scheduler.stop()
+            await task
             # Runs this process started end with it, recorded as stopped, rather than
             # being left to the reaper.
             await service_for_port(server.port).shutdown()
