@@ -151,7 +151,10 @@ def server_main(args):
     print(f"Schedule due time to the block's first statement ({len(lateness)} firings of {args.schedules} "
           f"schedules due every minute, clock at 60x): p50 {percentile(lateness, 50):.0f} ms, "
           f"p99 {percentile(lateness, 99):.0f} ms, max {max(lateness):.0f} ms")
-    server.call(service_for_port(server.port).shutdown(), 60)
+    async def shutdown():
+        await service_for_port(server.port).shutdown()
+
+    server.call(shutdown(), 60)
     sys.stdout.flush()
     os._exit(0)
 

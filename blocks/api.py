@@ -26,7 +26,18 @@ from pydantic import Field
 
 from blocks import schedules as scheduling
 from blocks.models import ApiToken, Block, Schedule, token_digest
-from blocks.service import BlockError, deploy, run_document, save_block, start_block_run, stop_run, version_to_run, wait_for_run
+from blocks.service import (
+    BlockError,
+    RunWatcher,
+    deploy,
+    finished_record,
+    run_document,
+    save_block,
+    start_block_run,
+    stop_run,
+    version_to_run,
+    wait_for_run,
+)
 from isolates.runs import RunRefused
 from tenants import audit
 from tenants.models import BlockRun
@@ -152,20 +163,25 @@ class TokenAuth(HttpBearer):
         length = request.META.get("CONTENT_LENGTH") or "0"
         if length.isdigit() and int(length) > MAX_BODY_BYTES:
             raise ApiError("TOO_LARGE", f"The request body is {length} bytes; the API reads at most {MAX_BODY_BYTES}.")
-        token = await database_sync_to_async(find_token)(presented)
-        if token is None:
-            raise ApiError("UNAUTHENTICATED", "The API token is not valid.")
-        if token.revoked is not None:
-            raise ApiError("UNAUTHENTICATED", "The API token was revoked.")
-        if token.expires is not None and token.expires <= timezone.now():
-            raise ApiError("UNAUTHENTICATED", "The API token has expired.")
-        policy = await database_sync_to_async(token_policy)(token)
+        # One trip to the database thread for the token, its policy and its last use.
+        token, policy = await database_sync_to_async(authenticated)(presented)
         rate = check_rate(f"token-{token.pk}", "api", policy.api_rate_per_minute)
         if not rate.allowed:
             raise ApiError("RATE_LIMITED", f"This token's limit of {policy.api_rate_per_minute} API requests per minute "
                            f"is reached; retry in {rate.retry_after:.1f} s.", retry_after=rate.retry_after)
-        await database_sync_to_async(mark_used)(token)
         return token
+
+
+def authenticated(presented):
+    token = find_token(presented)
+    if token is None:
+        raise ApiError("UNAUTHENTICATED", "The API token is not valid.")
+    if token.revoked is not None:
+        raise ApiError("UNAUTHENTICATED", "The API token was revoked.")
+    if token.expires is not None and token.expires <= timezone.now():
+        raise ApiError("UNAUTHENTICATED", "The API token has expired.")
+    mark_used(token)
+    return token, token_policy(token)
 
 
 auth = TokenAuth()
@@ -447,10 +463,16 @@ async def start_run(request, slug: str, payload: RunIn):
 
     block, version = await database_sync_to_async(prepare)()
     run = await start_block_run(port_of(request), block, version, input=payload.input, source="api")
-    if payload.wait:
-        finished = await wait_for_run(port_of(request), run.id, payload.wait)
-        return Status(201, run_document(finished))
-    return Status(202, {"id": run.id, "status": run.status})
+    if not payload.wait:
+        return Status(202, {"id": run.id, "status": run.status})
+    async with RunWatcher(run.id) as watcher:
+        done = await watcher.outcome(payload.wait)
+    if done is not None:
+        finished = await database_sync_to_async(finished_record)(run.id)
+    else:
+        # Ended without the block's own outcome (time limit, crash, stop), or still going.
+        finished = await wait_for_run(port_of(request), run.id, 1.0)
+    return Status(201, run_document(finished))
 
 
 @api.get("/runs/{run_id}", auth=auth, response={200: RunOut, **ERRORS}, tags=["runs"])

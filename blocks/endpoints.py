@@ -24,7 +24,7 @@ from django.http import HttpResponse, JsonResponse
 from django.views.decorators.csrf import csrf_exempt
 
 from blocks.models import ApiToken, Block, token_digest
-from blocks.service import start_block_run, wait_for_run
+from blocks.service import RunWatcher, finished_record, start_block_run, wait_for_run
 from isolates.runs import RunRefused
 from tenants.policy import effective_policy
 
@@ -176,9 +176,18 @@ async def endpoint(request, tenant, block, path=""):
     except RunRefused as e:
         status = {"PERMISSION_DENIED": 403, "RATE_LIMITED": 429, "BUSY": 429}.get(e.code, 503)
         return error(status, e.message, retry_after=e.retry_after)
-    # The supervisor ends the run at the profile's time limit; waiting a moment longer
-    # lets it record that.
-    finished = await wait_for_run(server[1], run.id, policy.time_limit_seconds + 5)
+    # The answer is sent as soon as the block's outcome is known; the run's record and
+    # its isolate's exit follow on their own. The supervisor ends the run at the
+    # profile's time limit; waiting a moment longer sees it do so.
+    async with RunWatcher(run.id) as watcher:
+        done = await watcher.outcome(policy.time_limit_seconds + 5)
+    if done is not None:
+        if done.get("ok"):
+            return block_response(done.get("result"), run.id)
+        # A failure is rare and about to be looked into: its record is complete first.
+        await database_sync_to_async(finished_record)(run.id)
+        return error(500, "The block failed; its run has the details.", run.id)
+    finished = await wait_for_run(server[1], run.id, 5)
     if finished.status == "succeeded":
         return block_response(finished.result, run.id)
     if finished.status == "timed_out":

@@ -6,6 +6,7 @@ endpoint views, the scheduler) wrap it with `database_sync_to_async`.
 """
 
 import asyncio
+import time
 
 from channels.db import database_sync_to_async
 from channels.layers import get_channel_layer
@@ -13,7 +14,7 @@ from django.core.exceptions import ValidationError
 from django.db import IntegrityError, transaction
 
 from blocks.models import LANGUAGES, MAX_CODE_BYTES, Block, BlockVersion, code_sha256, slug_validator
-from isolates.broker import control_group
+from isolates.broker import control_group, run_group
 from isolates.runs import service_for_port
 from tenants import audit
 from tenants.models import BlockRun
@@ -119,6 +120,57 @@ async def start_block_run(port, block, version, *, input=None, source, user=None
     service = service_for_port(port)
     return await service.start(block.tenant, version.code, user=user, name=block.file_name, input=input,
                                source=source, block=block, version=version)
+
+
+class RunWatcher:
+    """Follows one run's events on the channel layer, from right after it started: the
+    block's outcome is known from its "done" event as soon as the broker has it,
+    before the run's record is written and long before its isolate has exited and its
+    supervisor let go of it. Use as `async with RunWatcher(run_id) as watcher`."""
+
+    def __init__(self, run_id):
+        self.run_id = run_id
+        self.layer = get_channel_layer()
+        self.channel = None
+
+    async def __aenter__(self):
+        # Joining right after start() is early enough: the first event needs the
+        # isolate to connect back and claim the run first.
+        self.channel = await self.layer.new_channel()
+        await self.layer.group_add(run_group(self.run_id), self.channel)
+        return self
+
+    async def __aexit__(self, *exc):
+        await self.layer.group_discard(run_group(self.run_id), self.channel)
+
+    async def outcome(self, seconds):
+        """The "done" event ({ok, result, error}), or None when the run ended without
+        one (timed out, crashed, stopped) or `seconds` passed."""
+        async def receive():
+            while True:
+                message = await self.layer.receive(self.channel)
+                if message.get("type") != "run.event":
+                    continue
+                if message.get("event") == "done":
+                    return message
+                if message.get("event") == "finished":
+                    return None
+
+        try:
+            return await asyncio.wait_for(receive(), seconds)
+        except asyncio.TimeoutError:
+            return None
+
+
+def finished_record(run_id, seconds=2.0):
+    """The run's record once its outcome is written (the broker writes it right after
+    the block's "done"), or as it is after `seconds`."""
+    deadline = time.monotonic() + seconds
+    while True:
+        run = BlockRun.objects.select_related("block", "version").get(pk=run_id)
+        if run.status in BlockRun.FINISHED or time.monotonic() > deadline:
+            return run
+        time.sleep(0.005)
 
 
 async def wait_for_run(port, run_id, seconds):
