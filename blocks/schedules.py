@@ -242,9 +242,12 @@ class Scheduler:
         while not self.stopping.is_set():
             try:
                 claims = await database_sync_to_async(claim_due)(self.clock.now(), self.server)
-                for claim in claims:
-                    if not claim.overlap:
-                        await self.fire(claim, start_block_run)
+                # Schedules due at the same time start together, not one after another.
+                outcomes = await asyncio.gather(*(self.fire(claim, start_block_run) for claim in claims if not claim.overlap),
+                                                return_exceptions=True)
+                for outcome in outcomes:
+                    if isinstance(outcome, Exception):
+                        logger.error("starting the run of a due schedule failed", exc_info=outcome)
                 soonest = await database_sync_to_async(earliest_next_run)()
             except Exception:
                 # The database restarting, say: the next look tries again.
