@@ -273,5 +273,12 @@ class Scheduler:
             return await database_sync_to_async(record_refused)(claim, e.message)
         except Schedule.DoesNotExist:
             return None
+        except Exception:
+            # The firing row must not claim a run that never started.
+            try:
+                await database_sync_to_async(record_refused)(claim, "The platform could not start the run; the error is logged.")
+            except Exception:
+                pass  # the database itself is down; the firing row stays as claimed
+            raise
         self.fired += 1
         await database_sync_to_async(record_started)(claim, run)
