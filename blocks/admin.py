@@ -10,7 +10,7 @@ from django.utils import timezone
 
 from blocks import schedules as scheduling
 from blocks.models import ApiToken, Block, BlockVersion, Schedule, ScheduleFiring
-from tenants import audit
+from tenants.admin import record_admin_action
 
 
 class VersionInline(admin.TabularInline):
@@ -107,9 +107,7 @@ class TokenForm(forms.ModelForm):
 
 
 def record_token(request, token, operation, message):
-    audit.record(tenant_id=token.tenant_id, tenant_slug=token.tenant.slug, user_id=request.user.pk, capability="admin",
-                 operation=operation, target=token.prefix, outcome="allowed",
-                 message=f"{request.user.get_username()} {message}")
+    record_admin_action(request, operation, token.prefix, message, tenant=token.tenant)
 
 
 @admin.register(ApiToken)

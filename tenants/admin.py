@@ -6,7 +6,6 @@ from django.contrib.admin.helpers import ActionForm
 from django.http import StreamingHttpResponse
 from django.utils.html import format_html
 
-from tenants import audit
 from tenants.models import (
     AuditLog,
     BlockRun,
@@ -35,9 +34,7 @@ class PermissionProfileAdmin(admin.ModelAdmin):
     def save_model(self, request, obj, form, change):
         if change and form.changed_data:
             changes = ", ".join(f"{f}={str(form.cleaned_data.get(f))[:40]}" for f in form.changed_data)
-            audit.record(tenant_id=None, tenant_slug="", user_id=request.user.pk, capability="admin", operation="profile.change",
-                         target=obj.name, outcome="allowed",
-                         message=f"{request.user.get_username()} changed the {obj.name} profile: {changes}")
+            record_admin_action(request, "profile.change", obj.name, f"changed the {obj.name} profile: {changes}")
         super().save_model(request, obj, form, change)
 
     @admin.display(description="Canvas")
@@ -118,11 +115,17 @@ class TenantForm(forms.ModelForm):
         return super().save(commit)
 
 
+def record_admin_action(request, operation, target, message, tenant=None):
+    """An admin's change to policy, as an audit row naming who made it. Written in the
+    request's own transaction (not through the audit writer's queue): the change and
+    its row are committed together, or neither is."""
+    AuditLog.objects.create(tenant=tenant, tenant_slug=tenant.slug if tenant else "", user=request.user,
+                            capability="admin", operation=operation[:40], target=target[:300], outcome="allowed",
+                            message=f"{request.user.get_username()}: {message}"[:300])
+
+
 def record_policy_change(request, tenant, operation, message):
-    """An admin's change to a tenant's policy, as an audit row naming who made it."""
-    audit.record(tenant_id=tenant.pk, tenant_slug=tenant.slug, user_id=request.user.pk, capability="admin",
-                 operation=operation, target=tenant.slug, outcome="allowed",
-                 message=f"{request.user.get_username()}: {message}")
+    record_admin_action(request, operation, tenant.slug, message, tenant=tenant)
 
 
 class SuspendActionForm(ActionForm):

@@ -34,8 +34,8 @@ def test_it_shows_a_new_token_once_and_revokes_it(admin_client, acme):
     record.refresh_from_db()
     assert record.revoked is not None
     audit.flush()
-    rows = list(AuditLog.objects.filter(capability="admin").values_list("operation", "message"))
-    assert [r[0] for r in rows] == ["token.revoke", "token.create"] and all(r[1].startswith("root") for r in rows)
+    rows = list(AuditLog.objects.filter(capability="admin", operation__startswith="token.").values_list("operation", "message"))
+    assert [r[0] for r in rows] == ["token.revoke", "token.create"] and all(r[1].startswith("root: ") for r in rows)
 
 
 def test_versions_are_read_only(admin_client, acme):
@@ -56,6 +56,7 @@ def test_suspending_asks_for_a_reason_and_is_audited(admin_client, acme):
     assert not acme.is_active and acme.suspended_reason == "unpaid invoice"
     admin_client.post("/admin/tenants/tenant/", {"action": "reactivate", "_selected_action": [acme.pk]})
     audit.flush()
-    rows = list(AuditLog.objects.filter(capability="admin", tenant=acme).order_by("time", "id").values_list("operation", "message"))
+    rows = list(AuditLog.objects.filter(capability="admin", tenant=acme, operation__in=("suspend", "reactivate"),
+                                        message__startswith="root").order_by("time", "id").values_list("operation", "message"))
     assert rows == [("suspend", "root: suspended the tenant: unpaid invoice"), ("reactivate", "root: reactivated the tenant")]
     assert not PolicyOverride.objects.exists()
