@@ -36,8 +36,9 @@ RANGES = {
 DEFAULT_RANGE = "7d"
 # Tenants drawn as their own series; the rest are summed as "others".
 TOP_TENANTS = 7
-# Audit rows that are not capability calls: refused runner requests, refused frames.
-NOT_CALLS = ("runner", "broker")
+# Audit rows that are not capability calls: refused runner requests, refused frames,
+# admins' policy actions, deploys and schedule changes of saved blocks.
+NOT_CALLS = ("runner", "broker", "admin", "blocks")
 DENIAL_COLOURS = {"PERMISSION_DENIED": "#c62828", "RATE_LIMITED": "#ef6c00", "QUOTA_EXCEEDED": "#8e24aa",
                   "INVALID_ARGUMENT": "#1565c0", "other": "#9e9e9e"}
 

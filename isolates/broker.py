@@ -233,6 +233,9 @@ class IsolateBrokerConsumer(AsyncWebsocketConsumer):
             "code": run.code,
             "name": run.name or "block.js",
             "input": run.input,
+            # An HTTP request to a block's endpoint calls its default export's fetch()
+            # with the request in the input; every other run calls the default export.
+            "entry": "fetch" if run.source == "http" else "default",
             "env": self.env,
             "callTimeoutMs": LIMITS["call_timeout_ms"],
             "maxInFlight": LIMITS["max_in_flight"],

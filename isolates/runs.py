@@ -97,8 +97,9 @@ class RunService:
         if self.keeper is None:
             self.keeper = asyncio.ensure_future(self._keep())
 
-    async def start(self, tenant, code, *, user=None, name="", input=None, source="runblock"):
-        """Create the run and start supervising it. Raises RunRefused."""
+    async def start(self, tenant, code, *, user=None, name="", input=None, source="runblock", block=None, version=None):
+        """Create the run and start supervising it. Raises RunRefused. `block` and
+        `version` name the saved block a run runs (blocks.models), if any."""
         in_progress = len(self.supervisors) + self.starting
         if in_progress >= settings.SYMPOSIUM_MAX_RUNS_PER_PROCESS:
             # Refused before any work: the runs in flight keep the machine to themselves.
@@ -113,7 +114,7 @@ class RunService:
                 await database_sync_to_async(reaper.beat)(self.server_name, len(self.supervisors))
                 self.beating = True
             token = secrets.token_urlsafe(32)
-            run, policy = await self._create_run(tenant, code, user, name, input, source, token)
+            run, policy = await self._create_run(tenant, code, user, name, input, source, token, block, version)
         except UNAVAILABLE_ERRORS:
             logger.exception("starting a run failed")
             raise RunRefused("UNAVAILABLE", "The platform's database is unavailable; retry in a few seconds.", retry_after=5) from None
@@ -230,9 +231,9 @@ class RunService:
     # -- internals -------------------------------------------------------------------
 
     @database_sync_to_async
-    def _create_run(self, tenant, code, user, name, input, source, token):
+    def _create_run(self, tenant, code, user, name, input, source, token, block=None, version=None):
         return create_run(tenant, code, user=user, name=name, input=input, source=source,
-                          token=token, server=self.server_name)
+                          token=token, server=self.server_name, block=block, version=version)
 
     async def _supervise(self, run, token, policy):
         isolate = None
@@ -390,7 +391,7 @@ def describe_exit(exit_info, policy):
     return "CRASHED", exit_info.reason
 
 
-def create_run(tenant, code, *, user=None, name="", input=None, source="runblock", token, server):
+def create_run(tenant, code, *, user=None, name="", input=None, source="runblock", token, server, block=None, version=None):
     """Create a run of the tenant unless it is suspended or at its concurrency limit.
 
     The count and the insert must be one step, or two servers starting runs for the same
@@ -409,7 +410,7 @@ def create_run(tenant, code, *, user=None, name="", input=None, source="runblock
                              retry_after=1)
         run = BlockRun.objects.create(
             tenant=tenant, user=user, source=source, name=name[:200], code=code, input=input,
-            token_hash=token_hash(token), server=server,
+            token_hash=token_hash(token), server=server, block=block, version=version,
         )
     # The isolate connects back to this process's broker: hand it what it would read
     # from the database again when the isolate says hello.

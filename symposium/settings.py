@@ -80,6 +80,8 @@ ALLOWED_HOSTS = [h for h in os.environ.get("ALLOWED_HOSTS", "127.0.0.1,localhost
 CSRF_TRUSTED_ORIGINS = [o for o in os.environ.get("CSRF_TRUSTED_ORIGINS", "").split(",") if o]
 
 INSTALLED_APPS = [
+    # Before daphne: its runserver (Daphne's own) also fires schedules on the embedded default.
+    "blocks",
     "daphne",
     # The pages (runner, login, admin overview). Listed before django.contrib.admin so its
     # templates (console/templates/admin/) override the admin's own.
@@ -289,6 +291,9 @@ SYMPOSIUM_WARM_ISOLATES = envint("SYMPOSIUM_WARM_ISOLATES", 2)
 # The port isolates of this server process connect back to. Under runserver/daphne it
 # is the port the server listens on; runblock picks a free loopback port itself.
 SYMPOSIUM_BROKER_PORT = envint("SYMPOSIUM_BROKER_PORT", 8000)
+# Whether the server process fires due schedules itself (the embedded default: SQLite
+# has one server) or leaves them to `manage.py runschedules` processes (PostgreSQL).
+SYMPOSIUM_SCHEDULES_IN_SERVER = envbool("SYMPOSIUM_SCHEDULES_IN_SERVER", "false" if DATABASE_URL else "true")
 # What happens to a run started from the runner page when its page goes away.
 SYMPOSIUM_KILL_RUNS_ON_DISCONNECT = envbool("SYMPOSIUM_KILL_RUNS_ON_DISCONNECT", "false")
 

@@ -4,6 +4,8 @@ from django.contrib.staticfiles.views import serve as serve_static
 from django.urls import include, path, re_path
 from django.views.generic import RedirectView
 
+from blocks.api import api as blocks_api
+from blocks.endpoints import endpoint as block_endpoint
 from console import views as runner
 from console.login import one_time_login
 from console.overview import overview_view
@@ -21,6 +23,10 @@ urlpatterns = [
     path("runner/<slug:slug>/runs/", runner.history_json, name="runner-history"),
     path("runner/<slug:slug>/runs/<str:run_id>/", runner.run_json, name="runner-run"),
     path("runner/<slug:slug>/files/<path:path>", runner.download_file, name="runner-file"),
+    # Saved blocks: the API for applications, and each block's own HTTP endpoint.
+    path("api/v1/", blocks_api.urls),
+    path("b/<slug:tenant>/<slug:block>/", block_endpoint, name="block-endpoint"),
+    path("b/<slug:tenant>/<slug:block>/<path:path>", block_endpoint, name="block-endpoint-path"),
 ]
 
 if not settings.PRODUCTION:

@@ -2,6 +2,7 @@ import csv
 
 from django import forms
 from django.contrib import admin, messages
+from django.contrib.admin.helpers import ActionForm
 from django.http import StreamingHttpResponse
 from django.utils.html import format_html
 
@@ -31,7 +32,14 @@ class PermissionProfileAdmin(admin.ModelAdmin):
         ("Images", {"fields": ["image_formats", "image_max_frames", "image_rate_per_minute"]}),
         ("Realtime channels", {"fields": ["realtime_max_message_bytes", "realtime_rate_per_minute"]}),
         ("Runs", {"fields": ["memory_mb", "time_limit_seconds", "console_output_cap", "concurrent_runs"]}),
+        ("Saved blocks", {"fields": ["api_rate_per_minute", "endpoint_max_body_bytes", "max_schedules", "schedule_min_interval_minutes"]}),
     ]
+
+    def save_model(self, request, obj, form, change):
+        if change and form.changed_data:
+            changes = ", ".join(f"{f}={str(form.cleaned_data.get(f))[:40]}" for f in form.changed_data)
+            record_admin_action(request, "profile.change", obj.name, f"changed the {obj.name} profile: {changes}")
+        super().save_model(request, obj, form, change)
 
     @admin.display(description="Canvas")
     def canvas_size(self, obj):
@@ -112,9 +120,27 @@ class TenantForm(forms.ModelForm):
         return super().save(commit)
 
 
+def record_admin_action(request, operation, target, message, tenant=None):
+    """An admin's change to policy, as an audit row naming who made it. Written in the
+    request's own transaction (not through the audit writer's queue): the change and
+    its row are committed together, or neither is."""
+    AuditLog.objects.create(tenant=tenant, tenant_slug=tenant.slug if tenant else "", user=request.user,
+                            capability="admin", operation=operation[:40], target=target[:300], outcome="allowed",
+                            message=f"{request.user.get_username()}: {message}"[:300])
+
+
+def record_policy_change(request, tenant, operation, message):
+    record_admin_action(request, operation, tenant.slug, message, tenant=tenant)
+
+
+class SuspendActionForm(ActionForm):
+    reason = forms.CharField(required=False, max_length=200, label="Reason (to suspend)")
+
+
 @admin.register(Tenant)
 class TenantAdmin(admin.ModelAdmin):
     form = TenantForm
+    action_form = SuspendActionForm
     list_display = ["slug", "name", "profile", "is_active", "has_webhook_secret", "created"]
     list_filter = ["profile", "is_active"]
     search_fields = ["slug", "name"]
@@ -136,15 +162,41 @@ class TenantAdmin(admin.ModelAdmin):
     def webhook_secret_state(self, obj):
         return "set (hidden)" if obj._webhook_secret else "none"
 
-    @admin.action(description="Suspend the selected tenants")
+    @admin.action(description="Suspend the selected tenants (give a reason)")
     def suspend(self, request, queryset):
-        count = queryset.update(is_active=False)
+        reason = (request.POST.get("reason") or "").strip()[:200]
+        if not reason:
+            messages.error(request, "Say why the tenants are suspended (the Reason field next to the action).")
+            return
+        for tenant in queryset:
+            record_policy_change(request, tenant, "suspend", f"suspended the tenant: {reason}")
+        count = queryset.update(is_active=False, suspended_reason=reason)
         messages.success(request, f"Suspended {count} tenant(s): their next runs and calls are refused.")
 
     @admin.action(description="Reactivate the selected tenants")
     def reactivate(self, request, queryset):
+        for tenant in queryset:
+            record_policy_change(request, tenant, "reactivate", "reactivated the tenant")
         count = queryset.update(is_active=True, suspended_reason="")
         messages.success(request, f"Reactivated {count} tenant(s).")
+
+    def save_model(self, request, obj, form, change):
+        if change:
+            for field in ("profile", "is_active", "suspended_reason", "network_allowed_hosts"):
+                if field in form.changed_data:
+                    value = form.cleaned_data.get(field)
+                    record_policy_change(request, obj, f"tenant.{field}"[:40], f"set {field} to {str(value)[:150]!r}")
+        super().save_model(request, obj, form, change)
+
+    def save_formset(self, request, form, formset, change):
+        if formset.model is PolicyOverride:
+            for inline in formset.forms:
+                if inline in formset.deleted_forms and inline.instance.pk:
+                    record_policy_change(request, form.instance, "override.delete", f"removed the override of {inline.instance.setting}")
+                elif inline.has_changed() and inline not in formset.deleted_forms:
+                    setting, value = inline.cleaned_data.get("setting"), inline.cleaned_data.get("value")
+                    record_policy_change(request, form.instance, "override.set", f"set {setting} to {str(value)[:150]!r}")
+        super().save_formset(request, form, formset, change)
 
 
 class ReadOnlyAdmin(admin.ModelAdmin):
@@ -212,8 +264,8 @@ class AuditLogAdmin(ReadOnlyAdmin):
 
 @admin.register(BlockRun)
 class BlockRunAdmin(ReadOnlyAdmin):
-    list_display = ["id", "tenant", "user", "source", "name", "status", "created", "duration", "calls", "error_code"]
-    list_filter = ["status", "source", "tenant"]
+    list_display = ["id", "tenant", "user", "source", "block", "version", "name", "status", "created", "duration", "calls", "error_code"]
+    list_filter = ["status", "source", "tenant", "block"]
     search_fields = ["id", "name", "tenant__slug", "error"]
     date_hierarchy = "created"
     readonly_fields = [f.name for f in BlockRun._meta.fields]

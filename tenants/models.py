@@ -213,6 +213,19 @@ class PermissionProfile(models.Model):
     )
     concurrent_runs = models.PositiveIntegerField(default=5, validators=[MinValueValidator(1)])
 
+    # Saved blocks run by applications, HTTP requests and schedules (docs/blocks.md).
+    api_rate_per_minute = models.PositiveIntegerField(
+        default=120, help_text="API requests per minute per API token. 0 means no limit."
+    )
+    endpoint_max_body_bytes = models.BigIntegerField(
+        default=1 * MB, validators=[MinValueValidator(0), MaxValueValidator(64 * MB)],
+        help_text="Largest request body a block's HTTP endpoint accepts, in bytes.",
+    )
+    max_schedules = models.PositiveIntegerField(default=0, help_text="Schedules per tenant. 0: none.")
+    schedule_min_interval_minutes = models.PositiveIntegerField(
+        default=15, validators=[MinValueValidator(1)], help_text="Shortest time between two firings of a schedule."
+    )
+
     class Meta:
         ordering = ["id"]
 
@@ -379,7 +392,12 @@ class BlockRun(models.Model):
     id = models.CharField(primary_key=True, max_length=32, default=new_run_id, editable=False)
     tenant = models.ForeignKey(Tenant, on_delete=models.CASCADE, related_name="runs")
     user = models.ForeignKey(settings.AUTH_USER_MODEL, null=True, blank=True, on_delete=models.SET_NULL)
-    source = models.CharField(max_length=20, default="runblock", help_text="runblock, runner, api")
+    source = models.CharField(max_length=20, default="runblock", db_index=True,
+                              help_text="runblock, runner, api, http or schedule")
+    # The saved block and version that ran; empty for pasted code. By name: the blocks
+    # app builds on this one, not the other way round.
+    block = models.ForeignKey("blocks.Block", null=True, blank=True, on_delete=models.SET_NULL, related_name="runs")
+    version = models.ForeignKey("blocks.BlockVersion", null=True, blank=True, on_delete=models.SET_NULL, related_name="runs")
     name = models.CharField(max_length=200, blank=True, help_text="The block's file name, where it had one.")
     code = models.TextField()
     input = models.JSONField(null=True, blank=True)

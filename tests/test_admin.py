@@ -148,10 +148,11 @@ def test_audit_rows_cannot_be_changed_in_code_either(acme):
 
 
 def test_suspending_a_tenant_from_the_list(admin_client, acme):
-    response = admin_client.post("/admin/tenants/tenant/", {"action": "suspend", "_selected_action": [acme.pk]})
+    response = admin_client.post("/admin/tenants/tenant/", {"action": "suspend", "_selected_action": [acme.pk],
+                                                            "reason": "abuse report"})
     assert response.status_code == 302
     acme.refresh_from_db()
-    assert not acme.is_active
+    assert not acme.is_active and acme.suspended_reason == "abuse report"
 
 
 def test_createtenant_makes_a_tenant(db, capsys):

@@ -254,6 +254,7 @@ function onStart(frame) {
     code: frame.code,
     name: run.name,
     input: frame.input ?? null,
+    entry: frame.entry === "fetch" ? "fetch" : "default",
     env,
     operations,
     callTimeoutMs: run.callTimeoutMs,

@@ -561,7 +561,10 @@ async function runBlock(start) {
   blockName = start.name;
   defineGlobal("symposium", buildApi(start.operations));
   startProcessGlobal(start.env ?? {});
-  blockUrl = URL.createObjectURL(new Blob([start.code], { type: "text/javascript" }));
+  // Deno reads a module's language from its media type: a block saved as TypeScript
+  // (its file name ends in .ts) is type-stripped and run like any other.
+  const mediaType = /\.m?ts$/.test(blockName) ? "application/typescript" : "text/javascript";
+  blockUrl = URL.createObjectURL(new Blob([start.code], { type: mediaType }));
   let module;
   try {
     post({ type: "started" });
@@ -570,11 +573,38 @@ async function runBlock(start) {
     return finish(false, error);
   }
   try {
+    if (start.entry === "fetch") return finish(true, await answerRequest(module.default, start.input));
     const result = typeof module.default === "function" ? await module.default(start.input ?? null) : null;
     finish(true, result);
   } catch (error) {
     finish(false, error);
   }
+}
+
+// An HTTP request to the block's endpoint, as the platform serialised it:
+// {method, url, headers: [[name, value], ...], body: Uint8Array | null}. The block's
+// default export is an object with fetch(request), as in Cloudflare Workers and Deno
+// Deploy; its Response is serialised back the same way for the platform to send.
+async function answerRequest(handler, serialised) {
+  if (handler === null || typeof handler !== "object" || typeof handler.fetch !== "function") {
+    throw new TypeError("This block has no HTTP handler: its default export must be an object with a fetch(request) method");
+  }
+  const { method, url, headers, body } = serialised ?? {};
+  const request = new Request(url, {
+    method,
+    headers,
+    body: body && body.length && method !== "GET" && method !== "HEAD" ? body : undefined,
+  });
+  let response = await handler.fetch(request);
+  if (typeof response === "string") response = new Response(response);
+  if (!(response instanceof Response)) {
+    throw new TypeError("The block's fetch() must return a Response (or a string)");
+  }
+  return {
+    status: response.status,
+    headers: [...response.headers],
+    body: new Uint8Array(await response.arrayBuffer()),
+  };
 }
 
 addListener("message", (event) => {

@@ -23,7 +23,7 @@ def seed_values(apps, schema_editor):
 class Migration(migrations.Migration):
 
     dependencies = [
-        ('tenants', '0003_blockrun_token'),
+        ('tenants', '0004_saved_blocks'),
     ]
 
     operations = [

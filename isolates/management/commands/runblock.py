@@ -22,17 +22,17 @@ class Command(BaseCommand):
     )
 
     def add_arguments(self, parser):
-        parser.add_argument("file", help="The block's file, or - to read it from stdin")
+        parser.add_argument("file", nargs="?", help="The block's file, or - to read it from stdin")
         parser.add_argument("--tenant", required=True, help="The slug of the tenant to run as")
         parser.add_argument("--input", default=None, help="JSON passed to the block's default export")
         parser.add_argument("--json", action="store_true", dest="as_json", help="Print one JSON object {status, result, error, logs, stats}")
 
     def handle(self, file, tenant, input, as_json, **options):
-        code, name = self.read_block(file)
         try:
             tenant_obj = Tenant.objects.get(slug=tenant)
         except Tenant.DoesNotExist:
             raise UsageError(f"No tenant {tenant!r}. Create one with: manage.py createtenant {tenant} --profile Interactive") from None
+        code, name, record = self.block_to_run(file, tenant_obj, options)
         try:
             block_input = json.loads(input) if input is not None else None
         except ValueError as e:
@@ -45,7 +45,7 @@ class Command(BaseCommand):
         logs = []
         started = time.monotonic()
         try:
-            run = server.call(self.run_block(server, tenant_obj, code, name, block_input, logs))
+            run = server.call(self.run_block(server, tenant_obj, code, name, block_input, logs, record))
         except RunRefused as e:
             self.stderr.write(f"Run refused [{e.code}]: {e.message}")
             self.exit(1)
@@ -101,7 +101,15 @@ class Command(BaseCommand):
         except UnicodeDecodeError:
             raise UsageError(f"{file} is not UTF-8 text.") from None
 
-    async def run_block(self, server, tenant, code, name, block_input, logs):
+    def block_to_run(self, file, tenant, options):
+        """The code to run, its file name, and what the run's record names besides (the
+        saved block and version: blocks' runblock, which extends this one, says)."""
+        if file is None:
+            raise UsageError("Name the block's file, or - to read it from stdin.")
+        code, name = self.read_block(file)
+        return code, name, {}
+
+    async def run_block(self, server, tenant, code, name, block_input, logs, record):
         from channels.layers import get_channel_layer
 
         from isolates.broker import run_group
@@ -110,7 +118,7 @@ class Command(BaseCommand):
         service = service_for_port(server.port)
         layer = get_channel_layer()
         channel = await layer.new_channel()
-        run = await service.start(tenant, code, name=name, input=block_input, source="runblock")
+        run = await service.start(tenant, code, name=name, input=block_input, source="runblock", **record)
         await layer.group_add(run_group(run.id), channel)
 
         async def stream():
