@@ -838,6 +838,10 @@ async function openVersion(number) {
   banner(`Version ${number} is in the editor.`, { info: true });
 }
 
+function lineCount(n) {
+  return n === 1 ? "1 line" : `${n.toLocaleString()} lines`;
+}
+
 async function showDiff() {
   const from = document.querySelector("input[name=diff-from]:checked");
   const to = document.querySelector("input[name=diff-to]:checked");
@@ -854,7 +858,7 @@ async function showDiff() {
   box.hidden = data.identical;
   $("diff-summary").textContent = data.identical
     ? `Versions ${data.from} and ${data.to} have the same code.`
-    : `v${data.from} → v${data.to}: ${data.added} lines added, ${data.removed} removed${data.truncated ? " (the diff is cut short)" : ""}.`;
+    : `v${data.from} → v${data.to}: ${lineCount(data.added)} added, ${lineCount(data.removed)} removed${data.truncated ? " (the diff is cut short)" : ""}.`;
 }
 
 async function saveVersion() {
