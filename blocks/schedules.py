@@ -30,7 +30,9 @@ from django.db import IntegrityError, connection, transaction
 from django.utils import timezone
 
 from blocks.models import Schedule, ScheduleFiring
+from blocks.service import start_block_run
 from isolates import reaper
+from isolates.runs import RunRefused
 from tenants.models import BlockRun
 from tenants.policy import effective_policy
 
@@ -236,8 +238,6 @@ class Scheduler:
             self.stopping.set()
 
     async def run(self):
-        from blocks.service import start_block_run
-
         self.stopping = asyncio.Event()
         while not self.stopping.is_set():
             try:
@@ -262,8 +262,6 @@ class Scheduler:
                 pass
 
     async def fire(self, claim, start_block_run):
-        from isolates.runs import RunRefused
-
         try:
             schedule, block, version = await database_sync_to_async(schedule_for_run)(claim.schedule_id)
             if version is None:

@@ -26,7 +26,15 @@ import logging
 import threading
 import time
 
+import django_rq
+import redis
+import redis.asyncio
+from channels.layers import get_channel_layer
 from django.conf import settings
+from django.db import InterfaceError, OperationalError
+from rq import Callback, get_current_job
+from rq.job import Job
+from rq.timeouts import JobTimeoutException
 
 from capabilities.base import CapabilityError
 from capabilities.registry import OPERATIONS
@@ -69,13 +77,7 @@ def execute_operation(op_name, ctx, args):
 def unavailable_service(error):
     """Which part of the platform an exception says is unreachable ("database", "Redis"),
     or None when it is something else (a bug)."""
-    from django.db import InterfaceError, OperationalError
-
-    try:
-        import redis
-    except ImportError:  # pragma: no cover - redis comes with django-rq
-        redis = None
-    if redis is not None and isinstance(error, (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError)):
+    if isinstance(error, (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError)):
         return "Redis"
     if isinstance(error, (OperationalError, InterfaceError)):
         return "database"
@@ -99,9 +101,6 @@ async def run_inline(op_name, ctx, args):
 
 def enqueue(op_name, ctx, args, reply_channel, call_key, timeout):
     """Queue the call as an RQ job; its reply reaches `reply_channel`."""
-    import django_rq
-    from rq import Callback
-
     queue = django_rq.get_queue("capabilities")
     # A failed connection is retried by redis-py on the next command; a Redis that is
     # down fails at once with ConnectionError (the broker says so to the block).
@@ -125,14 +124,10 @@ class ReplySender:
     loop, and with it new connections, for every reply."""
 
     def __init__(self):
-        import threading
-
         self.loop = None
         self.lock = threading.Lock()
 
     def _ensure_loop(self):
-        import threading
-
         with self.lock:
             if self.loop is None or not self.thread.is_alive():
                 self.loop = asyncio.new_event_loop()
@@ -141,8 +136,6 @@ class ReplySender:
         return self.loop
 
     def send(self, channel, message, timeout=10):
-        from channels.layers import get_channel_layer
-
         layer = get_channel_layer()
         future = asyncio.run_coroutine_threadsafe(layer.send(channel, message), self._ensure_loop())
         return future.result(timeout)
@@ -159,8 +152,6 @@ def report_job_failure(job, connection, exc_type, exc_value, tb):
     """RQ's failure callback: a job that raised or ran past its timeout still answers
     its call at once, instead of leaving the block to wait for its deadline."""
     op_name, ctx, args, reply_channel, call_key = job.args
-    from rq.timeouts import JobTimeoutException
-
     try:
         if connection.get(claim_key(job.id)) == b"abandoned":
             return  # the broker gave up on this job already and answered the call
@@ -179,8 +170,6 @@ def report_job_failure(job, connection, exc_type, exc_value, tb):
 def run_job(op_name, ctx, args, reply_channel, call_key):
     """The RQ job: claim the call, run the handler while a heartbeat says the worker
     lives, send the reply to the broker that asked."""
-    from rq import get_current_job
-
     if ctx.expired():
         # The block stopped waiting; running it now would only do work nobody reads.
         return
@@ -312,8 +301,6 @@ class JobWatcher:
     WATCH_INTERVAL, and resolves a job's future with the reason when it is lost."""
 
     def __init__(self, url, queue_key):
-        import redis.asyncio
-
         self.loop = asyncio.get_running_loop()
         self.client = redis.asyncio.Redis.from_url(url, socket_connect_timeout=2, socket_timeout=5)
         self.queue_key = queue_key
@@ -348,9 +335,6 @@ class JobWatcher:
             entry[0].set_result(reason)
 
     async def check(self):
-        import redis
-        from rq.job import Job
-
         ids = list(self.jobs)
         if not ids:
             return
@@ -394,8 +378,6 @@ class JobWatcher:
     async def _check_taken(self, job_ids):
         """Unclaimed jobs that are no longer waiting in the queue were taken by a worker
         that never started them: abandon them (unless a worker claims them first)."""
-        import redis
-
         try:
             pipe = self.client.pipeline(transaction=False)
             for job_id in job_ids:
@@ -410,8 +392,6 @@ class JobWatcher:
     async def _abandon(self, job_id, force=False):
         """Mark the job abandoned: a worker that has not claimed it yet never will, and
         RQ's late failure callback for it stays silent. True if the mark was set."""
-        import redis
-
         try:
             if force:
                 return bool(await self.client.set(claim_key(job_id), "abandoned", xx=True, ex=3600))
@@ -425,8 +405,6 @@ _watchers = {}
 
 def job_watcher():
     """This event loop's JobWatcher (one Redis client per loop)."""
-    import django_rq
-
     loop = asyncio.get_running_loop()
     watcher = _watchers.get(id(loop))
     if watcher is None or watcher.loop is not loop:

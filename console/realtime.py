@@ -27,6 +27,7 @@ from django.utils.module_loading import import_string
 from capabilities.realtime import handlers, limits
 from capabilities.realtime.channels import group_name, is_public, valid_channel
 from console.runner import origin_allowed
+from blocks.api import find_token, mark_used
 from tenants.models import Membership, Tenant
 from tenants.policy import effective_policy
 
@@ -35,6 +36,19 @@ logger = logging.getLogger(__name__)
 
 def _authorizers():
     return [import_string(path) for path in settings.SYMPOSIUM_REALTIME_AUTHORIZERS]
+
+
+def api_token_admits(authorization, tenant):
+    """Whether `Authorization: Bearer <token>` is a usable API token of this tenant (a
+    run token may listen; a deploy token can do what a run token can)."""
+    scheme, _, presented = authorization.decode("latin1").partition(" ")
+    if scheme.lower() != "bearer" or not presented:
+        return False
+    token = find_token(presented.strip())
+    if token is None or token.tenant_id != tenant.pk or not token.usable():
+        return False
+    mark_used(token)
+    return True
 
 
 @database_sync_to_async
@@ -53,6 +67,8 @@ def may_listen(scope, slug, channel):
     if user is not None and user.is_authenticated and user.is_active and same_site:
         if Membership.objects.filter(tenant=tenant, user=user).exists():
             return tenant
+    if api_token_admits(headers.get(b"authorization", b""), tenant):
+        return tenant
     for authorizer in _authorizers():
         if authorizer(scope, tenant, channel):
             return tenant

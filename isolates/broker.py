@@ -13,6 +13,7 @@ import functools
 import hashlib
 import logging
 import time
+from dataclasses import replace
 from pathlib import Path
 
 from channels.db import database_sync_to_async
@@ -26,6 +27,7 @@ from django.utils import timezone
 
 from capabilities import dispatch
 from capabilities.base import CallContext
+from capabilities.canvas.store import discard_run
 from capabilities.registry import OPERATION_CAPABILITIES, OPERATIONS
 from isolates.protocol import LIMITS, LOG_LEVELS, FrameError, decode_value, encode_frame, frame_limit, parse_frame
 from tenants import audit
@@ -620,8 +622,6 @@ class IsolateBrokerConsumer(AsyncWebsocketConsumer):
         self.policy_loaded = read_at
 
     def ctx_with_deadline(self, deadline):
-        from dataclasses import replace
-
         return replace(self.ctx, deadline=deadline)
 
     @database_sync_to_async
@@ -668,8 +668,6 @@ async def read_tenant_shared(tenant_id):
 
 
 def discard_canvases(ctx):
-    from capabilities.canvas.store import discard_run
-
     try:
         discard_run(ctx)
     except Exception:

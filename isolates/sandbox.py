@@ -47,7 +47,9 @@ import ctypes.util
 import errno
 import os
 import resource
+import importlib.util
 import signal
+import struct
 import sys
 
 MB = 1024 * 1024
@@ -59,8 +61,6 @@ SHARED_RULES_FILE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath
 
 
 def load_shared_rules(path=SHARED_RULES_FILE):
-    import importlib.util
-
     spec = importlib.util.spec_from_file_location("symposium_syscall_rules", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
@@ -392,8 +392,6 @@ def landlock_abi():
 
 def elf_interpreter(path):
     """The PT_INTERP path of a 64-bit little-endian ELF binary, or None (static, script)."""
-    import struct
-
     with open(path, "rb") as f:
         header = f.read(64)
         if header[:4] != b"\x7fELF" or header[4] != 2 or header[5] != 1:
@@ -476,6 +474,8 @@ def enforce_landlock(ruleset):
 
 def build_seccomp_filter(exec_path_address, own_pid):
     """The filter as a pyseccomp object (not loaded): tests export it to read it."""
+    # Imported here, not at the top: pyseccomp loads libseccomp through ctypes, which the
+    # launcher pays for only in the process that builds a filter.
     import pyseccomp as sc
 
     rules = POLICY["seccomp"]

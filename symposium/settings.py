@@ -11,6 +11,7 @@ import os
 import secrets
 import tempfile
 from pathlib import Path
+from urllib.parse import parse_qs, unquote, urlsplit
 
 import dj_database_url
 from django.core.exceptions import ImproperlyConfigured
@@ -191,8 +192,6 @@ SYMPOSIUM_PROCESS_SANDBOX_UID = envint("SYMPOSIUM_PROCESS_SANDBOX_UID", 1_899_99
 # (STARTTLS; ssl=1 or smtps:// for TLS from the start). Empty: messages go to the outbox
 # the admin shows, and nothing leaves the machine.
 def email_settings(url):
-    from urllib.parse import parse_qs, unquote, urlsplit
-
     if not url:
         return {"EMAIL_BACKEND": "capabilities.email.backends.OutboxBackend"}
     parts = urlsplit(url)

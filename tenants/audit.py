@@ -40,6 +40,8 @@ from pathlib import Path
 from django.conf import settings
 from django.db import InterfaceError, OperationalError, close_old_connections
 
+from tenants.models import AuditLog
+
 logger = logging.getLogger(__name__)
 
 # A target longer than this is cut: the audit log names what a call was about, it does
@@ -78,8 +80,6 @@ def storable(value, limit=None):
 
 
 def _text_limits():
-    from tenants.models import AuditLog
-
     return {
         field.attname: field.max_length
         for field in AuditLog._meta.concrete_fields
@@ -100,8 +100,6 @@ class AuditWriter:
         self.text_limits = None  # column name -> max length, read from the model once
 
     def record(self, **fields):
-        from tenants.models import AuditLog
-
         if self.text_limits is None:
             self.text_limits = _text_limits()
         fields["target"] = fields.get("target") or ""
@@ -171,8 +169,6 @@ class AuditWriter:
 
     def _write(self, rows):
         """Write the rows; False if the database is unavailable (they are kept)."""
-        from tenants.models import AuditLog
-
         try:
             close_old_connections()
             AuditLog.objects.bulk_create(rows)
@@ -193,8 +189,6 @@ class AuditWriter:
     def _write_one(self, row):
         """Write one row, in a plainer form each time it is refused for what it holds.
         False only if the database is unavailable (the caller retries the batch)."""
-        from tenants.models import AuditLog
-
         for attempt in (_as_is, _without_links, _ascii_only):
             attempt(row)
             try:
@@ -237,8 +231,6 @@ class AuditWriter:
     def _replay_spilled(self):
         """Write rows kept on disk: this process's, and those of processes of this
         machine that died with rows on disk."""
-        from tenants.models import AuditLog
-
         self.adopted = True
         folder = settings.SYMPOSIUM_AUDIT_SPILL_DIR
         try:

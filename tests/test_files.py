@@ -18,7 +18,7 @@ from capabilities import files
 from capabilities.base import CapabilityError
 from capabilities.files import beneath, quota
 from tenants.models import PolicyOverride
-from tests.helpers import context_for
+from tests.helpers import call, context_for, override, refused
 
 EXAMPLE_STORAGE = Path(settings.BASE_DIR) / "examples" / "storage"
 ELF_HEADER = b"\x7fELF\x02\x01\x01" + b"\x00" * 57
@@ -44,18 +44,7 @@ def both_resolvers(request, monkeypatch):
     return request.param
 
 
-def call(handler, tenant, **args):
-    return handler(context_for(tenant), args)
 
-
-def refused(handler, tenant, **args):
-    with pytest.raises(CapabilityError) as info:
-        handler(context_for(tenant), args)
-    return info.value
-
-
-def override(tenant, setting, value):
-    PolicyOverride.objects.create(tenant=tenant, setting=setting, value=str(value))
 
 
 def root_of(tenant):

@@ -15,10 +15,8 @@ import pytest
 from PIL import ExifTags, Image
 
 from capabilities import files, image
-from capabilities.base import CapabilityError
 from capabilities.canvas import create_canvas, draw, export_image
-from tenants.models import PolicyOverride
-from tests.helpers import context_for
+from tests.helpers import context_for, override, refused
 
 pytestmark = [pytest.mark.django_db(transaction=True)]
 
@@ -47,18 +45,10 @@ def transform(tenant, steps, output="out/result.png", path="in/source.png", **op
     return reply["data"], picture
 
 
-def refused(handler, tenant, ctx=None, **args):
-    with pytest.raises(CapabilityError) as info:
-        handler(ctx or context_for(tenant), args)
-    return info.value
-
 
 def rgba(picture, x, y):
     return picture.convert("RGBA").getpixel((x, y))
 
-
-def override(tenant, setting, value):
-    PolicyOverride.objects.create(tenant=tenant, setting=setting, value=str(value))
 
 
 @pytest.fixture

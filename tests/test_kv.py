@@ -9,30 +9,18 @@ import pytest
 from django.utils import timezone
 
 from capabilities import kv
-from capabilities.base import CapabilityError
 from capabilities.kv import limits
 from capabilities.kv.handlers import purge_expired
 from capabilities.kv.models import KeyValue
 from capabilities.registry import OPERATIONS
 from tenants.models import PolicyOverride
 from tenants.policy import decide, effective_policy
-from tests.helpers import context_for
+from tests.helpers import call, override, refused
 
 pytestmark = [pytest.mark.django_db(transaction=True)]
 
 
-def call(handler, tenant, **args):
-    return handler(context_for(tenant), args)
 
-
-def refused(handler, tenant, **args):
-    with pytest.raises(CapabilityError) as info:
-        handler(context_for(tenant), args)
-    return info.value
-
-
-def override(tenant, setting, value):
-    PolicyOverride.objects.create(tenant=tenant, setting=setting, value=str(value))
 
 
 @pytest.fixture

@@ -3,7 +3,8 @@
 Each file's imports are read with `ast`, at the top and inside functions alike (an import
 moved into a function is still a dependency). The parts, from the bottom up: symposium
 (settings), tenants (models, policy, audit), capabilities (what blocks are lent),
-isolates (the sandboxed runtime and its broker), console (the pages). A part may import
+isolates (the sandboxed runtime and its broker), blocks (saved blocks and what runs them:
+the API, HTTP endpoints, schedules), console (the pages). A part may import
 the parts below it, never those above; tests/ and bench/ may import anything.
 """
 
@@ -13,7 +14,7 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
-PRODUCT = ("symposium", "tenants", "capabilities", "isolates", "console")
+PRODUCT = ("symposium", "tenants", "capabilities", "isolates", "blocks", "console")
 # What each product part must not import, and why.
 FORBIDDEN = {
     "symposium": {"console": "the pages are routed only by symposium/urls.py, routing.py and asgi.py"},
@@ -21,12 +22,18 @@ FORBIDDEN = {
         "console": "nothing imports the pages",
         "capabilities": "tenants/ is below the capabilities, which build on its models and policy",
         "isolates": "tenants/ is below the isolates, which run blocks under its policy",
+        "blocks": "saved blocks build on the tenants (a run names its block by a model reference, not an import)",
     },
     "capabilities": {
         "console": "nothing imports the pages",
         "isolates": "the capabilities are called by the broker, never the other way round",
+        "blocks": "saved blocks are run by the isolates, which call the capabilities",
     },
-    "isolates": {"console": "nothing imports the pages"},
+    "isolates": {
+        "console": "nothing imports the pages",
+        "blocks": "the isolates run code; which saved block it is, blocks/ decides",
+    },
+    "blocks": {"console": "nothing imports the pages"},
 }
 # The modules that put the pages on the site.
 ROUTES = {"symposium/urls.py", "symposium/routing.py", "symposium/asgi.py"}

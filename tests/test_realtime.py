@@ -4,18 +4,21 @@ listen is checked at the handshake. (Two servers on one Redis: test_realtime_clu
 
 import asyncio
 import json
+from datetime import timedelta
 
 import pytest
 from channels.layers import InMemoryChannelLayer, get_channel_layer
 from django.test import Client
+from django.utils import timezone
 
+from blocks.models import ApiToken
 from capabilities import realtime
 from capabilities.base import CapabilityError
 from capabilities.realtime import handlers
-from tests.support.websocket import connect_local
 from tenants.models import Membership, PolicyOverride
 from tenants.ratelimit import limiter, reset_limiter
 from tests.helpers import context_for
+from tests.support.websocket import connect_local
 
 pytestmark = [pytest.mark.django_db(transaction=True)]
 
@@ -146,6 +149,29 @@ def test_an_authorizer_admits_other_credentials(server, settings, acme):
             await connect_local(server.port, "/ws/realtime/acme/orders", {"Authorization": "Bearer wrong"})
 
     server.call(scenario(), 30)
+
+
+def test_an_api_token_of_the_tenant_may_listen(server, acme, globex):
+    _, run_token = ApiToken.issue(acme, name="dashboard", scope="run")
+    _, deploy_token = ApiToken.issue(acme, name="ci", scope="deploy")
+    _, other_tenants = ApiToken.issue(globex, name="theirs", scope="run")
+    revoked, revoked_token = ApiToken.issue(acme, name="old", scope="run")
+    revoked.revoked = timezone.now()
+    revoked.save()
+    expired, expired_token = ApiToken.issue(acme, name="expired", scope="run", expires=timezone.now() - timedelta(days=1))
+
+    async def attempt(token):
+        try:
+            ws = await connect_local(server.port, "/ws/realtime/acme/orders", {"Authorization": f"Bearer {token}"})
+        except ConnectionError:
+            return "refused"
+        ws.abort()
+        return "admitted"
+
+    async def scenario():
+        return [await attempt(t) for t in (run_token, deploy_token, other_tenants, revoked_token, expired_token, "sym_made-up")]
+
+    assert server.call(scenario(), 30) == ["admitted", "admitted", "refused", "refused", "refused", "refused"]
 
 
 def admit_test_token(scope, tenant, channel):

@@ -25,6 +25,8 @@ import struct
 import zlib
 
 import numpy
+import skia
+from PIL import Image
 
 from capabilities.canvas import limits
 
@@ -51,16 +53,12 @@ def canonical_format(value):
 def pixels(image, premultiplied=False):
     """The RGBA pixels of a skia.Image as a numpy array: unpremultiplied (the colours a
     PNG stores), or premultiplied (the colours composited onto black)."""
-    import skia
-
     alpha_type = skia.kPremul_AlphaType if premultiplied else skia.kUnpremul_AlphaType
     return image.toarray(colorType=skia.kRGBA_8888_ColorType, alphaType=alpha_type)
 
 
 def encode(image, fmt, quality=None):
     """The bytes of a rendered canvas (a skia.Image) in the format."""
-    from PIL import Image
-
     size = (image.width(), image.height())
     out = io.BytesIO()
     if fmt in ("jpeg", "bmp", "gif"):

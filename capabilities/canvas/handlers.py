@@ -18,6 +18,8 @@ import math
 import threading
 from functools import partial
 
+import skia
+
 from capabilities.base import CapabilityError
 from capabilities.canvas import encode, limits, store
 from capabilities.canvas.fonts import DEFAULT_FONT, parse_font
@@ -338,8 +340,6 @@ def export_image(ctx, args):
 
 
 def _export_image(ctx, args):
-    import skia
-
     _require_canvas_profile(ctx)
     number, meta = _find_canvas(ctx, args)
     fmt, quality = _format(ctx, args)

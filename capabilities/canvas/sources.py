@@ -16,6 +16,9 @@ import errno
 import os
 import stat
 
+import numpy
+from PIL import Image, UnidentifiedImageError
+
 from capabilities.base import CapabilityError
 from capabilities.canvas import limits
 from capabilities.files.beneath import open_beneath, open_storage_root, opened
@@ -88,8 +91,6 @@ def _unsupported(index, path):
 
 def image_size(ctx, index, path):
     """(width, height) of an image file, read from its header without decoding it."""
-    from PIL import Image, UnidentifiedImageError
-
     with open_tenant_file(ctx, index, path) as file:
         try:
             with Image.open(file, formats=limits.IMAGE_FILE_FORMATS) as image:
@@ -114,9 +115,6 @@ def decode_image(ctx, index, path, expected_size):
     RGBA rows in a numpy array. The file is opened afresh, so it must still have the
     size the export's memory estimate counted: a file swapped for a bigger one in the
     meantime is refused, not decoded."""
-    import numpy
-    from PIL import Image, UnidentifiedImageError
-
     with open_tenant_file(ctx, index, path) as file:
         try:
             with Image.open(file, formats=limits.IMAGE_FILE_FORMATS) as image:

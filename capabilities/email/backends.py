@@ -1,7 +1,6 @@
 """Django email backends of the platform: the SMTP relay, telling which recipients it
 took, and the embedded outbox."""
 
-import smtplib
 
 from django.conf import settings
 from django.core.mail.backends.base import BaseEmailBackend
@@ -10,6 +9,7 @@ from django.core.mail.message import sanitize_address
 from django.db import transaction
 
 from capabilities.email import limits
+from capabilities.email.models import OutboxMessage
 
 
 class SmtpBackend(EmailBackend):
@@ -32,8 +32,6 @@ class OutboxBackend(BaseEmailBackend):
     """Keeps messages in the platform's database (OutboxMessage) instead of sending them."""
 
     def send_messages(self, email_messages):
-        from capabilities.email.models import OutboxMessage
-
         for message in email_messages:
             tenant_id = getattr(message, "tenant_id", None)
             html = next((content for content, mimetype in getattr(message, "alternatives", []) if mimetype == "text/html"), "")

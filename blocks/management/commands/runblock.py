@@ -1,3 +1,5 @@
+from blocks.models import Block
+from blocks.service import BlockError, version_to_run
 from isolates.management.commands.runblock import Command as RunblockCommand
 from isolates.management.commands.runblock import UsageError
 
@@ -16,9 +18,6 @@ class Command(RunblockCommand):
             return super().block_to_run(file, tenant, options)
         if file is not None:
             raise UsageError("Name a block file or a saved block (--block), not both.")
-        from blocks.models import Block
-        from blocks.service import BlockError, version_to_run
-
         slug, _, number = spec.partition("@")
         if number and not number.isdigit():
             raise UsageError(f"--block {spec}: the version after @ is a number, such as {slug}@2.")

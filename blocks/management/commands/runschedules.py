@@ -7,6 +7,8 @@ from datetime import datetime
 from django.core.management.base import BaseCommand, CommandError
 
 from blocks.schedules import ScaledClock, Scheduler
+from isolates.runs import service_for_port
+from isolates.server import local_server
 
 
 class Command(BaseCommand):
@@ -36,9 +38,6 @@ class Command(BaseCommand):
             if start.tzinfo is None or clock_origin is None or clock_speed <= 0:
                 raise CommandError("--clock-start needs a time zone, --clock-origin and a positive --clock-speed.")
             clock = ScaledClock(start, clock_origin, clock_speed)
-
-        from isolates.runs import service_for_port
-        from isolates.server import local_server
 
         server = local_server()
         scheduler = Scheduler(server.port, clock=clock)

@@ -9,6 +9,8 @@ import asyncio
 
 from daphne.management.commands.runserver import Command as DaphneRunserver
 from django.conf import settings
+# Daphne's modules above install the asyncio reactor, so twisted's comes after them.
+from twisted.internet import reactor
 
 from blocks.schedules import Scheduler
 
@@ -26,7 +28,6 @@ class Command(DaphneRunserver):
 
     def inner_run(self, *args, **options):
         if settings.SYMPOSIUM_SCHEDULES_IN_SERVER:
-            from twisted.internet import reactor
 
             reactor.callWhenRunning(start_scheduler, int(self.port))
         return super().inner_run(*args, **options)

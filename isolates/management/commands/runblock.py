@@ -1,11 +1,16 @@
 import asyncio
 import json
+import os
 import sys
 import time
 from pathlib import Path
 
+from channels.layers import get_channel_layer
 from django.core.management.base import BaseCommand, CommandError
 
+from isolates.broker import run_group
+from isolates.runs import RunRefused, service_for_port
+from isolates.server import local_server
 from tenants.models import Tenant
 
 
@@ -37,9 +42,6 @@ class Command(BaseCommand):
             block_input = json.loads(input) if input is not None else None
         except ValueError as e:
             raise UsageError(f"--input is not valid JSON: {e}") from None
-
-        from isolates.runs import RunRefused
-        from isolates.server import local_server
 
         server = local_server()
         logs = []
@@ -84,8 +86,6 @@ class Command(BaseCommand):
         sys.stdout.flush()
         sys.stderr.flush()
         # The in-process server's threads are daemons; leave without waiting for them.
-        import os
-
         os._exit(status)
 
     def read_block(self, file):
@@ -110,11 +110,6 @@ class Command(BaseCommand):
         return code, name, {}
 
     async def run_block(self, server, tenant, code, name, block_input, logs, record):
-        from channels.layers import get_channel_layer
-
-        from isolates.broker import run_group
-        from isolates.runs import service_for_port
-
         service = service_for_port(server.port)
         layer = get_channel_layer()
         channel = await layer.new_channel()
