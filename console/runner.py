@@ -2,7 +2,7 @@
 
 A logged-in user's page sends three kinds of request, each a JSON object with a `type`:
 
-    {"type": "start", "tenant": SLUG, "code": JS, "input": JSON-TEXT, "name": NAME}
+    {"type": "start", "tenant": SLUG, "code": JS, "input": JSON-TEXT, "name": NAME, "block": SLUG?}
     {"type": "stop", "run": RUN_ID}
     {"type": "watch", "run": RUN_ID}
 
@@ -36,6 +36,7 @@ from django.contrib.auth.models import AnonymousUser
 from django.http.request import split_domain_port, validate_host
 from django.urls import reverse
 
+from blocks.models import Block, code_sha256
 from isolates.broker import control_group, run_group
 from isolates.runs import RunRefused, service_for_port
 from tenants import audit
@@ -350,6 +351,9 @@ class BlockRunnerConsumer(AsyncWebsocketConsumer):
         if not isinstance(name, str):
             name = ""
         membership = await database_sync_to_async(self.check_membership)(user, slug, "start", need_run=True)
+        block, version = await database_sync_to_async(self.saved_block_of)(membership.tenant, frame.get("block"), code)
+        if block is not None:
+            name = block.file_name
         block_input = parse_input(frame.get("input"))
         mine = [w for w in self.watched.values() if w.started_here and not w.finished]
         if len(mine) >= RUNNER_LIMITS["runs_per_connection"]:
@@ -357,7 +361,7 @@ class BlockRunnerConsumer(AsyncWebsocketConsumer):
         service = self.run_service()
         try:
             run = await service.start(membership.tenant, code, user=user, name=name.strip()[:200] or "block.js",
-                                      input=block_input, source="runner")
+                                      input=block_input, source="runner", block=block, version=version)
         except RunRefused as e:
             record_refusal(user, "start", e.code, e.message, tenant=membership.tenant)
             raise RequestError(e.code, e.message) from None
@@ -383,6 +387,20 @@ class BlockRunnerConsumer(AsyncWebsocketConsumer):
             record_refusal(user, operation, "PERMISSION_DENIED", message, tenant=membership.tenant)
             raise RequestError("PERMISSION_DENIED", message)
         return membership
+
+    @staticmethod
+    def saved_block_of(tenant, slug, code):
+        """The saved block a start request names (of the tenant it runs as), and the
+        version whose code is the code to run: (block, version), (block, None) for
+        edited code not saved yet, (None, None) for pasted code. RequestError when the
+        tenant has no such block."""
+        if slug is None or slug == "":
+            return None, None
+        block = Block.objects.filter(tenant=tenant, slug=slug).first() if isinstance(slug, str) and len(slug) <= 64 else None
+        if block is None:
+            raise RequestError("NOT_FOUND", "This tenant has no such block.")
+        version = block.versions.filter(sha256=code_sha256(code)).order_by("-number").first()
+        return block, version
 
     async def follow(self, watched, service):
         """Sends the run's final record once the run service has written it. The record

@@ -16,6 +16,7 @@ from django.conf import settings
 from django.contrib.auth import views as auth_views
 from django.contrib.auth.decorators import login_required
 from django.http import FileResponse, Http404, JsonResponse
+from django.middleware.csrf import get_token
 from django.shortcuts import render
 from django.urls import reverse
 from django.views.decorators.cache import never_cache
@@ -136,6 +137,11 @@ def runner_page(request):
             "limits": RUNNER_LIMITS,
             "wsPath": "/ws/runner/",
             "runUrl": reverse("runner-run", args=["TENANT", "RUN"]),
+            # Saved blocks: /runner/TENANT/blocks/ and the block views under it.
+            "blocksUrl": reverse("runner-blocks", args=["TENANT"]),
+            "block": request.GET.get("block", "")[:64],
+            # The JSON views that save and deploy are POSTs behind the CSRF check.
+            "csrfToken": get_token(request),
             "user": request.user.get_username(),
         },
     }

@@ -601,3 +601,41 @@ def wait_for_run(server, run_id, timeout=30):
         time.sleep(0.05)
         run.refresh_from_db()
     return run
+
+
+# -- saved blocks ---------------------------------------------------------------------------
+
+
+def test_a_run_of_an_open_block_records_the_block_and_the_version_it_ran(pages, tenants):
+    from blocks.service import save_block
+
+    v1 = "export default () => 'one';\n"
+    block, _, _ = save_block(tenants["acme"], "hello", code=v1, user=tenants["alice"])
+    save_block(tenants["acme"], "hello", code="export default () => 'two';\n", user=tenants["alice"])
+    page = pages(tenants["bob"])
+    page.connect()
+    page.receive()
+    # The code of version 1, run with the block open: a run of hello@1.
+    page.send({"type": "start", "tenant": "acme", "code": v1, "input": "", "name": "ignored.js", "block": "hello"})
+    saved = page.receive_until(lambda f: f["type"] in ("accepted", "refused"))
+    assert page.finished(saved["run"])["result"] == "one"
+    # Edited code not saved yet: a run of the block, of no version.
+    page.send({"type": "start", "tenant": "acme", "code": "export default () => 'draft';\n", "block": "hello"})
+    draft = page.receive_until(lambda f: f["type"] in ("accepted", "refused"))
+    assert page.finished(draft["run"])["result"] == "draft"
+    runs = {r.pk: r for r in BlockRun.objects.filter(tenant=tenants["acme"])}
+    assert (runs[saved["run"]].block, runs[saved["run"]].version.number, runs[saved["run"]].name) == (block, 1, "hello.js")
+    assert (runs[draft["run"]].block, runs[draft["run"]].version) == (block, None)
+
+
+def test_cant_run_as_a_block_of_another_tenant(pages, tenants):
+    from blocks.service import save_block
+
+    save_block(tenants["globex"], "secret", code="export default () => 1;\n", user=tenants["mallory"])
+    page = pages(tenants["alice"])
+    page.connect()
+    page.receive()
+    page.send({"type": "start", "tenant": "acme", "code": "export default () => 1;\n", "block": "secret"})
+    refused = page.receive_until(lambda f: f["type"] in ("accepted", "refused"))
+    assert (refused["type"], refused["code"], refused["message"]) == ("refused", "NOT_FOUND", "This tenant has no such block.")
+    assert not BlockRun.objects.exists()

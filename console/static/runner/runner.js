@@ -175,7 +175,7 @@ $("block-name").value = draft?.name ?? starter.name;
 function code() { return editor.state.doc.toString(); }
 function setCode(text) { editor.dispatch({ changes: { from: 0, to: editor.state.doc.length, insert: text } }); }
 function saveDraft() {
-  try { localStorage.setItem(STORAGE_KEY, JSON.stringify({ code: code(), input: $("input").value, name: $("block-name").value })); } catch { /* full or disabled */ }
+  try { localStorage.setItem(STORAGE_KEY, JSON.stringify({ code: code(), input: $("input").value, name: $("block-name").value, block: state.block?.block.slug })); } catch { /* full or disabled */ }
 }
 
 // Examples, grouped as in the menu's definition.
@@ -238,6 +238,10 @@ function updateButtons() {
   $("viewer-note").hidden = canRun;
   $("run").disabled = !state.connected || !canRun || !state.inputValid || running();
   $("stop").disabled = !state.connected || !canRun || !running() || state.pendingStart;
+  if (state.blocks) {
+    $("save").disabled = !canWrite() || (!state.block && !$("new-slug").value.trim());
+    $("save").title = canWrite() ? "Save the editor's code as a new version" : "Viewers (and suspended tenants) cannot save blocks";
+  }
 }
 
 function setStatus(status, label) {
@@ -406,6 +410,8 @@ function showFinished(f) {
   if (f.console_truncated) consoleNotes.push("The block printed more than this tenant's console cap; the rest was dropped.");
   updateConsoleNote();
   refreshHistory();
+  // The open block's recent runs include this one now.
+  if (state.block) refreshBlockRuns();
 }
 
 // -- the websocket ------------------------------------------------------------------------
@@ -540,7 +546,10 @@ function startRun() {
   validateInput();
   if ($("run").disabled) return;
   const t = tenant();
-  if (!send({ type: "start", tenant: t.slug, code: code(), input: $("input").value, name: $("block-name").value.trim() || "block.js" })) return;
+  const frame = { type: "start", tenant: t.slug, code: code(), input: $("input").value, name: $("block-name").value.trim() || "block.js" };
+  // A run of an open block records the block, and the version whose code it runs.
+  if (state.block) frame.block = state.block.block.slug;
+  if (!send(frame)) return;
   state.pendingStart = true;
   $("banner").hidden = true;
   setStatus("starting", "starting");
@@ -644,29 +653,274 @@ $("load-code").addEventListener("click", () => {
 });
 $("refresh-history").addEventListener("click", refreshHistory);
 
+// -- saved blocks -------------------------------------------------------------------------
+//
+// The block menu above the editor opens one of the tenant's saved blocks; "Save version"
+// saves the editor's code as its next version (or, with no block open, as the first
+// version of a new block named by the slug field). The "Saved block" tab shows the
+// block's endpoint, versions (diff two, open one, deploy one), schedules and runs.
+// The server checks every request (membership, role, CSRF); the page only mirrors it.
+
+function blocksUrl(rest = "") {
+  return boot.blocksUrl.replace("TENANT", encodeURIComponent(state.tenant)) + rest;
+}
+
+function blockUrl(slug, rest = "") {
+  return blocksUrl(`${encodeURIComponent(slug)}/${rest}`);
+}
+
+async function postJSON(url, body) {
+  state.fetching++;
+  try {
+    const response = await fetch(url, {
+      method: "POST", credentials: "same-origin",
+      headers: { "Content-Type": "application/json", "X-CSRFToken": boot.csrfToken },
+      body: JSON.stringify(body),
+    });
+    let data = null;
+    try { data = await response.json(); } catch { /* not JSON: an error page */ }
+    return { ok: response.ok, status: response.status, data };
+  } catch {
+    return { ok: false, status: "offline", data: null };
+  } finally {
+    state.fetching--;
+  }
+}
+
+function refusal(result, fallback) {
+  const error = result.data && result.data.error;
+  banner(error ? error.message : fallback, { code: error ? error.code : String(result.status) });
+}
+
+state.blocks = [];
+state.block = null; // the open block's detail: {block, versions, schedules, runs, canWrite}
+
+function canWrite() {
+  const t = tenant();
+  return Boolean(t && t.can_run && t.active);
+}
+
+async function loadBlocks() {
+  const { ok, data } = await getJSON(blocksUrl());
+  if (!ok || data.tenant !== state.tenant) return;
+  state.blocks = data.blocks;
+  const select = $("block");
+  const chosen = state.block ? state.block.block.slug : "";
+  select.replaceChildren(el("option", { value: "", text: "Unsaved code (not a saved block)" }));
+  for (const block of state.blocks) {
+    const deployed = block.deployedVersion ? `v${block.deployedVersion} deployed` : "not deployed";
+    select.append(el("option", { value: block.slug, text: `${block.name || block.slug} (${block.slug}) · ${deployed}` }));
+  }
+  select.value = chosen;
+}
+
+async function openBlock(slug, { keepCode = false } = {}) {
+  if (!slug) {
+    state.block = null;
+    drawBlock();
+    return;
+  }
+  const { ok, data, status } = await getJSON(blockUrl(slug));
+  if (!ok) return banner("That block could not be opened.", { code: String(status) });
+  if (data.tenant !== state.tenant) return;
+  state.block = data;
+  $("block").value = slug;
+  if (!keepCode && data.opened) {
+    setCode(data.opened.code);
+    $("block-name").value = `${slug}.${data.block.language === "typescript" ? "ts" : "js"}`;
+    saveDraft();
+  }
+  const url = new URL(location.href);
+  url.searchParams.set("block", slug);
+  history.replaceState(null, "", url);
+  drawBlock();
+  if (!keepCode) showTab("block");
+}
+
+function drawBlock() {
+  const detail = state.block;
+  $("block-none").hidden = Boolean(detail);
+  $("block-info").hidden = !detail;
+  $("new-slug").hidden = Boolean(detail);
+  $("block-count").textContent = detail ? `v${detail.block.deployedVersion ?? "–"}` : "";
+  updateButtons();
+  if (!detail) {
+    const url = new URL(location.href);
+    url.searchParams.delete("block");
+    history.replaceState(null, "", url);
+    return;
+  }
+  const block = detail.block;
+  $("block-title").textContent = `${block.name || block.slug} (${block.slug}, ${block.language})`;
+  const link = $("endpoint-url");
+  link.href = block.endpointUrl;
+  link.textContent = block.endpointUrl;
+  $("endpoint-access").className = `badge ${block.publicEndpoint ? "public" : "private"}`;
+  $("endpoint-access").textContent = block.publicEndpoint ? "public" : "private: needs a run token";
+  $("deployed-version").textContent = block.deployedVersion ? `version ${block.deployedVersion}` : "none";
+
+  const rows = $("versions");
+  rows.replaceChildren();
+  detail.versions.forEach((version, i) => {
+    const from = el("input", { type: "radio", name: "diff-from", value: version.number, "aria-label": `Diff from version ${version.number}` });
+    const to = el("input", { type: "radio", name: "diff-to", value: version.number, "aria-label": `Diff to version ${version.number}` });
+    if (i === 1 || (detail.versions.length === 1 && i === 0)) from.checked = true;
+    if (i === 0) to.checked = true;
+    const open = el("button", { class: "btn ghost small open-version", text: "Open", title: "Load this version's code into the editor" });
+    open.addEventListener("click", () => openVersion(version.number));
+    const actions = el("td", { class: "actions" }, open);
+    if (version.deployed) actions.prepend(el("span", { class: "badge deployed", text: "deployed" }), " ");
+    else if (detail.canWrite) {
+      const older = block.deployedVersion != null && version.number < block.deployedVersion;
+      const button = el("button", { class: "btn small deploy-version", text: older ? "Roll back to this" : "Deploy",
+                                    dataset: { version: version.number } });
+      button.disabled = !canWrite();
+      button.addEventListener("click", () => deployVersion(version.number));
+      actions.prepend(button, " ");
+    }
+    rows.append(el("tr", { dataset: { version: version.number } },
+      el("td", {}, from), el("td", {}, to),
+      el("td", { class: "mono", text: `v${version.number}` }),
+      el("td", { text: version.message || "" }),
+      el("td", { text: version.author || "" }),
+      el("td", { text: ago(version.created), title: new Date(version.created).toLocaleString() }),
+      actions));
+  });
+  $("show-diff").disabled = detail.versions.length < 2;
+  $("diff").hidden = true;
+  $("diff-summary").textContent = "";
+
+  const schedules = $("schedules");
+  schedules.replaceChildren();
+  for (const s of detail.schedules) {
+    const last = s.lastRun ? `${s.lastRun.status} · ${ago(s.lastRun.at)}` : (s.lastStatus || "never");
+    schedules.append(el("tr", {},
+      el("td", { class: "mono", text: s.cron }), el("td", { text: s.timezone }),
+      el("td", { text: s.enabled ? "enabled" : "paused" }),
+      el("td", { text: s.nextRun ? new Date(s.nextRun).toLocaleString() : "–" }),
+      el("td", { text: last })));
+  }
+  $("schedules-none").hidden = detail.schedules.length > 0;
+
+  drawBlockRuns();
+}
+
+function drawBlockRuns() {
+  const detail = state.block;
+  const runs = $("block-runs");
+  runs.replaceChildren();
+  for (const run of detail.runs) {
+    const row = el("tr", { dataset: { run: run.id }, title: "Open this run" },
+      el("td", {}, el("span", { class: `dot s-${run.status}` }), ` ${run.status_label}`),
+      el("td", { text: run.source }),
+      el("td", { class: "mono", text: run.version != null ? `v${run.version}` : "unsaved code" }),
+      el("td", { text: ago(run.created), title: new Date(run.created).toLocaleString() }),
+      el("td", { text: run.user || "" }));
+    row.addEventListener("click", () => openRun(run));
+    runs.append(row);
+  }
+  $("block-runs-none").hidden = detail.runs.length > 0;
+}
+
+async function refreshBlockRuns() {
+  const slug = state.block.block.slug;
+  const { ok, data } = await getJSON(blockUrl(slug));
+  if (!ok || !state.block || data.tenant !== state.tenant || state.block.block.slug !== slug) return;
+  state.block.runs = data.runs;
+  drawBlockRuns();
+}
+
+async function openVersion(number) {
+  const { ok, data, status } = await getJSON(blockUrl(state.block.block.slug, `versions/${number}/`));
+  if (!ok) return banner("That version could not be loaded.", { code: String(status) });
+  setCode(data.code);
+  saveDraft();
+  banner(`Version ${number} is in the editor.`, { info: true });
+}
+
+function lineCount(n) {
+  return n === 1 ? "1 line" : `${n.toLocaleString()} lines`;
+}
+
+async function showDiff() {
+  const from = document.querySelector("input[name=diff-from]:checked");
+  const to = document.querySelector("input[name=diff-to]:checked");
+  if (!from || !to) return;
+  const { ok, data, status } = await getJSON(blockUrl(state.block.block.slug, `diff/?from=${from.value}&to=${to.value}`));
+  if (!ok) return banner("The diff could not be made.", { code: String(status) });
+  const box = $("diff");
+  box.replaceChildren();
+  const classes = { "+": "add", "-": "del", "@": "hunk", "=": "file", " ": "ctx" };
+  for (const line of data.lines) {
+    const prefix = line.kind === "@" || line.kind === "=" ? "" : line.kind;
+    box.append(el("span", { class: classes[line.kind] || "ctx", text: prefix + line.text }));
+  }
+  box.hidden = data.identical;
+  $("diff-summary").textContent = data.identical
+    ? `Versions ${data.from} and ${data.to} have the same code.`
+    : `v${data.from} → v${data.to}: ${lineCount(data.added)} added, ${lineCount(data.removed)} removed${data.truncated ? " (the diff is cut short)" : ""}.`;
+}
+
+async function saveVersion() {
+  const slug = state.block ? state.block.block.slug : $("new-slug").value.trim();
+  if (!slug) return banner("Name the new block first (its slug: lowercase letters, digits and dashes).", { code: "INVALID_ARGUMENT" });
+  $("save").disabled = true;
+  const language = /\.ts$/.test($("block-name").value.trim()) ? "typescript" : "javascript";
+  const result = await postJSON(blockUrl(slug, "save/"), { code: code(), message: $("save-message").value, language });
+  updateButtons();
+  if (!result.ok) return refusal(result, "The block could not be saved.");
+  const { version, createdVersion, createdBlock } = result.data;
+  $("save-state").textContent = createdVersion
+    ? `Saved as version ${version.number}.`
+    : `No change: the code is version ${version.number}'s; no new version was saved.`;
+  if (createdVersion) $("save-message").value = "";
+  if (createdBlock) { $("new-slug").value = ""; state.block = { block: result.data.block }; await loadBlocks(); }
+  await openBlock(slug, { keepCode: true });
+}
+
+async function deployVersion(number) {
+  const slug = state.block.block.slug;
+  const before = state.block.block.deployedVersion;
+  const result = await postJSON(blockUrl(slug, "deploy/"), { version: number });
+  if (!result.ok) return refusal(result, "The version could not be deployed.");
+  banner(before != null && number < before ? `Rolled back to version ${number}.` : `Deployed version ${number}.`, { info: true });
+  await openBlock(slug, { keepCode: true });
+  loadBlocks();
+}
+
+$("block").addEventListener("change", () => openBlock($("block").value));
+$("save").addEventListener("click", saveVersion);
+$("show-diff").addEventListener("click", showDiff);
+$("new-slug").addEventListener("input", updateButtons);
+
 // -- tenant and tabs ----------------------------------------------------------------------
 
 $("tenant").addEventListener("change", () => {
   state.tenant = $("tenant").value;
   const url = new URL(location.href);
   url.searchParams.set("tenant", state.tenant);
+  url.searchParams.delete("block");
   history.replaceState(null, "", url);
   state.history = [];
   drawHistory();
   refreshHistory();
+  state.block = null;
+  state.blocks = [];
+  drawBlock();
+  loadBlocks();
   updateButtons();
 });
 
-for (const tab of document.querySelectorAll(".tab")) {
-  tab.addEventListener("click", () => {
-    for (const other of document.querySelectorAll(".tab")) {
-      const on = other === tab;
-      other.classList.toggle("on", on);
-      other.setAttribute("aria-selected", String(on));
-      $(`tab-${other.dataset.tab}`).hidden = !on;
-    }
-  });
+function showTab(name) {
+  for (const other of document.querySelectorAll(".tab")) {
+    const on = other.dataset.tab === name;
+    other.classList.toggle("on", on);
+    other.setAttribute("aria-selected", String(on));
+    $(`tab-${other.dataset.tab}`).hidden = !on;
+  }
 }
+
+for (const tab of document.querySelectorAll(".tab")) tab.addEventListener("click", () => showTab(tab.dataset.tab));
 
 document.addEventListener("visibilitychange", () => { consoleView.schedule(); callsView.schedule(); });
 
@@ -674,3 +928,4 @@ validateInput();
 drawHistory();
 updateButtons();
 connect();
+loadBlocks().then(() => { if (boot.block) openBlock(boot.block, { keepCode: Boolean(draft?.block === boot.block) }); });
