@@ -7,6 +7,8 @@ Prints, as p50 / p99 in milliseconds:
 - warm start: the same with the pool's warm isolates;
 - fileExists round trip from inside a block, inline, and through RQ when --redis is given
   (a real `rqworker` process is started);
+- a call with 8 KB of arguments (realtime.publish of an 8 KB message), inline: frames
+  over ~1 KB once waited 40 ms for a delayed ACK (isolates/quickack.py);
 - the floor: a bare Deno Worker postMessage round trip, measured in the same run.
 
 It uses a throwaway SQLite database and storage folder, never the project's own.
@@ -46,6 +48,19 @@ for (let i = 0; i < 20; i++) await symposium.fileExists('warmup.txt');
 for (let i = 0; i < n; i++) {
   const t0 = performance.now();
   await symposium.fileExists('bench.txt');
+  times.push(performance.now() - t0);
+}
+export default () => times;
+"""
+
+LARGE_CALLS_BLOCK = """
+const n = %d;
+const message = "x".repeat(8 * 1024);
+const times = [];
+for (let i = 0; i < 20; i++) await symposium.realtime.publish("bench", message);
+for (let i = 0; i < n; i++) {
+  const t0 = performance.now();
+  await symposium.realtime.publish("bench", message);
   times.push(performance.now() - t0);
 }
 export default () => times;
@@ -91,8 +106,8 @@ async def start_times(service, tenant, runs):
     return times
 
 
-async def call_times(service, tenant, calls):
-    run = await service.start(tenant, CALLS_BLOCK % calls, name="bench.js")
+async def call_times(service, tenant, calls, block=CALLS_BLOCK):
+    run = await service.start(tenant, block % calls, name="bench.js")
     run = await service.wait(run.id)
     if run.status != "succeeded":
         raise SystemExit(f"run failed: {run.error_code} {run.error}")
@@ -107,7 +122,7 @@ def main():
     options = parser.parse_args()
 
     # The benchmark makes thousands of calls a minute; rate limits are not what it measures.
-    tenant = throwaway_platform(options.redis, overrides={"files_rate_per_minute": 0, "concurrent_runs": 1000})
+    tenant = throwaway_platform(options.redis, overrides={"files_rate_per_minute": 0, "realtime_rate_per_minute": 0, "concurrent_runs": 1000})
     from django.conf import settings
 
     from isolates.runs import RunService
@@ -142,6 +157,8 @@ def main():
     settings.SYMPOSIUM_RQ_CAPABILITIES = []
     inline = server.call(call_times(warm_service, tenant, options.calls), 3600)
     print(f"fileExists round trip, inline      {percentiles(inline)}")
+    large = server.call(call_times(warm_service, tenant, max(100, options.calls // 10), LARGE_CALLS_BLOCK), 3600)
+    print(f"8 KB-argument call, inline         {percentiles(large)}")
 
     if options.redis:
         import django_rq

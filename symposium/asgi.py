@@ -10,6 +10,11 @@ django_asgi_app = get_asgi_application()
 
 from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 
+from isolates import quickack  # noqa: E402
 from symposium.routing import websocket_urlpatterns  # noqa: E402
+
+# Only servers import this module, so only they pay for importing Daphne's websocket
+# protocol: the isolates' websocket acknowledges each read at once (isolates/quickack.py).
+quickack.install()
 
 application = ProtocolTypeRouter({"http": django_asgi_app, "websocket": URLRouter(websocket_urlpatterns)})
