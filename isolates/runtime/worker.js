@@ -613,4 +613,21 @@ addListener("message", (event) => {
   else if (message?.type === "start" && blockUrl === null) runBlock(message);
 });
 
-post({ type: "ready" });
+// What nearly every run uses is loaded and compiled lazily by Deno on first use: the
+// module loader (JavaScript and TypeScript), Request, Response and Headers. Using each
+// once here, while the isolate waits in the warm pool, takes that cost (a tenth of a
+// second on a loaded machine) off every run's start and every HTTP request's answer.
+async function primeLazyParts() {
+  for (const type of ["text/javascript", "application/typescript"]) {
+    const url = URL.createObjectURL(new Blob(["export default (x: number = 1) => x;".replace(type === "text/javascript" ? ": number" : "", "")], { type }));
+    await import(url);
+    URL.revokeObjectURL(url);
+  }
+  const request = new Request("http://warm.invalid/", { method: "POST", headers: [["content-type", "text/plain"]], body: new Uint8Array(1) });
+  await request.arrayBuffer();
+  const response = new Response("warm", { status: 200, headers: [["x-warm", "1"]] });
+  [...response.headers];
+  await response.arrayBuffer();
+}
+
+primeLazyParts().catch(() => {}).finally(() => post({ type: "ready" }));
