@@ -5,8 +5,9 @@
 //
 // 1. Creates the block's Web Worker (zero Deno permissions) with worker.js loaded, and
 //    prints "ready" on stdout: the isolate is now warm.
-// 2. Reads its assignment, one JSON line on stdin: {"url": "ws://127.0.0.1:PORT/...",
-//    "token": "..."}; connects to the broker and says hello with the token.
+// 2. Opens its connection to the broker at once (ws://127.0.0.1:PORT/ws/isolate/), then
+//    reads its assignment, one JSON line on stdin: {"url": "ws://127.0.0.1:PORT/...",
+//    "token": "..."}, and says hello with the token on that connection.
 // 3. Relays frames: "start" to the worker (with the operations the broker serves, from
 //    which the worker builds the block's `symposium` API); the worker's calls, logs and result to the
 //    broker; the broker's replies back to the worker; "stop" ends the process at once.
@@ -342,13 +343,36 @@ function parseAssignment(line) {
   return { url: parsed.href, token };
 }
 
+// The connection to the broker is opened while the isolate waits in the warm pool, so
+// that an assigned run starts with a hello on an open socket instead of a TCP and
+// websocket handshake (and the broker's consumer being made). Until the hello, the
+// broker knows nothing of this isolate and gives it nothing. If that socket is gone
+// when the assignment comes (the server restarted its listener, say), a new one is
+// opened then.
+const brokerUrl = `ws://127.0.0.1:${port}/ws/isolate/`;
+let early = null;
+function openEarly() {
+  const socket = new WebSocket(brokerUrl);
+  socket.onclose = () => {
+    if (early === socket) early = null;
+  };
+  socket.onerror = socket.onclose;
+  return socket;
+}
+early = openEarly();
+
 const assignmentLine = readAssignment();
 await ready;
 await Deno.stdout.write(encoder.encode("ready\n"));
 const { url, token } = parseAssignment(await assignmentLine);
 
-ws = new WebSocket(url);
-ws.onopen = () => ws.send(JSON.stringify({ type: "hello", token }));
+const reusable = early !== null && url === brokerUrl && early.readyState <= WebSocket.OPEN;
+ws = reusable ? early : new WebSocket(url);
+if (!reusable) early?.close();
+early = null;
+const sayHello = () => ws.send(JSON.stringify({ type: "hello", token }));
+if (ws.readyState === WebSocket.OPEN) sayHello();
+else ws.onopen = sayHello;
 ws.onmessage = onBrokerFrame;
 ws.onclose = () => Deno.exit(doneSent ? EXIT_DONE : EXIT_BROKER_GONE);
 ws.onerror = () => {
