@@ -114,12 +114,13 @@ def version_to_run(block, number=None):
     return block.deployed_version
 
 
-async def start_block_run(port, block, version, *, input=None, source, user=None):
+async def start_block_run(port, block, version, *, input=None, source, user=None, not_before=None):
     """Start a run of this version on the run service of the server process listening
-    on `port`. Raises isolates.runs.RunRefused."""
+    on `port` (its block begins at `not_before`, a Unix time, if given). Raises
+    isolates.runs.RunRefused."""
     service = service_for_port(port)
     return await service.start(block.tenant, version.code, user=user, name=block.file_name, input=input,
-                               source=source, block=block, version=version)
+                               source=source, block=block, version=version, not_before=not_before)
 
 
 class RunWatcher:

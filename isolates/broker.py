@@ -73,6 +73,22 @@ def prepare_connection(run, tenant, policy, env):
             _prepared.pop(key, None)
 
 
+# Runs that must not begin before a moment (Unix time): a schedule's run is prepared a
+# little before its due time and its block starts at that time (blocks/schedules.py).
+_start_at = {}
+# The longest a start is ever held, whatever was asked.
+MAX_START_HOLD_SECONDS = 5.0
+
+
+def hold_start(run_id, at):
+    """Send this run's start frame no earlier than `at` (Unix time)."""
+    _start_at[run_id] = at
+    if len(_start_at) > 10000:
+        # Runs whose isolate never said hello: forget the oldest moments.
+        for key in sorted(_start_at, key=_start_at.get)[:1000]:
+            _start_at.pop(key, None)
+
+
 async def wait_closed(run_id, timeout):
     """Wait until this process's broker has let go of the run's connection, if it has one."""
     closed = _open.get(run_id)
@@ -230,6 +246,9 @@ class IsolateBrokerConsumer(AsyncWebsocketConsumer):
             self.run = None
             await self.close(code=1011)
             return
+        hold = min(_start_at.pop(run.id, 0) - time.time(), MAX_START_HOLD_SECONDS)
+        if hold > 0:
+            await asyncio.sleep(hold)
         await self.send(encode_frame({
             "type": "start",
             "code": run.code,

@@ -31,7 +31,7 @@ from django.utils import timezone
 
 from isolates import reaper
 from isolates.pool import IsolatePool
-from isolates.broker import control_group, prepare_connection, run_group, token_hash, wait_closed
+from isolates.broker import MAX_START_HOLD_SECONDS, control_group, hold_start, prepare_connection, run_group, token_hash, wait_closed
 from tenants import audit
 from tenants.models import BlockRun, PermissionProfile, Tenant
 from tenants.policy import effective_policy
@@ -97,9 +97,12 @@ class RunService:
         if self.keeper is None:
             self.keeper = asyncio.ensure_future(self._keep())
 
-    async def start(self, tenant, code, *, user=None, name="", input=None, source="runblock", block=None, version=None):
+    async def start(self, tenant, code, *, user=None, name="", input=None, source="runblock", block=None, version=None,
+                    not_before=None):
         """Create the run and start supervising it. Raises RunRefused. `block` and
-        `version` name the saved block a run runs (blocks.models), if any."""
+        `version` name the saved block a run runs (blocks.models), if any. With
+        `not_before` (Unix time, at most a few seconds ahead), the run is prepared now
+        (its row, its isolate, the isolate's hello) and its block starts at that time."""
         in_progress = len(self.supervisors) + self.starting
         if in_progress >= settings.SYMPOSIUM_MAX_RUNS_PER_PROCESS:
             # Refused before any work: the runs in flight keep the machine to themselves.
@@ -120,7 +123,9 @@ class RunService:
             raise RunRefused("UNAVAILABLE", "The platform's database is unavailable; retry in a few seconds.", retry_after=5) from None
         finally:
             self.starting -= 1
-        self.supervisors[run.id] = asyncio.ensure_future(self._supervise(run, token, policy))
+        if not_before is not None:
+            hold_start(run.id, not_before)
+        self.supervisors[run.id] = asyncio.ensure_future(self._supervise(run, token, policy, not_before))
         return run
 
     async def wait(self, run_id):
@@ -235,7 +240,7 @@ class RunService:
         return create_run(tenant, code, user=user, name=name, input=input, source=source,
                           token=token, server=self.server_name, block=block, version=version)
 
-    async def _supervise(self, run, token, policy):
+    async def _supervise(self, run, token, policy, not_before=None):
         isolate = None
         try:
             if run.id in self.stopping:
@@ -245,8 +250,10 @@ class RunService:
             if run.id in self.stopping:
                 isolate.kill()
             await isolate.assign(self.broker_url, token)
+            # A held start (not_before) does not count against the block's time.
+            held = min(max(0.0, (not_before or 0) - time.time()), MAX_START_HOLD_SECONDS)
             try:
-                exit_info = await asyncio.wait_for(isolate.wait(), timeout=policy.time_limit_seconds)
+                exit_info = await asyncio.wait_for(isolate.wait(), timeout=policy.time_limit_seconds + held)
             except asyncio.TimeoutError:
                 isolate.kill()
                 exit_info = await isolate.wait()

@@ -22,6 +22,7 @@ from django.db import connection
 from django.utils import timezone
 
 from blocks.models import ApiToken, Schedule, ScheduleFiring
+from blocks import schedules
 from blocks.schedules import ScaledClock, Scheduler, claim_due, latest_due, next_due, shortest_interval, zone
 from blocks.service import deploy, save_block
 from tenants.models import BlockRun
@@ -227,3 +228,33 @@ def test_three_runschedules_processes_fire_each_due_time_once(data_tenant, tmp_p
     servers = {f.server for f in ScheduleFiring.objects.all()}
     print(f"{len(quick)} due times of one schedule fired by {len(servers)} processes")
     assert len(servers) >= 2, "one process took every firing: the test shows nothing about sharing"
+
+
+def test_a_schedules_run_is_prepared_ahead_and_its_block_starts_at_the_due_time(server, data_tenant, run_block, monkeypatch):
+    # The block records when its first statement ran. The scheduler claims the firing
+    # and makes the run up to its lead ahead, but holds the block until the due time.
+    # A lead of 3 s, longer than a busy machine takes to prepare a run: a block that
+    # was not held would start seconds early.
+    monkeypatch.setattr(schedules, "LEAD_SECONDS", 3.0)
+    block = saved(data_tenant, "clock", "const first = Date.now(); export default () => first;")
+    origin = time.time()
+    clock = ScaledClock(START, origin, 5)  # a minute of the clock in 12 s
+    due = first_due(START)  # 30 s of the clock after START: 6 s of real time
+    schedule = Schedule.objects.create(block=block, cron="* * * * *", next_run=due)
+    scheduler = Scheduler(server.port, clock=clock)
+
+    async def run_for(seconds):
+        import asyncio
+
+        task = asyncio.ensure_future(scheduler.run())
+        await asyncio.sleep(seconds)
+        scheduler.stop()
+        await task
+
+    server.call(run_for(8), 30)
+    firing = ScheduleFiring.objects.get(schedule=schedule, due=due)
+    run = run_block.wait(firing.run_id)
+    assert run.status == "succeeded", run.error
+    due_real = clock.real_time(due)
+    assert run.created.timestamp() < due_real - 1.5, "the run was made only at its due time, not ahead of it"
+    assert run.result >= due_real * 1000 - 5, f"the block started {due_real * 1000 - run.result:.0f} ms before its due time"
