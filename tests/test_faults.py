@@ -306,3 +306,41 @@ async def test_a_killed_server_takes_its_isolates_along_and_its_runs_are_reaped(
         other.kill(signal.SIGTERM)
     record = platform.run_record(last)
     assert (record["status"], record["error_code"]) == ("failed", "SERVER_STOPPED")
+
+
+CALLS_AND_SAYS_SO = """
+for (let i = 1; ; i++) {
+  await symposium.fileExists(`data/missing-${i}.txt`);
+  console.log(String(i));
+  await new Promise((r) => setTimeout(r, 10));
+}
+"""
+
+
+async def test_a_server_killed_after_its_replies_loses_at_most_the_audit_writers_window(platform):
+    # A block makes a call every 10 ms and says how many replies it has had. The server
+    # is killed (SIGKILL: no atexit flush) after the page saw a few hundred: every call
+    # whose reply the block had more than the writer's window (5 ms of linger plus one
+    # insert, docs/broker.md) before the kill has its audit row, and the run does not
+    # stay `running`.
+    server = platform.start_server()
+    async with RunnerClient(server.port, platform.session) as page:
+        run_id = await page.start("acme", CALLS_AND_SAYS_SO)
+        seen = 0
+        while seen < 300:
+            batch = await page.expect(lambda m: m.get("type") == "logs" and m.get("run") == run_id, 30)
+            seen = max([seen] + [int(line["text"]) for line in batch["lines"]])
+        server.kill(signal.SIGKILL)
+    rows = [row for row in call_rows(platform, run_id) if row[0] == "fileExists"]
+    # 25 calls: 250 ms of this block's calls, a generous bound for one insert on a busy
+    # machine; the replies the page saw are fewer than the block had.
+    assert len(rows) >= seen - 25, (len(rows), seen)
+    other = platform.start_server()
+    try:
+        # Its run service (and so its reaper) starts with its first run.
+        async with RunnerClient(other.port, platform.session) as page:
+            await page.finished(await page.start("acme", "export default () => 1"))
+        record = await asyncio.to_thread(platform.wait_finished, run_id, 15)
+        assert (record["status"], record["error_code"]) == ("failed", "SERVER_STOPPED")
+    finally:
+        other.kill(signal.SIGTERM)
