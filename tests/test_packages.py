@@ -5,11 +5,14 @@ import hashlib
 import http.server
 import io
 import json
+import os
+import subprocess
 import tarfile
 import threading
 import urllib.error
 import urllib.request
 
+import deno
 import pytest
 from django.core.management import call_command
 
@@ -144,12 +147,15 @@ export default async () => {{
 
 def probe_package(marker):
     """A tarball whose every lifecycle script writes `marker`; its code does nothing."""
-    script = f"require('fs').writeFileSync({json.dumps(str(marker))}, 'an install script ran')"
     manifest = {
         "name": "install-script-probe", "version": "1.0.0", "main": "index.js",
-        "scripts": {hook: f"node -e \"{script}\"" for hook in ("preinstall", "install", "postinstall", "prepare")},
+        "scripts": {hook: "node mark.js" for hook in ("preinstall", "install", "postinstall", "prepare")},
     }  # fmt: skip
-    files = {"package/package.json": json.dumps(manifest).encode(), "package/index.js": b"module.exports = 'probe loaded';\n"}
+    files = {
+        "package/package.json": json.dumps(manifest).encode(),
+        "package/index.js": b"module.exports = 'probe loaded';\n",
+        "package/mark.js": f"require('fs').appendFileSync({json.dumps(str(marker))}, 'an install script ran\\n');\n".encode(),
+    }
     buffer = io.BytesIO()
     with tarfile.open(fileobj=buffer, mode="w:gz") as tar:
         for name, data in files.items():
@@ -209,6 +215,16 @@ def test_cant_run_install_scripts(settings, tmp_path, probe_registry, run_block,
     command = packages.fetch_command("deno", "entry.js", "out.js")
     assert "--node-modules-dir=none" in command  # lifecycle scripts only ever run into a node_modules
     assert not any(arg.startswith("--allow-scripts") for arg in command)
+    # The probe works: an install that allows scripts runs them, and leaves the mark.
+    control = tmp_path / "control"
+    control.mkdir()
+    (control / "package.json").write_text(json.dumps({"dependencies": {"install-script-probe": "1.0.0"}}))
+    subprocess.run([deno.find_deno_bin(), "install", "--allow-scripts", "--node-modules-dir=auto"], cwd=control, timeout=300,
+                   env={"HOME": str(control), "PATH": os.defpath, "DENO_DIR": str(control / "deno"), "NPM_CONFIG_REGISTRY": registry},
+                   capture_output=True)  # fmt: skip
+    assert marker.read_text().startswith("an install script ran")
+    marker.unlink()
+
     said = add("npm:install-script-probe@1.0.0", "--all-tenants")
     assert "fetched" in said
     assert not marker.exists()
