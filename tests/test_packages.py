@@ -293,3 +293,16 @@ import real from "npm:real@1.0.0";
 def test_it_links_a_block_without_npm_imports_unchanged():
     code = "export default () => 'npm: is a word here';"
     assert packages.link_block(0, code) is code
+
+
+def test_it_lists_packages_on_the_admin_page_that_refusals_name(cache, client, django_user_model):
+    admin_user = django_user_model.objects.create_superuser("root", "root@example.org", "root-password-123")
+    client.force_login(admin_user)
+    NpmPackage.objects.create(name="left-pad", version="1.3.0")
+    add(MS, "--all-tenants")
+    page = client.get(packages.admin_page())
+    assert page.status_code == 200
+    text = page.content.decode()
+    assert "npm:ms@2.1.3" in text and "every tenant" in text and "nobody yet" in text
+    detail = client.get(f"{packages.admin_page()}{NpmPackage.objects.get(name='left-pad').pk}/change/")
+    assert "python manage.py addpackage npm:left-pad@1.3.0" in detail.content.decode()
