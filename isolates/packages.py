@@ -191,7 +191,8 @@ def imported_specifiers(code):
     A small JavaScript scanner, enough to tell imports from the rest: comments, strings,
     template literals and regular expressions are skipped, so an "npm:" in any of them is
     left alone. It counts `import "x"`, `import ... from "x"`, `export ... from "x"` and
-    `import("x")`; a specifier computed at run time is not seen (nor linked)."""
+    `import("x")`; a specifier computed at run time (`import("npm:" + name)`) is not
+    seen (nor linked)."""
     found = []
     i, n = 0, len(code)
     recent = []  # the last significant tokens, newest last
@@ -207,6 +208,11 @@ def imported_specifiers(code):
         if recent[-1:] in (["from"], ["import"]):
             return False if len(recent) < 2 or recent[-2] != "." else None
         return True if recent[-2:] == ["import", "("] and (len(recent) < 3 or recent[-3] != ".") else None
+
+    def whole_argument(after):
+        """Whether import()'s string ends its first argument (not `"npm:" + name`)."""
+        rest = code[after : after + 200].lstrip()
+        return rest[:1] in (")", ",")
 
     def read_quoted(start, quote):
         j = start + 1
@@ -234,7 +240,7 @@ def imported_specifiers(code):
             end, _ = read_quoted(i, c)
             text = code[i + 1 : end]
             dynamic = import_position()
-            if text.startswith("npm:") and dynamic is not None:
+            if text.startswith("npm:") and dynamic is not None and (not dynamic or whole_argument(end + 1)):
                 found.append((i, end + 1, text, dynamic))
             note("string")
             i = end + 1
@@ -247,7 +253,7 @@ def imported_specifiers(code):
             else:
                 text = code[i + 1 : end]
                 dynamic = import_position()
-                if text.startswith("npm:") and dynamic is not None:
+                if text.startswith("npm:") and dynamic is not None and (not dynamic or whole_argument(end + 1)):
                     found.append((i, end + 1, text, dynamic))
                 i = end + 1
             note("string")
