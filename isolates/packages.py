@@ -176,11 +176,20 @@ def cached_bundle(sha256):
 
 # -- linking (the broker's side) ------------------------------------------------------------
 
-KEYWORDS_BEFORE_EXPRESSION = {
-    "return", "typeof", "case", "do", "else", "in", "of", "new", "delete", "void", "throw",
-    "instanceof", "yield", "await",
-}  # fmt: skip
-WORD = re.compile(r"[A-Za-z_$\u0080-\uffff][\w$\u0080-\uffff]*")
+# What the scanner tells apart, in one regular expression (a loop over characters or
+# tokens in Python would take seconds over a 1 MB block): comments and template literals
+# to skip; an import's specifier; any other string, to skip. The regular expression engine
+# steps over everything else.
+IMPORT_SCAN = re.compile(
+    # (where none of them can start, one look at the character moves on)
+    r"""(?=[/`"'if=(,:;!&|?{}\[+\-*%<>~^])"""
+    r"""(?:(?P<skip>//[^\n]*|/\*[\s\S]*?(?:\*/|\Z)|`(?:\\[\s\S]|[^`\\])*`?"""
+    # a regular expression literal: a slash where an expression starts (after = ( , : ...)
+    r"""|(?:[=(,:;!&|?{}\[+\-*%<>~^]|^)[ \t]*/(?![/*])(?:\\.|\[(?:\\.|[^\]\\\n])*\]|[^/\\\n\[])+/)"""
+    r"""|(?P<keyword>(?<![\w$.])(?:import|from)\s*(?P<call>\(\s*)?)(?P<quote>["'`])(?P<specifier>npm:(?:\\.|(?!(?P=quote))[^\\\n])*)(?P=quote)"""
+    r"""|"(?:\\.|[^"\\\n])*"?|'(?:\\.|[^'\\\n])*'?)""",
+    re.M,
+)
 
 
 def imported_specifiers(code):
@@ -188,121 +197,22 @@ def imported_specifiers(code):
     [(start, end, specifier, dynamic)], `start:end` spanning the literal with its quotes,
     `dynamic` true for an import() expression.
 
-    A small JavaScript scanner, enough to tell imports from the rest: comments, strings,
-    template literals and regular expressions are skipped, so an "npm:" in any of them is
+    Comments, strings and template literals are skipped, so an "npm:" in any of them is
     left alone. It counts `import "x"`, `import ... from "x"`, `export ... from "x"` and
     `import("x")`; a specifier computed at run time (`import("npm:" + name)`) is not
-    seen (nor linked)."""
+    seen (nor linked). A regular expression literal is told from a division by the
+    character before it; one after a keyword (`return /re/`) is taken for a division,
+    which can hide an import on the rest of its line, never more (strings end at the
+    line's end)."""
     found = []
-    i, n = 0, len(code)
-    recent = []  # the last significant tokens, newest last
-    templates = []  # brace depth at each open ${ of a template literal
-    depth = 0
-
-    def note(token):
-        recent.append(token)
-        del recent[:-3]
-
-    def import_position():
-        """None where a string is no import's specifier, else whether it is import()'s."""
-        if recent[-1:] in (["from"], ["import"]):
-            return False if len(recent) < 2 or recent[-2] != "." else None
-        return True if recent[-2:] == ["import", "("] and (len(recent) < 3 or recent[-3] != ".") else None
-
-    def whole_argument(after):
-        """Whether import()'s string ends its first argument (not `"npm:" + name`)."""
-        rest = code[after : after + 200].lstrip()
-        return rest[:1] in (")", ",")
-
-    def read_quoted(start, quote):
-        j = start + 1
-        while j < n and code[j] != quote:
-            if code[j] == "\\":
-                j += 1
-            elif code[j] == "\n" and quote != "`":
-                break
-            elif quote == "`" and code.startswith("${", j):
-                return j, True
-            j += 1
-        return j, False
-
-    while i < n:
-        c = code[i]
-        if c in " \t\r\n\ufeff":
-            i += 1
-        elif code.startswith("//", i):
-            i = code.find("\n", i)
-            i = n if i < 0 else i
-        elif code.startswith("/*", i):
-            i = code.find("*/", i + 2)
-            i = n if i < 0 else i + 2
-        elif c in "'\"":
-            end, _ = read_quoted(i, c)
-            text = code[i + 1 : end]
-            dynamic = import_position()
-            if text.startswith("npm:") and dynamic is not None and (not dynamic or whole_argument(end + 1)):
-                found.append((i, end + 1, text, dynamic))
-            note("string")
-            i = end + 1
-        elif c == "`":
-            end, interpolated = read_quoted(i, c)
-            if interpolated:
-                templates.append(depth)
-                depth += 1
-                i = end + 2
-            else:
-                text = code[i + 1 : end]
-                dynamic = import_position()
-                if text.startswith("npm:") and dynamic is not None and (not dynamic or whole_argument(end + 1)):
-                    found.append((i, end + 1, text, dynamic))
-                i = end + 1
-            note("string")
-        elif c == "}" and templates and templates[-1] == depth - 1:
-            # The end of a template's ${...}: the template's text goes on.
-            templates.pop()
-            depth -= 1
-            end, interpolated = read_quoted(i, "`")
-            if interpolated:
-                templates.append(depth)
-                depth += 1
-                i = end + 2
-            else:
-                i = end + 1
-            note("string")
-        elif c == "/" and (not recent or (recent[-1] in KEYWORDS_BEFORE_EXPRESSION) or
-                           (not WORD.fullmatch(recent[-1]) and recent[-1] not in (")", "]", "string", "number"))):
-            # A regular expression literal: to the closing slash outside a [class].
-            j, in_class = i + 1, False
-            while j < n and code[j] != "\n":
-                if code[j] == "\\":
-                    j += 1
-                elif code[j] == "[":
-                    in_class = True
-                elif code[j] == "]":
-                    in_class = False
-                elif code[j] == "/" and not in_class:
-                    break
-                j += 1
-            note("string")
-            i = j + 1
-        else:
-            word = WORD.match(code, i)
-            if word:
-                note(word.group())
-                i = word.end()
-            elif c.isdigit():
-                j = i
-                while j < n and (code[j].isalnum() or code[j] in "._"):
-                    j += 1
-                note("number")
-                i = j
-            else:
-                if c == "{":
-                    depth += 1
-                elif c == "}":
-                    depth = max(0, depth - 1)
-                note(c)
-                i += 1
+    for match in IMPORT_SCAN.finditer(code):
+        if match["specifier"] is None:
+            continue
+        dynamic = match["call"] is not None
+        end = match.end()
+        if dynamic and code[end : end + 200].lstrip()[:1] not in (")", ","):
+            continue  # `import("npm:" + name)`: computed, not linked
+        found.append((match.start("quote"), end, match["specifier"], dynamic))
     return found
 
 

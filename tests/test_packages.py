@@ -284,6 +284,7 @@ const s = "import z from 'npm:in-a-string@1.0.0'";
 const t = `from "npm:in-a-template@1.0.0" ${ "npm:in-an-interpolation@1.0.0" } import("npm:x@1.0.0")`;
 const r = /from "npm:in-a-regex@1.0.0"/;
 const half = 4 / 2; const q = "npm:plain-string@1.0.0";
+const quoted = s.match(/'/) || s.split(/["']/);
 obj.import("npm:a-method@1.0.0");
 const computed = await import("npm:" + name);
 import real from "npm:real@1.0.0";
