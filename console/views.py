@@ -15,7 +15,7 @@ from pathlib import Path
 from django.conf import settings
 from django.contrib.auth import views as auth_views
 from django.contrib.auth.decorators import login_required
-from django.http import FileResponse, Http404, JsonResponse
+from django.http import FileResponse, Http404, HttpResponse, JsonResponse
 from django.middleware.csrf import get_token
 from django.shortcuts import render
 from django.urls import reverse
@@ -26,6 +26,7 @@ from capabilities.base import CapabilityError
 from capabilities.files.beneath import O_DIR, open_beneath
 from capabilities.files.paths import parse_tenant_path
 from console.runner import RUNNER_LIMITS, membership_for, record_refusal, run_detail, run_summary
+from isolates import api_types
 from tenants.models import BlockRun, Membership, Tenant
 
 LOGIN_URL = "/login/"
@@ -143,9 +144,23 @@ def runner_page(request):
             # The JSON views that save and deploy are POSTs behind the CSRF check.
             "csrfToken": get_token(request),
             "user": request.user.get_username(),
+            # The symposium API's methods for the editor's completion and hover, from
+            # isolates/runtime/symposium.d.ts, which authors download at typesUrl.
+            "api": api_types.declarations(),
+            "typesUrl": reverse("runner-types"),
         },
     }
     return render(request, "runner/runner.html", context)
+
+
+@require_GET
+def symposium_types(request):
+    """The symposium API's TypeScript declarations, for authors' own editors. Public: it
+    describes the platform, nothing of any tenant's."""
+    response = HttpResponse(api_types.source(), content_type="application/typescript; charset=utf-8")
+    response["Content-Disposition"] = 'inline; filename="symposium.d.ts"'
+    response["Cache-Control"] = "public, max-age=3600"
+    return response
 
 
 def recent_runs(slug):

@@ -29,6 +29,7 @@ from capabilities import dispatch
 from capabilities.base import CallContext
 from capabilities.canvas.store import discard_run
 from capabilities.registry import OPERATION_CAPABILITIES, OPERATIONS
+from isolates.packages import link_block_async
 from isolates.protocol import LIMITS, LOG_LEVELS, FrameError, decode_value, encode_frame, frame_limit, parse_frame
 from tenants import audit
 from tenants.models import BlockRun, Tenant
@@ -241,6 +242,8 @@ class IsolateBrokerConsumer(AsyncWebsocketConsumer):
         self.closed = _open[run.id] = asyncio.Event()
         try:
             await self.load_context()
+            # Each npm: import becomes its vetted package's bundle, or a refusal (docs/packages.md).
+            code = await link_block_async(self.ctx.tenant_id, run.code)
         except DATABASE_UNAVAILABLE:
             logger.warning("run %s could not start: the database is unavailable", run.id)
             self.run = None
@@ -251,7 +254,7 @@ class IsolateBrokerConsumer(AsyncWebsocketConsumer):
             await asyncio.sleep(hold)
         await self.send(encode_frame({
             "type": "start",
-            "code": run.code,
+            "code": code,
             "name": run.name or "block.js",
             "input": run.input,
             # An HTTP request to a block's endpoint calls its default export's fetch()

@@ -33,3 +33,44 @@ class ServerProcess(models.Model):
 
     def __str__(self):
         return self.name
+
+
+class NpmPackage(models.Model):
+    """An npm package at one exact version that an administrator has vetted, and whom
+    for. Blocks import it as `npm:NAME@VERSION` once `addpackage` has fetched it into the
+    package cache (isolates/packages.py); the row records which bundle that is."""
+
+    name = models.CharField(max_length=214, help_text="The package's name on npm, with its @scope/ if it has one.")
+    version = models.CharField(max_length=64, help_text="One exact version, such as 2.1.3: never a range.")
+    all_tenants = models.BooleanField(default=False, help_text="Every tenant may import it.")
+    tenants = models.ManyToManyField(
+        "tenants.Tenant", blank=True, related_name="npm_packages", help_text="The tenants that may import it (besides every tenant, when that is ticked)."
+    )
+    # Set by addpackage: the bundle in the cache is named by its SHA-256, which a run
+    # checks again before linking it (a cache file changed since is not used).
+    sha256 = models.CharField(max_length=64, blank=True, editable=False)
+    size = models.PositiveIntegerField(null=True, blank=True, editable=False)
+    fetched = models.DateTimeField(null=True, blank=True, editable=False)
+    added = models.DateTimeField(default=timezone.now, editable=False)
+
+    class Meta:
+        ordering = ["name", "version"]
+        verbose_name = "npm package"
+        constraints = [models.UniqueConstraint(fields=["name", "version"], name="npm_package_name_version")]
+
+    def __str__(self):
+        return self.specifier
+
+    @property
+    def specifier(self):
+        return f"npm:{self.name}@{self.version}"
+
+    def clean(self):
+        from django.core.exceptions import ValidationError
+
+        from isolates.packages import PackageError, parse_specifier
+
+        try:
+            parse_specifier(self.specifier)
+        except PackageError as exc:
+            raise ValidationError(str(exc)) from None

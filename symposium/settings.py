@@ -241,6 +241,11 @@ SYMPOSIUM_REALTIME_AUTHORIZERS = [p for p in os.environ.get("SYMPOSIUM_REALTIME_
 # Tenant storage: one folder per tenant under this root.
 TENANT_STORAGE_ROOT = Path(os.environ.get("SYMPOSIUM_STORAGE_ROOT", VAR_DIR / "storage"))
 
+# Vetted npm packages (docs/packages.md): where addpackage keeps their bundles (read by
+# the broker, never by isolates), and the registry it fetches them from.
+SYMPOSIUM_PACKAGE_CACHE = Path(os.environ.get("SYMPOSIUM_PACKAGE_CACHE", VAR_DIR / "packages"))
+SYMPOSIUM_NPM_REGISTRY = os.environ.get("SYMPOSIUM_NPM_REGISTRY", "https://registry.npmjs.org/")
+
 AUTH_PASSWORD_VALIDATORS = [
     {"NAME": "django.contrib.auth.password_validation.UserAttributeSimilarityValidator"},
     {"NAME": "django.contrib.auth.password_validation.MinimumLengthValidator"},

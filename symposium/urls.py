@@ -21,6 +21,7 @@ urlpatterns = [
     path("logout/", runner.logout_view, name="logout"),
     path("login/<str:token>/", one_time_login, name="one-time-login"),
     path("runner/", runner.runner_page, name="runner"),
+    path("runner/symposium.d.ts", runner.symposium_types, name="runner-types"),
     path("runner/<slug:slug>/runs/", runner.history_json, name="runner-history"),
     path("runner/<slug:slug>/runs/<str:run_id>/", runner.run_json, name="runner-run"),
     path("runner/<slug:slug>/files/<path:path>", runner.download_file, name="runner-file"),

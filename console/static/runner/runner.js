@@ -8,6 +8,7 @@
 // in the page.
 
 import { EditorView, EditorState, keymap, Prec, indentWithTab, basicSetup, javascript } from "../vendor/codemirror/codemirror.bundle.js";
+import { apiCompletionSource, apiHover } from "./api-help.js";
 
 const boot = JSON.parse(document.getElementById("runner-boot").textContent);
 const $ = (id) => document.getElementById(id);
@@ -154,6 +155,7 @@ function updateConsoleNote() {
 
 const draft = (() => { try { return JSON.parse(localStorage.getItem(STORAGE_KEY) || "null"); } catch { return null; } })();
 const starter = boot.examples[0];
+const API_COMPLETION = [{ autocomplete: apiCompletionSource(boot.api) }];
 const editor = new EditorView({
   parent: $("editor"),
   state: EditorState.create({
@@ -161,6 +163,10 @@ const editor = new EditorView({
     extensions: [
       basicSetup,
       javascript(),
+      // The symposium API: completion and hover docs (api-help.js).
+      // (one source for good: CodeMirror asks again whenever the set of sources changes)
+      EditorState.languageData.of(() => API_COMPLETION),
+      apiHover(EditorView, boot.api),
       keymap.of([indentWithTab]),
       Prec.highest(keymap.of([{ key: "Mod-Enter", run: () => { startRun(); return true; } }])),
       EditorView.updateListener.of((update) => { if (update.docChanged) saveDraft(); }),
