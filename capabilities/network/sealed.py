@@ -136,7 +136,10 @@ def unseal(ctx, destination, pairs, body, json_body=False):
         if not host_matches(host, seal.hosts):
             raise _refuse(seal, f"which may be sent only to {', '.join(seal.hosts)}; this request goes to {host[:100]}")
     for seal in used:
-        value = seal.value()
+        try:
+            value = seal.value()
+        except ValueError as e:
+            raise _refuse(seal, f"which cannot be sent: {e}") from None
         if seal.placeholder in url:
             url = url.replace(seal.placeholder, urllib.parse.quote(value, safe=""))
         pairs = [(n, v.replace(seal.placeholder, _header_value(seal, value)) if seal.placeholder in v else v) for n, v in pairs]
