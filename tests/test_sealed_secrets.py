@@ -372,3 +372,14 @@ def test_it_refuses_a_sealed_secret_without_hosts_or_too_short(admin_client, mak
     response = admin_client.post(f"/admin/tenants/tenant/{tenant.pk}/change/", secret_form(tenant, **fields))
     assert response.status_code == 200 and error in response.content.decode()
     assert not TenantSecret.objects.filter(tenant=tenant).exists()
+
+
+def test_cant_find_the_value_in_a_queued_call_or_a_repr(tenant):
+    """An RQ job carries the call context pickled through Redis: sealed secrets travel in
+    it as ciphertext, and neither a Seal nor a RunSecret shows its value when printed."""
+    import pickle
+
+    ctx, env = sealed_context(tenant)
+    assert VALUE.encode() not in pickle.dumps(ctx)
+    assert VALUE not in repr(ctx) and VALUE not in repr([s.for_run() for s in tenant.secrets.all()])
+    assert pickle.loads(pickle.dumps(ctx)).sealed[0].value() == VALUE
