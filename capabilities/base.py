@@ -60,6 +60,9 @@ class CallContext:
     storage_root: Path
     allowed_hosts: list = field(default_factory=list)
     webhook_secret: str = ""
+    # The run's sealed secrets (capabilities.network.sealed.Seal): placeholders, hosts
+    # and ciphertext, never a value.
+    sealed: tuple = ()
     deadline: float | None = None  # time.time() by which the block stops waiting
 
     # The call's deadline is read only through these methods, so that "out of time" means

@@ -28,6 +28,7 @@ from django.utils import timezone
 from capabilities import dispatch
 from capabilities.base import CallContext
 from capabilities.canvas.store import discard_run
+from capabilities.network.sealed import PLACEHOLDER_PREFIX, placeholders_in, run_env, run_seals
 from capabilities.registry import OPERATION_CAPABILITIES, OPERATIONS
 from isolates.packages import link_block_async
 from isolates.protocol import LIMITS, LOG_LEVELS, FrameError, decode_value, encode_frame, frame_limit, parse_frame
@@ -65,9 +66,9 @@ _prepared = {}
 _open = {}
 
 
-def prepare_connection(run, tenant, policy, env):
+def prepare_connection(run, tenant, policy, run_secrets):
     """Keep what the broker needs at hello, so it need not read it again."""
-    _prepared[run.token_hash] = (run, tenant, policy, env, time.monotonic())
+    _prepared[run.token_hash] = (run, tenant, policy, run_secrets, time.monotonic())
     if len(_prepared) > 10000:
         # Runs whose isolate never said hello (it died first): forget the oldest.
         for key in sorted(_prepared, key=lambda k: _prepared[k][4])[:1000]:
@@ -191,6 +192,9 @@ class IsolateBrokerConsumer(AsyncWebsocketConsumer):
         self.event_sender = None
         self.prepared = None
         self.closed = None
+        # The run's placeholders of its sealed secrets, made once (at hello) and kept.
+        self.placeholders = {}
+        self.sealed_noted = set()
         await self.accept()
 
     # -- frames from the isolate ---------------------------------------------------
@@ -305,6 +309,8 @@ class IsolateBrokerConsumer(AsyncWebsocketConsumer):
         if claimed:
             return await refuse("INVALID_ARGUMENT", f"A call cannot name a {sorted(claimed)[0]}; it always acts for its own run.")
         target = op.audit_target(args)
+        if self.ctx.sealed and capability != "network":
+            self.note_placeholders(op_label, target, args)
         if len(self.in_flight) >= LIMITS["max_in_flight"]:
             return await self.answer(call_id, {"ok": False, "error": {
                 "code": "RATE_LIMITED", "message": f"Too many calls in flight (at most {LIMITS['max_in_flight']}); await some first.",
@@ -480,6 +486,8 @@ class IsolateBrokerConsumer(AsyncWebsocketConsumer):
         # The block's text, as the run's record can store it and every consumer can encode
         # it: a lone surrogate or a NUL becomes U+FFFD.
         text = audit.storable(frame.get("text"))
+        if self.ctx.sealed and PLACEHOLDER_PREFIX in text:
+            self.note_placeholders("console", "", text)
         cap = self.ctx.policy.console_output_cap
         if self.console_truncated:
             return
@@ -627,21 +635,40 @@ class IsolateBrokerConsumer(AsyncWebsocketConsumer):
         if not force and time.monotonic() - self.policy_loaded < POLICY_TTL:
             return
         if self.prepared is not None:
-            _, tenant, policy, env, read_at = self.prepared
+            _, tenant, policy, run_secrets, read_at = self.prepared
             self.prepared = None
         else:
-            (tenant, policy, env), read_at = await read_tenant_shared(self.run.tenant_id)
+            (tenant, policy, run_secrets), read_at = await read_tenant_shared(self.run.tenant_id)
         self.tenant_active = tenant.is_active
-        self.env = env
+        # process.env: plain secrets' values, sealed ones' placeholders (sent at hello).
+        self.env = run_env(run_secrets, self.placeholders)
         self.ctx = CallContext(
             tenant_id=tenant.pk, tenant_slug=tenant.slug, run_id=self.run.id, policy=policy,
             storage_root=Path(settings.TENANT_STORAGE_ROOT) / tenant.slug,
             allowed_hosts=[h.strip().lower() for h in tenant.network_allowed_hosts.split() if h.strip()],
             webhook_secret=tenant.webhook_secret,
+            sealed=run_seals(run_secrets, self.placeholders),
         )
         # The age of the data, not of this copy: no call acts on a policy read more than
         # POLICY_TTL ago, however it was shared.
         self.policy_loaded = read_at
+
+    def note_placeholders(self, where, target, value):
+        """An audit row when the block passes a sealed secret's placeholder somewhere other
+        than a network request (a file, the database, an email, the console): there it
+        stays a placeholder, which is worth nothing outside this run. Once per secret
+        and operation per run, so that a loop cannot flood the log."""
+        for name in placeholders_in(self.ctx.sealed, value):
+            if (name, where) in self.sealed_noted or len(self.sealed_noted) >= 100:
+                continue
+            self.sealed_noted.add((name, where))
+            audit.record(
+                tenant_id=self.ctx.tenant_id, tenant_slug=self.ctx.tenant_slug, run_id=self.ctx.run_id,
+                user_id=self.run.user_id, capability="broker", operation=f"{where}.sealed", target=str(target)[:200],
+                outcome="denied", error_code="PERMISSION_DENIED",
+                message=f"The block passed the placeholder of the sealed secret {name} to {where}; it stays a placeholder there "
+                        "(the value is sent only by network requests to the secret's hosts).",
+            )
 
     def ctx_with_deadline(self, deadline):
         return replace(self.ctx, deadline=deadline)
@@ -662,8 +689,7 @@ class IsolateBrokerConsumer(AsyncWebsocketConsumer):
 
 def read_tenant(tenant_id):
     tenant = Tenant.objects.select_related("profile").prefetch_related("overrides").get(pk=tenant_id)
-    env = {s.name: s.value for s in tenant.secrets.all()}
-    return tenant, effective_policy(tenant), env
+    return tenant, effective_policy(tenant), [s.for_run() for s in tenant.secrets.all()]
 
 
 # Tenant reads in progress or recent, per event loop and tenant: (started, future). The

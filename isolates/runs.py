@@ -421,7 +421,7 @@ def create_run(tenant, code, *, user=None, name="", input=None, source="runblock
         )
     # The isolate connects back to this process's broker: hand it what it would read
     # from the database again when the isolate says hello.
-    prepare_connection(run, tenant, policy, {s.name: s.value for s in tenant.secrets.all()})
+    prepare_connection(run, tenant, policy, [s.for_run() for s in tenant.secrets.all()])
     return run, policy
 
 

@@ -8,6 +8,18 @@ from django.core.asgi import get_asgi_application  # noqa: E402
 
 django_asgi_app = get_asgi_application()
 
+from django.core.exceptions import ImproperlyConfigured  # noqa: E402
+
+from isolates.containment import check_at_start  # noqa: E402
+
+# Before the server listens: the sandbox's layers are logged, and with DEBUG off a
+# missing required layer stops the server here (settings.SYMPOSIUM_REQUIRED_LAYERS),
+# with the reason alone on stderr rather than a traceback.
+try:
+    check_at_start()
+except ImproperlyConfigured as refusal:
+    raise SystemExit(str(refusal)) from None
+
 from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 
 from isolates import quickack  # noqa: E402

@@ -194,6 +194,11 @@ SYMPOSIUM_PROCESS_CGROUP = os.environ.get("SYMPOSIUM_PROCESS_CGROUP", "")
 # as root: one that owns nothing but the tenants' files (docs/process.md). Not as root,
 # commands run as the server's own user, the only one it can map.
 SYMPOSIUM_PROCESS_SANDBOX_UID = envint("SYMPOSIUM_PROCESS_SANDBOX_UID", 1_899_999_000)
+# Containment layers the web server must find on this machine (isolates.containment:
+# landlock or landlock:N for a minimum ABI, seccomp, namespaces, cgroup-pids,
+# cgroup-memory, nosuid-storage). With DEBUG off it refuses to start without them; none
+# are required by default, and `manage.py sandboxcheck` shows what the machine has.
+SYMPOSIUM_REQUIRED_LAYERS = [n.strip() for n in os.environ.get("SYMPOSIUM_REQUIRED_LAYERS", "").split(",") if n.strip()]
 
 # Email of blocks (docs/email.md): the relay, as smtp://user:password@host:port?tls=1
 # (STARTTLS; ssl=1 or smtps:// for TLS from the start). Empty: messages go to the outbox
@@ -279,6 +284,8 @@ LOGGING = {
     "disable_existing_loggers": False,
     "handlers": {"console": {"class": "logging.StreamHandler"}},
     "root": {"handlers": ["console"], "level": os.environ.get("LOG_LEVEL", "WARNING")},
+    # The sandbox's layers, one line each when the server starts (isolates.containment).
+    "loggers": {"symposium.sandbox": {"level": "INFO"}},
 }
 
 # Per-run state that outlives one capability call (a canvas's operations): shared by

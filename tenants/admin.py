@@ -61,7 +61,8 @@ class PolicyOverrideInline(admin.TabularInline):
 
 class TenantSecretForm(forms.ModelForm):
     """The value is write-only: after saving, the admin shows a masked form of it, and
-    leaving the field empty keeps the stored value."""
+    leaving the field empty keeps the stored value. A sealed secret is given to blocks
+    as a placeholder and sent only to its hosts (docs/policy.md)."""
 
     new_value = forms.CharField(
         label="Value", required=False, strip=False, widget=forms.PasswordInput(render_value=False),
@@ -70,12 +71,17 @@ class TenantSecretForm(forms.ModelForm):
 
     class Meta:
         model = TenantSecret
-        fields = ["name"]
+        fields = ["name", "sealed", "sealed_hosts"]
+        labels = {"sealed": "Sealed", "sealed_hosts": "May be sent to (sealed)"}
+        widgets = {"sealed_hosts": forms.Textarea(attrs={"rows": 2, "cols": 30})}
 
     def clean(self):
         cleaned = super().clean()
         if not self.instance.pk and not cleaned.get("new_value") and cleaned.get("name"):
             self.add_error("new_value", "A new secret needs a value.")
+        if cleaned.get("new_value"):
+            # The model's own checks (a sealed value's length) see the value being set.
+            self.instance.value = cleaned["new_value"]
         return cleaned
 
     def save(self, commit=True):
@@ -88,10 +94,10 @@ class TenantSecretInline(admin.TabularInline):
     model = TenantSecret
     form = TenantSecretForm
     extra = 0
-    fields = ["name", "new_value", "stored"]
+    fields = ["name", "new_value", "stored", "sealed", "sealed_hosts"]
     readonly_fields = ["stored"]
     verbose_name = "secret (process.env)"
-    verbose_name_plural = "Secrets, read by blocks as process.env"
+    verbose_name_plural = "Secrets, read by blocks as process.env (a sealed one as a placeholder, sent only to its hosts)"
 
     @admin.display(description="Stored value")
     def stored(self, obj):
@@ -196,6 +202,17 @@ class TenantAdmin(admin.ModelAdmin):
                 elif inline.has_changed() and inline not in formset.deleted_forms:
                     setting, value = inline.cleaned_data.get("setting"), inline.cleaned_data.get("value")
                     record_policy_change(request, form.instance, "override.set", f"set {setting} to {str(value)[:150]!r}")
+        if formset.model is TenantSecret:
+            for inline in formset.forms:
+                # Sealing, unsealing and where a sealed secret may go are policy: audited
+                # (never the value).
+                if inline in formset.deleted_forms or not ({"sealed", "sealed_hosts"} & set(inline.changed_data)):
+                    continue
+                if inline.cleaned_data.get("sealed"):
+                    hosts = " ".join(inline.instance.hosts())
+                    record_policy_change(request, form.instance, "secret.seal", f"sealed {inline.instance.name} to {hosts[:150]}")
+                elif "sealed" in inline.changed_data:
+                    record_policy_change(request, form.instance, "secret.unseal", f"unsealed {inline.instance.name}: blocks read its value")
         super().save_formset(request, form, formset, change)
 
 

@@ -7,6 +7,7 @@ overrides) into the effective policy that the broker checks every call against.
 
 import re
 import secrets as pysecrets
+from dataclasses import dataclass
 
 from django.conf import settings
 from django.core.exceptions import ValidationError
@@ -346,12 +347,31 @@ secret_name_validator = RegexValidator(
 )
 
 
+# The shortest value that can be sealed. The platform finds a sealed value in what comes
+# back from the network and in its own messages by its text; a short one would be
+# found in ordinary answers (and its redaction would garble them) and is guessable.
+SEALED_MIN_LENGTH = 8
+
+
 class TenantSecret(models.Model):
-    """A value blocks of the tenant read as process.env[NAME]. Encrypted at rest."""
+    """A value blocks of the tenant read as process.env[NAME]. Encrypted at rest.
+
+    A sealed secret is never given to the block: process.env holds a placeholder that
+    is different in every run, and the network capability puts the value in where the
+    placeholder appears in a request over HTTPS to one of `sealed_hosts`, and refuses
+    the request anywhere else (capabilities.network.sealed, docs/policy.md)."""
 
     tenant = models.ForeignKey(Tenant, on_delete=models.CASCADE, related_name="secrets")
     name = models.CharField(max_length=100, validators=[secret_name_validator])
     encrypted_value = models.TextField()
+    sealed = models.BooleanField(
+        default=False,
+        help_text="Blocks see a placeholder instead of the value; the platform sends the value only to the hosts below, over HTTPS.",
+    )
+    sealed_hosts = models.TextField(
+        blank=True, validators=[validate_domain_list],
+        help_text="Hosts a sealed secret may be sent to, one per line (*.example.com for its subdomains).",
+    )
     updated = models.DateTimeField(auto_now=True)
 
     class Meta:
@@ -371,7 +391,42 @@ class TenantSecret(models.Model):
 
     def masked(self):
         plain = self.value
-        return "•" * 8 + (plain[-2:] if len(plain) >= 12 else "")
+        return "•" * 8 + (plain[-2:] if len(plain) >= 12 and not self.sealed else "")
+
+    def hosts(self):
+        """The hosts a sealed secret may be sent to, lower case."""
+        return [h.lower().rstrip(".") for h in split_list(self.sealed_hosts)]
+
+    def clean(self):
+        if self.sealed and not self.hosts():
+            raise ValidationError({"sealed_hosts": "A sealed secret needs at least one host it may be sent to."})
+        if self.sealed and self.encrypted_value and len(self.value) < SEALED_MIN_LENGTH:
+            raise ValidationError({"sealed": f"A sealed secret must be at least {SEALED_MIN_LENGTH} characters long."})
+
+    def for_run(self):
+        """What a run is given of this secret (see RunSecret)."""
+        if self.sealed:
+            return RunSecret(self.name, None, self.encrypted_value, tuple(self.hosts()))
+        return RunSecret(self.name, self.value, "", ())
+
+
+@dataclass(frozen=True, repr=False)
+class RunSecret:
+    """One secret as a run gets it: the value of a plain one; of a sealed one only its
+    ciphertext and hosts, decrypted by the network capability at the moment it sends it.
+    Its repr names it and never shows either."""
+
+    name: str
+    value: str | None
+    encrypted_value: str
+    hosts: tuple
+
+    @property
+    def sealed(self):
+        return self.value is None
+
+    def __repr__(self):
+        return f"<RunSecret {self.name}{' sealed for ' + ' '.join(self.hosts) if self.sealed else ''}>"
 
 
 def new_run_id():

@@ -23,6 +23,7 @@ from capabilities.network.limits import (
     MAX_REQUEST_BODY,
     MAX_TIMEOUT_MS,
 )
+from capabilities.network.sealed import sealed_handler, unseal
 from capabilities.network.transport import USER_AGENT, exchange, read_body
 
 METHODS = {"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"}
@@ -187,6 +188,7 @@ def _same_origin(a, b):
     return (a.scheme, a.raw_host, a.port) == (b.scheme, b.raw_host, b.port)
 
 
+@sealed_handler
 def fetch(ctx, args):
     url = args.get("url")
     method = args.get("method") or "GET"
@@ -200,6 +202,7 @@ def fetch(ctx, args):
     if args.get("body") is not None and method in ("GET", "HEAD"):
         raise CapabilityError("INVALID_ARGUMENT", f"A {method} request cannot have a body.")
     body, pairs = encode_body(args.get("body"), pairs)
+    json_body = isinstance(args.get("body"), (dict, list))
     timeout_ms = request_timeout_ms(args.get("timeout"))
     ctx.check_deadline("The call's time ran out before the request could be sent.")
     # The request ends at its own timeout or the call's deadline, whichever comes first;
@@ -214,12 +217,15 @@ def fetch(ctx, args):
     while True:
         try:
             destination = check_destination(ctx, current, deadline)
+            # Every hop is unsealed from the block's own request (placeholders, not
+            # values), so a redirect elsewhere is checked like a first request.
+            destination, sent_pairs, sent_body = unseal(ctx, destination, pairs, body, json_body)
         except CapabilityError as error:
             if redirects:
                 raise CapabilityError(error.code, f"The request was redirected to {str(current)[:200]}, which was refused: {error.message}") from None
             raise
         message = timeout_message(timeout_ms, call_limited, destination.host)
-        with exchange(destination, method, base_headers(pairs), body, deadline, message) as response:
+        with exchange(destination, method, base_headers(sent_pairs), sent_body, deadline, message) as response:
             location = response.headers.get("location")
             if response.status_code in REDIRECT_STATUSES and location and mode != "manual":
                 if mode == "error":

@@ -34,6 +34,7 @@ from capabilities.network.limits import (
     WEBHOOK_MAX_TIMEOUT_MS,
     WEBHOOK_RESPONSE_KEPT,
 )
+from capabilities.network.sealed import sealed_handler, unseal
 from capabilities.network.transport import exchange, read_body
 
 # The signature headers are the platform's; a block setting them would forge them.
@@ -66,6 +67,7 @@ def _retry_after(response_headers):
     return float(value) if value.isdigit() else 0.0
 
 
+@sealed_handler
 def send_webhook(ctx, args):
     retries = args.get("retries", WEBHOOK_DEFAULT_RETRIES)
     if isinstance(retries, bool) or not isinstance(retries, int) or not 0 <= retries <= WEBHOOK_MAX_RETRIES:
@@ -100,18 +102,21 @@ def send_webhook(ctx, args):
         seconds = overall.timeout(timeout_ms / 1000.0)
         deadline = started + seconds
         call_limited = ctx.deadline is not None and seconds < timeout_ms / 1000.0
-        headers = [("Content-Type", "application/json"), ("webhook-id", message_id), ("webhook-timestamp", str(int(started)))]
-        if key is not None:
-            headers.append(("webhook-signature", sign(key, message_id, int(started), body)))
         record = {"attempt": number, "status": None, "error": None, "durationMs": 0}
         try:
             destination = check_destination(ctx, args.get("url"), deadline)
+            # The receiver verifies the signature on what it gets: the body with the
+            # sealed values in, so that is what is signed.
+            destination, sent_pairs, sent_body = unseal(ctx, destination, pairs, body, json_body=True)
+            headers = [("Content-Type", "application/json"), ("webhook-id", message_id), ("webhook-timestamp", str(int(started)))]
+            if key is not None:
+                headers.append(("webhook-signature", sign(key, message_id, int(started), sent_body)))
             message = (
                 f"The call's time ran out before {destination.host} answered."
                 if call_limited
                 else f"{destination.host} did not answer within {int(timeout_ms)} ms."
             )
-            with exchange(destination, "POST", base_headers(pairs + headers), body, deadline, message) as response:
+            with exchange(destination, "POST", base_headers(sent_pairs + headers), sent_body, deadline, message) as response:
                 last_status = response.status_code
                 record["status"] = response.status_code
                 answer = read_body(response, ctx.policy.max_response_size, "The receiver's answer")
