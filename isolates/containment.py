@@ -25,6 +25,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -362,11 +363,31 @@ _checked = False
 
 def check_at_start():
     """Log the layers once per process, and refuse to start (ImproperlyConfigured) with
-    DEBUG off when a required layer is missing. With DEBUG on, the same is a warning."""
+    DEBUG off when a required layer is missing. With DEBUG on, the same is a warning.
+
+    The probes take a second or two (they start the launcher and a sandboxed command).
+    With no layer required, nothing waits on them: they run in a background thread and
+    log when done, so `runblock` and a development server start at once."""
     global _checked
     if _checked:
         return
     required = parse_required(settings.SYMPOSIUM_REQUIRED_LAYERS)
+    if not required:
+        _checked = True
+        threading.Thread(target=_log_layers, name="sandboxcheck", daemon=True).start()
+        return
+    _check(required)
+
+
+def _log_layers():
+    try:
+        _check(())
+    except Exception:
+        logger.exception("the sandbox's self-check failed")
+
+
+def _check(required):
+    global _checked
     layers = probe_layers()
     for layer in layers:
         (logger.info if layer.active else logger.warning)("sandbox layer %s", layer.line())
