@@ -189,7 +189,7 @@ print(json.dumps(results))
 def launcher(*command, memory_mb=64, cpu_seconds=5, broker_port=9, read=(), prepared=True):
     """The launcher's command line as the pool builds it: with the seccomp program
     prepared once for this process (or, with prepared=False, compiling its own)."""
-    args = [sys.executable, "-I", "-S" if prepared else "-I", str(sandbox.__file__), "--memory-mb", str(memory_mb),
+    args = [sys.executable, "-I", *(["-S"] if prepared else []), str(sandbox.__file__), "--memory-mb", str(memory_mb),
             "--cpu-seconds", str(cpu_seconds), "--broker-port", str(broker_port)]
     if prepared:
         args += ["--seccomp-program", sandbox.prepared_seccomp_program()]
