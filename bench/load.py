@@ -259,7 +259,7 @@ async def concurrency_step(service, tenants, runs, iterations, workers):
     await sampler.stop()
     ids = [run.id for run in finished]
     isolate_cpu = await database_sync_to_async(
-        lambda: sum(BlockRun.objects.filter(id__in=ids).values_list("cpu_seconds", flat=True).exclude(cpu_seconds=None)))()
+        lambda: sum(BlockRun.objects.filter(id__in=ids).values_list("cpu_ms", flat=True).exclude(cpu_ms=None)) / 1000)()
     latencies, per_op, failures, calls = [], {}, [], 0
     for run in finished:
         if run.status != "succeeded":
@@ -441,14 +441,14 @@ async def prepare_databases(service, tenants):
 async def make_service(port, warm, tenant):
     from channels.db import database_sync_to_async
 
-    from isolates.runs import CPU_GRACE_SECONDS, RunService
+    from isolates.runs import RunService, cpu_rlimit_seconds
     from tenants.policy import effective_policy
 
     service = RunService(port, warm_size=warm)
     # Warm isolates for the benchmark's one profile only, not for every profile.
     policy = await database_sync_to_async(effective_policy)(tenant)
     service.warming = True
-    service.pool.keep_warm([(policy.memory_mb, policy.time_limit_seconds + CPU_GRACE_SECONDS)])
+    service.pool.keep_warm([(policy.memory_mb, cpu_rlimit_seconds(policy))])
     await service.warm_up()
     return service
 

@@ -270,7 +270,7 @@ class RunStats(Schema):
     bytesIn: int
     bytesOut: int
     peakMemoryBytes: Optional[int]
-    cpuSeconds: Optional[float]
+    cpuMs: Optional[int]
     consoleTruncated: bool
 
 

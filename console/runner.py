@@ -191,6 +191,7 @@ def run_summary(run):
         "bytes_in": run.bytes_in,
         "bytes_out": run.bytes_out,
         "peak_memory_bytes": run.peak_memory_bytes,
+        "cpu_ms": run.cpu_ms,
         "error_code": run.error_code,
     }
 

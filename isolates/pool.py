@@ -36,6 +36,8 @@ from pathlib import Path
 
 import deno
 
+from isolates import sandbox
+
 logger = logging.getLogger(__name__)
 
 ISOLATES_DIR = Path(__file__).resolve().parent
@@ -336,7 +338,7 @@ class Isolate:
         elif heap:
             reason = f"the block ran out of memory: the JavaScript heap limit of {self.memory_mb} MB was reached"
         elif memory:
-            reason = f"the block ran out of memory: the isolate's limit ({self.memory_mb} MB of JavaScript heap and as much again outside it) was reached"
+            reason = f"the block ran out of memory: the isolate's limit ({self.memory_mb} MB, which the JavaScript heap and the memory outside it share) was reached"
         elif cpu:
             reason = f"the block used up its CPU time limit of {self.cpu_limit_seconds} s"
         elif self._killed:
@@ -485,11 +487,14 @@ class IsolatePool:
         return [
             self.python,
             "-I",  # no PYTHON* variables, no user site, no current folder on sys.path
+            "-S",  # no site module either: the launcher needs nothing outside the stdlib
             str(SANDBOX),
             "--memory-mb", str(memory_mb),
             "--cpu-seconds", str(cpu_seconds + STARTUP_CPU_ALLOWANCE),
             "--broker-port", str(port),
             "--read", str(RUNTIME_DIR),
+            # The filter compiled once for this process, not per spawn (isolates/sandbox.py).
+            "--seccomp-program", sandbox.prepared_seccomp_program(),
             "--",
             self.deno_path,
             *deno_flags,

@@ -164,5 +164,5 @@ def finished_event(run):
         "type": "run.event", "run": run.id, "event": "finished", "status": run.status,
         "error_code": run.error_code, "error": run.error, "result": run.result,
         "duration": run.duration, "calls": run.calls, "bytes_in": run.bytes_in, "bytes_out": run.bytes_out,
-        "peak_memory_bytes": run.peak_memory_bytes, "console_truncated": run.console_truncated,
+        "peak_memory_bytes": run.peak_memory_bytes, "cpu_ms": run.cpu_ms, "console_truncated": run.console_truncated,
     }

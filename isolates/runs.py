@@ -4,8 +4,10 @@ A `RunService` lives on the event loop of a server process (Daphne, or the in-pr
 server of `runblock`). It owns that process's isolate pool. Starting a run creates the
 `BlockRun` record with a one-time token, hands a warm isolate the token, and supervises
 the isolate until it exits: past the profile's time limit the isolate's process group is
-killed and the run ends `timed_out`; an isolate that dies (out of memory, killed from
-outside) ends its run `failed` with the reason. The broker records what the block itself
+killed and the run ends `timed_out`; past its CPU-time budget (a limit of its own,
+measured on the isolate's process) it is killed and the run ends `failed` with
+`CPU_LIMIT`; an isolate that dies (out of memory, killed from outside) ends its run
+`failed` with the reason. The CPU a run used is recorded on it (`cpu_ms`). The broker records what the block itself
 reports (its result or error); whichever outcome is written first stands.
 
 Faults (docs/deploy.md): the service heartbeats its server process and reaps the runs of
@@ -18,6 +20,7 @@ exits normally fails its unfinished runs on the way out.
 import asyncio
 import atexit
 import logging
+import math
 import secrets
 import threading
 import time
@@ -38,9 +41,16 @@ from tenants.policy import effective_policy
 
 logger = logging.getLogger(__name__)
 
-# Extra CPU seconds over the wall-clock limit before the kernel's RLIMIT_CPU stops an
-# isolate: the supervisor's wall clock normally acts first; the rlimit is the backstop.
-CPU_GRACE_SECONDS = 5
+# Extra CPU seconds over the run's CPU budget (rounded up to whole seconds) before the
+# kernel's RLIMIT_CPU stops an isolate: the supervisor's own measurement acts first, to
+# the millisecond; the rlimit is the backstop should the supervisor ever fall behind.
+CPU_GRACE_SECONDS = 1
+# How often the supervisor reads a running isolate's CPU time: half of what is left of
+# the budget, so that it reads rarely while much is left (a few reads per run) and often
+# near the end, within these bounds. The overshoot past the budget is at most the
+# shortest interval times the threads that run at once (V8's JS thread and its helpers).
+CPU_CHECK_MIN_SECONDS = 0.02
+CPU_CHECK_MAX_SECONDS = 1.0
 # How long after an isolate exits cleanly the supervisor waits for the broker to record
 # the block's own outcome before calling the run failed.
 DONE_GRACE_SECONDS = 2.0
@@ -245,30 +255,33 @@ class RunService:
         try:
             if run.id in self.stopping:
                 return await self._finish(run.id, "killed", "KILLED", self.stopping[run.id])
-            isolate = await self.pool.acquire(memory_mb=policy.memory_mb, cpu_seconds=policy.time_limit_seconds + CPU_GRACE_SECONDS)
+            isolate = await self.pool.acquire(memory_mb=policy.memory_mb, cpu_seconds=cpu_rlimit_seconds(policy))
             self.isolates[run.id] = isolate
             if run.id in self.stopping:
                 isolate.kill()
+            # The run's CPU is counted from here: the isolate's start-up is the platform's.
+            cpu_start = isolate.cpu_time() or 0.0
             await isolate.assign(self.broker_url, token)
             # A held start (not_before) does not count against the block's time.
             held = min(max(0.0, (not_before or 0) - time.time()), MAX_START_HOLD_SECONDS)
-            try:
-                exit_info = await asyncio.wait_for(isolate.wait(), timeout=policy.time_limit_seconds + held)
-            except asyncio.TimeoutError:
-                isolate.kill()
-                exit_info = await isolate.wait()
+            ended, exit_info = await self._watch(isolate, policy, cpu_start, held)
+            if ended == "time":
                 await self._stop_broker(run.id, "time limit")
                 await self._finish(run.id, "timed_out", "TIMEOUT",
-                                   f"The run exceeded its time limit of {policy.time_limit_seconds} s and was stopped.", isolate)
+                                   f"The run exceeded its time limit of {policy.time_limit_seconds} s and was stopped.", isolate, cpu_start)
+                return
+            if ended == "cpu":
+                await self._stop_broker(run.id, "CPU time limit")
+                await self._finish(run.id, "failed", "CPU_LIMIT", cpu_limit_message(policy), isolate, cpu_start)
                 return
             if run.id in self.stopping:
-                await self._finish(run.id, "killed", "KILLED", self.stopping[run.id], isolate)
+                await self._finish(run.id, "killed", "KILLED", self.stopping[run.id], isolate, cpu_start)
                 return
             if await self._await_outcome(run.id, exit_info):
-                await self._record_figures(run.id, isolate)
+                await self._record_figures(run.id, isolate, cpu_start)
                 return
             code, message = describe_exit(exit_info, policy)
-            await self._finish(run.id, "failed", code, message, isolate)
+            await self._finish(run.id, "failed", code, message, isolate, cpu_start)
         except asyncio.CancelledError:
             if isolate is not None:
                 isolate.kill()
@@ -287,6 +300,32 @@ class RunService:
             self.stopping.pop(run.id, None)
             self.supervisors.pop(run.id, None)
             await self._announce_finished(run.id)
+
+    async def _watch(self, isolate, policy, cpu_start, held=0.0):
+        """Wait for the isolate to exit, killing it past the run's wall-clock limit (plus
+        the time its start was `held`) or its CPU budget. Returns ("exit" | "time" |
+        "cpu", the exit record)."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + policy.time_limit_seconds + held
+        budget = policy.cpu_time_limit_ms / 1000
+        exited = asyncio.ensure_future(isolate.wait())
+        try:
+            while True:
+                used = (isolate.cpu_time() or cpu_start) - cpu_start
+                if used >= budget and not exited.done():
+                    isolate.kill()
+                    return "cpu", await exited
+                left = deadline - loop.time()
+                if left <= 0 and not exited.done():
+                    isolate.kill()
+                    return "time", await exited
+                interval = min(max((budget - used) / 2, CPU_CHECK_MIN_SECONDS), CPU_CHECK_MAX_SECONDS, max(left, 0))
+                await asyncio.wait({exited}, timeout=interval)
+                if exited.done():
+                    return "exit", exited.result()
+        finally:
+            if not exited.done():
+                exited.cancel()
 
     async def _await_outcome(self, run_id, exit_info):
         """Whether the broker recorded the block's own outcome (waiting a little for it
@@ -320,10 +359,10 @@ class RunService:
                 # The isolate is killed already; its broker connection ends with it.
                 logger.warning("telling the broker of run %s to stop failed", run_id)
 
-    async def _finish(self, run_id, status, code, message, isolate=None):
+    async def _finish(self, run_id, status, code, message, isolate=None, cpu_start=0.0):
         """Record how the run ended (unless an outcome was recorded first), retrying
         while the database restarts."""
-        await self._write_retrying(self._finish_sync, run_id, status, code, message, isolate_figures(isolate))
+        await self._write_retrying(self._finish_sync, run_id, status, code, message, isolate_figures(isolate, cpu_start))
 
     def _finish_sync(self, run_id, status, code, message, figures):
         audit.flush()
@@ -332,8 +371,8 @@ class RunService:
         if figures:
             BlockRun.objects.filter(pk=run_id).update(**figures)
 
-    async def _record_figures(self, run_id, isolate):
-        figures = isolate_figures(isolate)
+    async def _record_figures(self, run_id, isolate, cpu_start=0.0):
+        figures = isolate_figures(isolate, cpu_start)
         if figures:
             await self._write_retrying(lambda: BlockRun.objects.filter(pk=run_id).update(**figures))
 
@@ -363,17 +402,30 @@ class RunService:
             logger.warning("announcing the end of run %s failed", run_id)
 
 
+def cpu_rlimit_seconds(policy_or_ms):
+    """RLIMIT_CPU of a run's isolate (the pool adds its start-up allowance): the CPU budget
+    rounded up to whole seconds, plus the grace after which the kernel's backstop acts."""
+    ms = getattr(policy_or_ms, "cpu_time_limit_ms", policy_or_ms)
+    return math.ceil(ms / 1000) + CPU_GRACE_SECONDS
+
+
+def cpu_limit_message(policy):
+    return f"The run used up its CPU time limit of {policy.cpu_time_limit_ms} ms and was stopped."
+
+
 def profile_limits():
     """The (memory, CPU) pairs of the profiles: the pool keeps warm isolates for each, so
     every profile's runs start warm. A tenant with overridden limits starts cold."""
     try:
-        profiles = list(PermissionProfile.objects.values_list("memory_mb", "time_limit_seconds"))
+        profiles = list(PermissionProfile.objects.values_list("memory_mb", "cpu_time_limit_ms"))
     except DatabaseError:
         return []
-    return [(memory, seconds + CPU_GRACE_SECONDS) for memory, seconds in profiles]
+    return [(memory, cpu_rlimit_seconds(cpu_ms)) for memory, cpu_ms in profiles]
 
 
-def isolate_figures(isolate):
+def isolate_figures(isolate, cpu_start=0.0):
+    """The run's peak memory and the CPU it used (since `cpu_start`, the isolate's CPU
+    seconds when it was assigned the run), as BlockRun fields."""
     if isolate is None:
         return {}
     figures = {}
@@ -382,7 +434,7 @@ def isolate_figures(isolate):
         figures["peak_memory_bytes"] = int(peak)
     cpu = getattr(isolate, "cpu_seconds", None)
     if cpu is not None:
-        figures["cpu_seconds"] = float(cpu)
+        figures["cpu_ms"] = max(0, round((float(cpu) - cpu_start) * 1000))
     return figures
 
 
@@ -391,7 +443,8 @@ def describe_exit(exit_info, policy):
     if exit_info.out_of_memory:
         return "MEMORY_LIMIT", f"The block ran out of memory (this tenant's limit is {policy.memory_mb} MB)."
     if exit_info.cpu_limit_hit:
-        return "TIMEOUT", f"The block used more CPU time than its limit of {policy.time_limit_seconds} s."
+        # The kernel's backstop (RLIMIT_CPU): the supervisor's own check came too late.
+        return "CPU_LIMIT", cpu_limit_message(policy)
     if exit_info.returncode == 0:
         # The block ended and said so, but its outcome never reached the run's record.
         return "INTERNAL", "The block finished, but its outcome could not be recorded (the platform's database or message layer failed)."

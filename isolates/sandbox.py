@@ -10,8 +10,14 @@
 
 Usage (the isolate pool runs it; nothing else should):
 
-    python -I -m isolates.sandbox --memory-mb 128 --cpu-seconds 60 --broker-port 8001 \
-        [--read PATH ...] -- /path/to/deno run ... main.js
+    python -I -S isolates/sandbox.py --memory-mb 128 --cpu-seconds 60 --broker-port 8001 \
+        [--read PATH ...] [--seccomp-program FILE] -- /path/to/deno run ... main.js
+
+The seccomp filter is compiled once per server process (`prepare_seccomp_program`, which
+the pool calls when it starts) into a BPF file; each launch reads that file, writes in the
+two values only a launch knows (its pid and the address of its exec path) and loads it.
+Without --seccomp-program the launcher compiles the filter itself with libseccomp, which
+costs about 40 ms: tests and manual use only.
 
 It runs as a brand-new, single-threaded process and, in this order:
 
@@ -25,7 +31,7 @@ It runs as a brand-new, single-threaded process and, in this order:
 6. applies a Landlock ruleset (read-only files, execute only the target binary, TCP
    connect only to the broker's port, signals and abstract sockets scoped), built
    before step 4 so that the paths it grants are opened with the launcher's rights;
-7. loads a seccomp filter (POLICY["seccomp"]);
+7. loads the seccomp filter of POLICY["seccomp"] (prepared once, see above);
 8. execs the target with a clean environment, through libc's execve with a path buffer
    this file owns: the seccomp filter allows execve only with that exact pointer, so
    code running after the exec can never start another program.
@@ -38,17 +44,16 @@ pool logs those lines.
 This file imports nothing from Django and nothing from the platform: it must start fast
 and must not load code that could hold server secrets. The one file of the platform it
 reads is capabilities/syscall_rules.py, plain data without imports, loaded by its path:
-the system calls both sandboxes refuse.
+the system calls both sandboxes refuse. For the same reason it imports only what a
+launch needs: no argparse, ctypes.util or signal (with the modules they pull in, such as
+subprocess, re and enum, about two thirds of the launcher's own CPU), and libseccomp only
+where a filter is compiled.
 """
 
-import argparse
 import ctypes
-import ctypes.util
 import errno
 import os
 import resource
-import importlib.util
-import signal
 import struct
 import sys
 
@@ -60,11 +65,18 @@ MB = 1024 * 1024
 SHARED_RULES_FILE = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "capabilities", "syscall_rules.py")
 
 
+class SharedRules:
+    """The names syscall_rules.py defines, as attributes (a module without importlib)."""
+
+    def __init__(self, namespace):
+        self.__dict__.update(namespace)
+
+
 def load_shared_rules(path=SHARED_RULES_FILE):
-    spec = importlib.util.spec_from_file_location("symposium_syscall_rules", path)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    namespace = {"__name__": "symposium_syscall_rules", "__file__": path}
+    with open(path, "rb") as f:
+        exec(compile(f.read(), path, "exec"), namespace)
+    return SharedRules(namespace)
 
 
 shared_rules = load_shared_rules()
@@ -88,15 +100,21 @@ POLICY = {
     "rlimits": {
         # CPU seconds of all the process's threads (V8's compiler and GC threads count
         # too). At the soft limit the kernel sends SIGXCPU, which terminates Deno; the
-        # hard limit one second later is SIGKILL in case SIGXCPU is ever handled. The
-        # pool asks for the run's budget plus a second for start-up (about 0.15 s).
+        # hard limit one second later is SIGKILL in case SIGXCPU is ever handled. This is
+        # the backstop of the run's CPU budget, whose milliseconds the run service
+        # measures and enforces itself (isolates/runs.py): the pool asks for the budget
+        # rounded up to whole seconds, plus a second for start-up (about 0.15 s) and a
+        # second of grace, so that the kernel acts only if the service could not.
         "RLIMIT_CPU": lambda lim: (lim.cpu_seconds, lim.cpu_seconds + 1),
-        # Private writable memory (heap, thread stacks, ArrayBuffer backing stores, brk).
-        # This is what stops allocations outside the V8 heap, which --max-old-space-size
-        # does not see (denoland/deno#26202). RLIMIT_AS cannot be used: V8 reserves
-        # gigabytes of address space it never touches (code range, WebAssembly guard
-        # regions). The budget is in data_limit_bytes(): the runtime's own need, the JS
-        # heap limit, and as much again for ArrayBuffers and other off-heap memory.
+        # Private writable memory (heap, thread stacks, ArrayBuffer backing stores,
+        # WebAssembly memories once grown, brk). This is what stops allocations outside
+        # the V8 heap, which --max-old-space-size does not see (denoland/deno#26202).
+        # RLIMIT_AS cannot be used: V8 reserves gigabytes of address space it never
+        # touches (a 16 GB pointer cage, WebAssembly guard regions), which RLIMIT_DATA
+        # does not count while it stays inaccessible. The budget is data_limit_bytes():
+        # the runtime's own need plus ONE budget of the profile's memory that the JS heap
+        # and everything outside it share, so that memory outside the heap can never
+        # exceed the profile's figure, whatever the heap holds.
         "RLIMIT_DATA": lambda lim: (data_limit_bytes(lim.memory_mb),) * 2,
         # Open descriptors. Deno holds about 20 for its event loop, the worker and the
         # broker's websocket; the block itself cannot open files or sockets.
@@ -218,15 +236,33 @@ POLICY = {
 V8_CODE_RANGE_MB = 512
 ISOLATES_PER_PROCESS = 2
 # Everything else private and writable in an idle isolate (thread stacks, allocator
-# arenas, the main isolate's heap): measured at about 50 MB on Deno 2.9 (docs/isolates.md),
-# with headroom for what the runtime allocates while a block runs.
-RUNTIME_DATA_MB = 128
+# arenas, both isolates' initial heaps): 43 MB on Deno 2.9 (VmData less the code ranges,
+# docs/isolates.md), with headroom for what the runtime allocates while a block runs
+# (frames to and from the broker). A block can fill this headroom too: it is part of what
+# docs/isolates.md states as the most memory outside the heap.
+RUNTIME_DATA_MB = 64
+
+
+def semi_space_mb(memory_mb):
+    """One of V8's young-generation semi-spaces, as isolates/pool.py sizes it with
+    --max-semi-space-size (a sixteenth of the heap, between 1 and 16 MB; a test keeps the
+    two in step). The young generation is outside --max-old-space-size."""
+    return max(1, min(16, memory_mb // 16))
+
+
+def heap_budget_mb(memory_mb):
+    """What the JS heap may take at its limit: the old generation (the profile's figure)
+    and the young generation (three semi-spaces: two and the new large-object space)."""
+    return memory_mb + 3 * semi_space_mb(memory_mb)
 
 
 def data_limit_bytes(memory_mb):
     """RLIMIT_DATA for a run whose profile allows `memory_mb`: the runtime's own need plus
-    the JS heap limit plus as much again for memory outside the heap (ArrayBuffers)."""
-    return (ISOLATES_PER_PROCESS * V8_CODE_RANGE_MB + RUNTIME_DATA_MB + 2 * memory_mb) * MB
+    one heap budget, which memory outside the heap (ArrayBuffers, typed arrays,
+    WebAssembly memories) shares with the heap. A block that leaves its heap empty can put
+    at most the heap budget and the runtime's headroom outside it; one that fills its heap
+    can put next to nothing outside it; neither reaches past the sum."""
+    return (ISOLATES_PER_PROCESS * V8_CODE_RANGE_MB + RUNTIME_DATA_MB + heap_budget_mb(memory_mb)) * MB
 
 
 class Limits:
@@ -247,7 +283,9 @@ def fail(message):
     os._exit(70)
 
 
-libc = ctypes.CDLL(ctypes.util.find_library("c"), use_errno=True)
+# The C library the interpreter itself is linked with (dlopen of the main program), found
+# without ctypes.util, whose search imports subprocess, tempfile and re.
+libc = ctypes.CDLL(None, use_errno=True)
 libc.syscall.restype = ctypes.c_long
 libc.prctl.argtypes = [ctypes.c_int, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong, ctypes.c_ulong]
 
@@ -294,6 +332,9 @@ def apply_rlimits(limits):
 # -- 4: identity and capabilities --------------------------------------------------------
 
 PR_SET_PDEATHSIG = 1
+# The signal module would import enum (a third of the launcher's imports); SIGKILL is 9
+# on every Linux architecture.
+SIGKILL = 9
 PR_CAPBSET_DROP = 24
 PR_SET_SECUREBITS = 28
 PR_SET_NO_NEW_PRIVS = 38
@@ -336,7 +377,7 @@ def drop_privileges(parent_pid):
     # If the server that started the isolate dies, the kernel kills the isolate. (This
     # must come after the uid switch, which clears it; and the parent may already be
     # gone by now, which the ppid check catches.)
-    check(libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0), "setting the parent-death signal")
+    check(libc.prctl(PR_SET_PDEATHSIG, SIGKILL, 0, 0, 0), "setting the parent-death signal")
     if os.getppid() != parent_pid:
         fail("the process that started the isolate has exited")
     # Ambient capabilities would survive the exec; clear them (a no-op when unsupported).
@@ -542,6 +583,117 @@ def build_seccomp_filter(exec_path_address, own_pid):
     return f
 
 
+# The filter's two per-launch values, as the prepared program holds them until a launch
+# writes in its own: 32-bit words that no other instruction of the filter uses (syscall
+# numbers, flags and masks are all far from them; prepare_seccomp_program checks it).
+EXEC_ADDRESS_PLACEHOLDER = 0x6B3D4E5F_2A1C3E4D
+PID_PLACEHOLDER = 0x7A3F1C5B  # above any pid (pid_max is at most 2**22)
+BPF_INSTRUCTION = struct.Struct("<HBBI")  # struct sock_filter: code, jt, jf, k
+PR_SET_SECCOMP = 22
+SECCOMP_MODE_FILTER = 2
+
+
+def _placeholder_words(exec_address, pid):
+    return {exec_address & 0xFFFFFFFF: "exec_low", exec_address >> 32: "exec_high", pid: "pid"}
+
+
+def _program_bytes(exec_address, pid):
+    import tempfile  # only where a program is compiled, never in a launch
+
+    with tempfile.TemporaryFile() as out:  # libseccomp writes to a descriptor
+        build_seccomp_filter(exec_address, pid).export_bpf(out)
+        out.seek(0)
+        return out.read()
+
+
+def prepare_seccomp_program(path):
+    """Compile the filter once into `path` (BPF, with placeholders for the launch's pid and
+    exec address) for launches to load with --seccomp-program.
+
+    The program is compiled twice with two different sets of placeholders, and must differ
+    in exactly the instructions whose immediate is a placeholder word: so writing a
+    launch's values over the placeholders gives the filter libseccomp would have built for
+    them, and no instruction that compares anything else can be touched."""
+    first = _program_bytes(EXEC_ADDRESS_PLACEHOLDER, PID_PLACEHOLDER)
+    other_address, other_pid = EXEC_ADDRESS_PLACEHOLDER ^ 0x01020304_05060708, PID_PLACEHOLDER ^ 0x00F0F0F0
+    second = _program_bytes(other_address, other_pid)
+    words = _placeholder_words(EXEC_ADDRESS_PLACEHOLDER, PID_PLACEHOLDER)
+    other_words = _placeholder_words(other_address, other_pid)
+    if len(first) != len(second) or len(first) % BPF_INSTRUCTION.size:
+        raise RuntimeError("the seccomp program's shape depends on the launch's values; it cannot be prepared once")
+    seen = set()
+    for offset in range(0, len(first), BPF_INSTRUCTION.size):
+        a = BPF_INSTRUCTION.unpack_from(first, offset)
+        b = BPF_INSTRUCTION.unpack_from(second, offset)
+        if a[:3] != b[:3]:
+            raise RuntimeError("the seccomp program's instructions depend on the launch's values")
+        if a[3] in words:
+            if words[a[3]] != other_words.get(b[3]):
+                raise RuntimeError("a placeholder of the seccomp program is also used by another rule")
+            seen.add(words[a[3]])
+        elif a[3] != b[3]:
+            raise RuntimeError("the seccomp program compares a launch's value without its placeholder")
+    if seen != set(words.values()):
+        raise RuntimeError(f"the seccomp program lacks placeholders {sorted(set(words.values()) - seen)}")
+    temporary = f"{path}.{os.getpid()}.tmp"
+    with open(temporary, "wb") as f:
+        f.write(first)
+    os.chmod(temporary, 0o644)  # the filter is no secret; the launcher reads it as root or not
+    os.replace(temporary, path)
+    return path
+
+
+_prepared = {}
+
+
+def prepared_seccomp_program():
+    """This server process's prepared program (compiled on first use, about 40 ms), in a
+    folder of its own that is removed when the process exits."""
+    if os.getpid() not in _prepared:
+        import atexit
+        import shutil
+        import tempfile
+
+        folder = tempfile.mkdtemp(prefix="symposium-seccomp-")
+        os.chmod(folder, 0o755)  # readable by a launcher that is not the server's user
+        atexit.register(shutil.rmtree, folder, True)
+        _prepared[os.getpid()] = prepare_seccomp_program(os.path.join(folder, "isolate.bpf"))
+    return _prepared[os.getpid()]
+
+
+def read_seccomp_program(path, exec_path_address, own_pid):
+    """The prepared program with this launch's values written over the placeholders."""
+    with open(path, "rb") as f:
+        program = bytearray(f.read())
+    if not program or len(program) % BPF_INSTRUCTION.size or len(program) // BPF_INSTRUCTION.size > 4096:
+        fail("the prepared seccomp program is not a BPF program")
+    values = {
+        EXEC_ADDRESS_PLACEHOLDER & 0xFFFFFFFF: exec_path_address & 0xFFFFFFFF,
+        EXEC_ADDRESS_PLACEHOLDER >> 32: exec_path_address >> 32,
+        PID_PLACEHOLDER: own_pid,
+    }
+    found = set()
+    for offset in range(0, len(program), BPF_INSTRUCTION.size):
+        code, jt, jf, k = BPF_INSTRUCTION.unpack_from(program, offset)
+        if k in values:
+            found.add(k)
+            BPF_INSTRUCTION.pack_into(program, offset, code, jt, jf, values[k])
+    if found != set(values):
+        fail("the prepared seccomp program lacks the launch's placeholders")
+    return bytes(program)
+
+
+class SockFprog(ctypes.Structure):
+    _fields_ = [("len", ctypes.c_ushort), ("filter", ctypes.c_void_p)]
+
+
+def load_seccomp_program(program):
+    """Install a BPF program as this process's seccomp filter (no_new_privs is set)."""
+    buffer = ctypes.create_string_buffer(program, len(program))
+    fprog = SockFprog(len(program) // BPF_INSTRUCTION.size, ctypes.addressof(buffer))
+    check(libc.prctl(PR_SET_SECCOMP, SECCOMP_MODE_FILTER, ctypes.addressof(fprog), 0, 0), "loading the seccomp filter")
+
+
 # -- 8: exec -----------------------------------------------------------------------------
 
 
@@ -555,19 +707,57 @@ def exec_target(path_buffer, argv, environment):
     fail(f"exec failed: {os.strerror(ctypes.get_errno())}")
 
 
+USAGE = (
+    "usage: isolates/sandbox.py --memory-mb MB --cpu-seconds S --broker-port PORT "
+    "[--read PATH ...] [--seccomp-program FILE] -- PROGRAM [ARGUMENT ...]"
+)
+
+
+def usage_error(message):
+    os.write(2, f"{USAGE}\nisolates/sandbox.py: error: {message}\n".encode())
+    os._exit(2)
+
+
+class Arguments:
+    def __init__(self):
+        self.memory_mb = self.cpu_seconds = self.broker_port = None
+        self.read = []
+        self.seccomp_program = None
+
+
 def parse_args(argv):
-    parser = argparse.ArgumentParser(prog="isolates.sandbox", description="Lock this process down, then exec a program.")
-    parser.add_argument("--memory-mb", type=int, required=True, help="V8 heap limit of the run (MB); sizes RLIMIT_DATA")
-    parser.add_argument("--cpu-seconds", type=int, required=True, help="RLIMIT_CPU (seconds)")
-    parser.add_argument("--broker-port", type=int, required=True, help="the only TCP port the isolate may connect to")
-    parser.add_argument("--read", action="append", default=[], help="a file or folder the program may read")
-    parser.add_argument("command", nargs=argparse.REMAINDER, help="-- program and arguments")
-    args = parser.parse_args(argv)
-    command = args.command[1:] if args.command[:1] == ["--"] else args.command
+    """The launcher's options, parsed by hand: argparse alone costs a cold start 18 ms."""
+    args = Arguments()
+    numbers = {"--memory-mb": "memory_mb", "--cpu-seconds": "cpu_seconds", "--broker-port": "broker_port"}
+    index = 0
+    while index < len(argv) and argv[index] != "--":
+        option = argv[index]
+        name, has_value, value = option.partition("=")
+        if not has_value:
+            if index + 1 >= len(argv):
+                usage_error(f"{option} needs a value")
+            value = argv[index + 1]
+            index += 1
+        index += 1
+        if name in numbers:
+            try:
+                setattr(args, numbers[name], int(value))
+            except ValueError:
+                usage_error(f"{name}: not a whole number: {value!r}")
+        elif name == "--read":
+            args.read.append(value)
+        elif name == "--seccomp-program":
+            args.seccomp_program = value
+        else:
+            usage_error(f"unknown option {name}")
+    command = argv[index + 1:]
+    for name, attribute in numbers.items():
+        if getattr(args, attribute) is None:
+            usage_error(f"{name} is required")
     if not command:
-        parser.error("no program given after --")
+        usage_error("no program given after --")
     if not (0 < args.broker_port < 65536) or args.memory_mb <= 0 or args.cpu_seconds <= 0:
-        parser.error("limits must be positive and the port a TCP port")
+        usage_error("limits must be positive and the port a TCP port")
     return args, command
 
 
@@ -582,15 +772,22 @@ def main(argv=None):
 
     detach()
     apply_rlimits(limits)
-    # Import libseccomp before Landlock hides the venv's files from this process.
-    import pyseccomp  # noqa: F401
+    path_buffer = ctypes.create_string_buffer(os.fsencode(target))
+    if args.seccomp_program:
+        # Read before the uid switch and Landlock, with the launcher's own rights.
+        program = read_seccomp_program(args.seccomp_program, ctypes.addressof(path_buffer), os.getpid())
+    else:
+        # Import libseccomp before Landlock hides the venv's files from this process.
+        import pyseccomp  # noqa: F401
 
+        program = None
     ruleset = prepare_landlock(limits, target, extra_reads)
     drop_privileges(parent_pid)
     enforce_landlock(ruleset)
-    path_buffer = ctypes.create_string_buffer(os.fsencode(target))
-    seccomp_filter = build_seccomp_filter(ctypes.addressof(path_buffer), os.getpid())
-    seccomp_filter.load()
+    if program is not None:
+        load_seccomp_program(program)
+    else:
+        build_seccomp_filter(ctypes.addressof(path_buffer), os.getpid()).load()
     exec_target(path_buffer, command, POLICY["environment"])
 
 

@@ -337,3 +337,7 @@ SYMPOSIUM_AUDIT_SPILL_DIR = Path(os.environ.get("SYMPOSIUM_AUDIT_SPILL_DIR") or 
 # Threads of one server process that run capability calls inline (those not sent to RQ):
 # how many handler calls it runs at once; more wait their turn.
 SYMPOSIUM_INLINE_THREADS = envint("SYMPOSIUM_INLINE_THREADS", 16)
+# Memory the memory-heavy calls of one process (canvas exports, image transforms) may hold
+# at once, by their estimates (capabilities/memory_budget.py); a call that does not fit
+# waits its turn, up to 10 s, then is refused. At least the largest export's 640 MB.
+SYMPOSIUM_HEAVY_MEMORY_MB = envint("SYMPOSIUM_HEAVY_MEMORY_MB", 1024)

@@ -209,6 +209,14 @@ class PermissionProfile(models.Model):
     time_limit_seconds = models.PositiveIntegerField(
         default=60, validators=[MinValueValidator(1), MaxValueValidator(86400)], help_text="Wall-clock limit of a run."
     )
+    # CPU time is a limit of its own: a run that waits (on calls, timers) costs no CPU and
+    # may use its whole wall-clock time; one that computes is stopped at this budget even
+    # when its wall-clock time is far from over (docs/isolates.md, "Time").
+    cpu_time_limit_ms = models.PositiveIntegerField(
+        default=30_000, validators=[MinValueValidator(10), MaxValueValidator(86_400_000)],
+        help_text="CPU time of a run (all its threads, start-up excluded), in milliseconds. "
+        "Separate from the wall-clock limit: past it the run ends with CPU_LIMIT.",
+    )
     console_output_cap = models.PositiveIntegerField(
         default=1 * MB, validators=[MinValueValidator(1024)], help_text="Bytes of console output kept per run."
     )
@@ -469,7 +477,9 @@ class BlockRun(models.Model):
     bytes_in = models.BigIntegerField(default=0)
     bytes_out = models.BigIntegerField(default=0)
     peak_memory_bytes = models.BigIntegerField(null=True, blank=True)
-    cpu_seconds = models.FloatField(null=True, blank=True)
+    cpu_ms = models.PositiveIntegerField(
+        null=True, blank=True, help_text="CPU time the run used (all the isolate's threads, from its assignment on), in ms."
+    )
     server = models.CharField(max_length=100, blank=True, help_text="The server process that ran it.")
     # The isolate proves which run it is with a one-time token; only its hash is kept.
     token_hash = models.CharField(max_length=64, blank=True, db_index=True, editable=False)

@@ -66,6 +66,7 @@ BASIC = dict(
     **PROCESS_OFF,
     memory_mb=64,  # chosen: the seed says "small"
     time_limit_seconds=30,  # chosen: the seed says "small"
+    cpu_time_limit_ms=10_000,  # chosen: a display block computes little; a third of its wall time
     console_output_cap=256 * 1024,  # chosen: a display block logs little
     concurrent_runs=2,  # chosen: one page with a couple of blocks at once
     # Saved blocks: API requests, HTTP endpoint bodies, schedules.
@@ -110,6 +111,7 @@ INTERACTIVE = dict(
     **PROCESS_OFF,
     memory_mb=128,  # seed
     time_limit_seconds=60,  # seed
+    cpu_time_limit_ms=30_000,  # chosen: half its wall time; the rest is waiting on calls
     console_output_cap=1 * MB,  # chosen: enough to debug with, small to store
     concurrent_runs=5,  # chosen: a few users of one tenant at once
     api_rate_per_minute=120,  # chosen: two requests a second per token
@@ -156,6 +158,7 @@ DATA = dict(
     **PROCESS_OFF,
     memory_mb=256,  # seed
     time_limit_seconds=300,  # seed
+    cpu_time_limit_ms=150_000,  # chosen: half its wall time, for pipelines that compute
     console_output_cap=2 * MB,  # chosen: pipelines log progress
     concurrent_runs=10,  # chosen: scheduled jobs and users together
     api_rate_per_minute=600,  # chosen: ten a second per token
@@ -206,6 +209,7 @@ ADVANCED = dict(
     process_rate_per_minute=120,  # chosen: two commands a second
     memory_mb=512,  # seed
     time_limit_seconds=600,  # seed
+    cpu_time_limit_ms=600_000,  # chosen: its whole wall time, for the longest computations
     console_output_cap=5 * MB,  # chosen: the largest, for the longest runs
     concurrent_runs=20,  # chosen: the highest
     api_rate_per_minute=1200,  # chosen: twenty a second per token

@@ -64,6 +64,7 @@ ROWS = {
     "realtime messages": lambda p: "none" if not p["realtime_max_message_bytes"] else (
         f"{size(p['realtime_max_message_bytes'])}, {p['realtime_rate_per_minute']}/min"),
     "memory / time": lambda p: f"{p['memory_mb']} MB / {p['time_limit_seconds']} s",
+    "CPU time": lambda p: f"{p['cpu_time_limit_ms'] / 1000:g} s",
     "console output kept": lambda p: size(p["console_output_cap"]),
     "runs at once": lambda p: str(p["concurrent_runs"]),
 }

@@ -186,8 +186,13 @@ print(json.dumps(results))
 '''.replace("signal_number", "0")
 
 
-def launcher(*command, memory_mb=64, cpu_seconds=5, broker_port=9, read=()):
-    args = [sys.executable, "-I", str(sandbox.__file__), "--memory-mb", str(memory_mb), "--cpu-seconds", str(cpu_seconds), "--broker-port", str(broker_port)]
+def launcher(*command, memory_mb=64, cpu_seconds=5, broker_port=9, read=(), prepared=True):
+    """The launcher's command line as the pool builds it: with the seccomp program
+    prepared once for this process (or, with prepared=False, compiling its own)."""
+    args = [sys.executable, "-I", *(["-S"] if prepared else []), str(sandbox.__file__), "--memory-mb", str(memory_mb),
+            "--cpu-seconds", str(cpu_seconds), "--broker-port", str(broker_port)]
+    if prepared:
+        args += ["--seccomp-program", sandbox.prepared_seccomp_program()]
     for path in read:
         args += ["--read", str(path)]
     return args + ["--", *command]
@@ -416,12 +421,59 @@ def test_cant_make_syscalls_through_the_32_bit_abi(readable_folder):
     assert result.returncode == -signal.SIGSYS
 
 
+def test_it_compiles_the_same_filter_itself_without_a_prepared_program(readable_folder):
+    # The slow path (manual use): libseccomp in the launcher. Its filter kills a 32-bit
+    # syscall as the prepared one does.
+    script = script_in(readable_folder, "int80_slow.py", textwrap.dedent(
+        """
+        import ctypes, mmap
+        page = mmap.mmap(-1, 4096, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS, prot=mmap.PROT_READ | mmap.PROT_WRITE | mmap.PROT_EXEC)
+        page.write(bytes([0xB8, 20, 0, 0, 0, 0xCD, 0x80, 0xC3]))
+        print(ctypes.CFUNCTYPE(ctypes.c_int)(ctypes.addressof(ctypes.c_char.from_buffer(page)))())
+        """))
+    result = subprocess.run(launcher(SYSTEM_PYTHON, "-I", "-S", str(script), read=[script], prepared=False), capture_output=True, timeout=30)
+    assert result.returncode == -signal.SIGSYS
+
+
+def test_it_prepares_the_program_with_exactly_the_launchs_placeholders(tmp_path):
+    path = sandbox.prepare_seccomp_program(str(tmp_path / "filter.bpf"))
+    program = Path(path).read_bytes()
+    words = [sandbox.BPF_INSTRUCTION.unpack_from(program, i)[3] for i in range(0, len(program), 8)]
+    placeholders = {sandbox.PID_PLACEHOLDER, sandbox.EXEC_ADDRESS_PLACEHOLDER & 0xFFFFFFFF, sandbox.EXEC_ADDRESS_PLACEHOLDER >> 32}
+    assert placeholders <= set(words)
+    # A launch's values replace the placeholders and nothing else.
+    patched = sandbox.read_seccomp_program(path, 0x7F00_1234_5678, 4321)
+    changed = [i for i in range(0, len(program), 8) if program[i:i + 8] != patched[i:i + 8]]
+    assert changed and all(words[i // 8] in placeholders for i in changed)
+    assert sum(1 for w in words if w in placeholders) == len(changed)
+
+
+def test_cant_start_with_a_program_that_is_not_the_prepared_filter(tmp_path):
+    # An empty filter (allow everything) has none of the placeholders: the launcher
+    # refuses it rather than start an isolate without its rules.
+    allow_all = tmp_path / "allow.bpf"
+    allow_all.write_bytes(sandbox.BPF_INSTRUCTION.pack(0x06, 0, 0, 0x7FFF0000))  # BPF_RET ALLOW
+    command = launcher("/bin/true")
+    command[command.index("--seccomp-program") + 1] = str(allow_all)
+    result = subprocess.run(command, capture_output=True, timeout=30)
+    assert result.returncode == 70
+    assert b"lacks the launch's placeholders" in result.stderr
+
+
 def test_it_refuses_to_start_without_a_program():
     result = subprocess.run([sys.executable, "-I", str(sandbox.__file__), "--memory-mb", "64", "--cpu-seconds", "5", "--broker-port", "9"], capture_output=True, timeout=30)
     assert result.returncode == 2
     assert b"no program given" in result.stderr
 
 
-def test_it_sizes_the_data_limit_for_the_heap_and_as_much_again():
-    # The runtime's own reservations plus twice the profile's memory.
-    assert sandbox.data_limit_bytes(128) - sandbox.data_limit_bytes(64) == 2 * 64 * sandbox.MB
+def test_it_sizes_the_data_limit_for_one_budget_shared_by_heap_and_off_heap():
+    # One budget of the profile's memory (old and young generation), not two: memory
+    # outside the heap can never take more than the profile's figure plus the runtime's
+    # headroom, however empty the heap is.
+    from isolates import pool
+
+    for memory_mb in (64, 128, 256, 512):
+        assert sandbox.semi_space_mb(memory_mb) == pool.semi_space_mb(memory_mb)
+        runtime = (sandbox.ISOLATES_PER_PROCESS * sandbox.V8_CODE_RANGE_MB + sandbox.RUNTIME_DATA_MB) * sandbox.MB
+        assert sandbox.data_limit_bytes(memory_mb) - runtime == sandbox.heap_budget_mb(memory_mb) * sandbox.MB
+    assert sandbox.data_limit_bytes(128) - sandbox.data_limit_bytes(64) == (64 + 3 * 4) * sandbox.MB

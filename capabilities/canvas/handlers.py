@@ -21,6 +21,7 @@ from functools import partial
 import skia
 
 from capabilities.base import CapabilityError
+from capabilities.memory_budget import process_budget
 from capabilities.canvas import encode, limits, store
 from capabilities.canvas.fonts import DEFAULT_FONT, parse_font
 from capabilities.canvas.ops import TEXT_PROPERTIES, OpValidator
@@ -351,6 +352,14 @@ def _export_image(ctx, args):
             f"Rendering this canvas would need about {needed // 2**20} MB; one export may use "
             f"{limits.RENDER_MEMORY_LIMIT // 2**20} MB. Draw fewer or smaller images into it.",
         )
+    # The estimate is also reserved from the process's budget for memory-heavy work, so
+    # that exports side by side cannot add up to more than the server can hold: an
+    # export that does not fit waits its turn (bounded), then is refused.
+    with process_budget().reserve(needed, ctx, "Exporting this canvas"):
+        return _render_and_encode(ctx, meta, fmt, quality, plan)
+
+
+def _render_and_encode(ctx, meta, fmt, quality, plan):
     check_deadline = _deadline_check(ctx, RENDERING_TOO_LONG)
     images = {}
     for path, (index, file_width, file_height) in plan.files.items():

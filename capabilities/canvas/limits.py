@@ -25,6 +25,11 @@ IMAGE_EVENT_MAX = 8 * 1024 * 1024
 # a few images; it is a platform bound, not a per-tenant one.
 RENDER_MEMORY_LIMIT = 640 * 1024 * 1024
 
+# Exports running side by side share one further bound, the process's budget for
+# memory-heavy work (capabilities/memory_budget.py, SYMPOSIUM_HEAVY_MEMORY_MB): each
+# reserves this estimate before it renders. The budget's default (1 GB) is larger than
+# RENDER_MEMORY_LIMIT, so that the largest export can always run, alone.
+
 # How many times the canvas's own size the export needs besides its sources (see above).
 RENDER_COPIES = 4
 

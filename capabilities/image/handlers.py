@@ -19,6 +19,7 @@ from PIL import Image, ImageFilter, ImageOps, UnidentifiedImageError
 from capabilities import files
 from capabilities.base import CapabilityError
 from capabilities.image import limits
+from capabilities.memory_budget import process_budget
 
 ORIENTATION_TAG = 0x0112
 
@@ -289,6 +290,48 @@ def image_transform(ctx, args):
             raise CapabilityError(
                 "QUOTA_EXCEEDED", f"'{shown}' has {frames} frames of {width}x{height}; animations up to "
                 f"{limits.MAX_ANIMATION_PIXELS} pixels in all can be transformed.")
+        # Decoding starts here: the estimate is reserved from the process's budget first
+        # (it waits its turn behind other memory-heavy calls, bounded, then is refused).
+        kept = frames if animated else 1
+        estimate = kept * largest_picture((width, height), steps, _max_pixels(ctx)) * limits.TRANSFORM_BYTES_PER_PIXEL
+        with process_budget().reserve(estimate, ctx, "Transforming this image"):
+            return _transform(ctx, image, steps, name, input_name, shown, output, quality, keep, frames, animated)
+
+
+def largest_picture(size, steps, max_pixels):
+    """The most pixels a frame has at any point of the steps, from its source's size (a
+    step past max_pixels is refused as it happens, so no more is ever held)."""
+    width, height = size
+    largest = width * height
+    for kind, fields, _ in steps:
+        if kind == "resize":
+            w, h = fields["width"], fields["height"]
+            if w is None or h is None:
+                ratio = (w / width) if w is not None else (h / height)
+                w, h = math.ceil(width * ratio), math.ceil(height * ratio)
+            width, height = w, h
+        elif kind == "crop":
+            width, height = min(width, fields["width"]), min(height, fields["height"])
+        elif kind == "rotate":
+            degrees = fields["degrees"] % 360
+            if degrees in (90, 270):
+                width, height = height, width
+            elif degrees:
+                turn = math.radians(degrees)
+                width, height = (math.ceil(abs(width * math.cos(turn)) + abs(height * math.sin(turn))) + 1,
+                                 math.ceil(abs(width * math.sin(turn)) + abs(height * math.cos(turn))) + 1)
+        elif kind == "autoOrient":
+            width = height = max(width, height)  # a quarter turn, maybe: either way round
+        elif kind == "thumbnail":
+            width, height = min(width, fields["size"]), min(height, fields["size"])
+        largest = max(largest, min(width * height, max_pixels))
+    return largest
+
+
+def _transform(ctx, image, steps, name, input_name, shown, output, quality, keep, frames, animated):
+    """Decode, transform and write, once image_transform has checked all it can from the
+    header and reserved the memory. The source is closed as soon as its frames are read."""
+    with image:
         exif = image.getexif() if keep else None
         icc = image.info.get("icc_profile") if keep else None
         loop = image.info.get("loop", 0)

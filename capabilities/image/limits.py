@@ -21,6 +21,12 @@ MAX_BLUR_RADIUS = 250
 # height is bounded too, at about 200 MB of RGBA.
 MAX_ANIMATION_PIXELS = 50_000_000
 
+# Memory one transform is estimated to hold, per pixel of every frame it keeps: the
+# decoded frame (RGBA, 4 bytes), the result of a step while its input is still held, and
+# the frame converted for the output format. Reserved from the process's budget for
+# memory-heavy work (capabilities/memory_budget.py) before anything is decoded.
+TRANSFORM_BYTES_PER_PIXEL = 4 * 3
+
 # Quality of lossy output when none is given (Pillow's JPEG default is 75; 85 is what
 # most image services use for photos).
 DEFAULT_QUALITY = {"jpeg": 85, "webp": 80}

@@ -368,6 +368,7 @@ function showFigures(f) {
   $("fig-calls").textContent = f.calls != null ? f.calls.toLocaleString() : "–";
   $("fig-bytes").textContent = f.bytes_in != null ? `${humanBytes(f.bytes_in)} / ${humanBytes(f.bytes_out)}` : "–";
   $("fig-memory").textContent = humanBytes(f.peak_memory_bytes);
+  $("fig-cpu").textContent = f.cpu_ms != null ? humanSeconds(f.cpu_ms / 1000) : "–";
 }
 
 function showOutcome(f) {

@@ -70,7 +70,7 @@ class Command(BaseCommand):
                     "bytesIn": run.bytes_in,
                     "bytesOut": run.bytes_out,
                     "peakMemoryBytes": run.peak_memory_bytes,
-                    "cpuSeconds": run.cpu_seconds,
+                    "cpuMs": run.cpu_ms,
                     "consoleTruncated": run.console_truncated,
                 },
             }))
