@@ -20,6 +20,8 @@ import signal
 import shutil
 import sys
 import tempfile
+import threading
+from contextlib import contextmanager
 from pathlib import Path
 
 import deno
@@ -48,7 +50,8 @@ CHECK_LIMITS = {
     # Wall clock, past which the checker is killed: on a busy machine a check waits for
     # CPU too.
     "wall_seconds": 90,
-    # Checks at once in one server process: each holds a compiler's memory.
+    # Checks at once in one server process: each holds a compiler's memory. One tenant
+    # has at most one check going, so that no tenant takes every slot.
     "concurrent": 2,
     # Diagnostics reported: the first ones are the ones to fix.
     "max_diagnostics": 100,
@@ -59,7 +62,10 @@ CHECK_LIMITS = {
 # port 1, so the checker has no network at all.
 NO_NETWORK_PORT = 1
 
-_slots = None
+# Slots of this process; threads (Django's sync views) and event loops (runblock) share
+# them, so they are a plain lock and counts, and a check never waits for one.
+_slots_lock = threading.Lock()
+_checking = {"count": 0, "owners": set()}
 
 
 class TypeCheckError(Exception):
@@ -115,17 +121,32 @@ def parse_diagnostics(output, folder, names):
     return diagnostics[: CHECK_LIMITS["max_diagnostics"]]
 
 
-async def check_types(code, name, declarations=None):
-    """Check a TypeScript block. Returns {"ok", "diagnostics": [{file, line, column, code,
-    message, severity}]}; raises TypeCheckError when no check could be made."""
-    global _slots
+@contextmanager
+def check_slot(owner):
+    """One of this process's check slots for `owner` (a tenant), or TypeCheckError BUSY."""
+    with _slots_lock:
+        if owner is not None and owner in _checking["owners"]:
+            raise TypeCheckError("BUSY", "A type check of this tenant is already going; try again when it ends.")
+        if _checking["count"] >= CHECK_LIMITS["concurrent"]:
+            raise TypeCheckError("BUSY", "The server is checking other blocks' types; try again in a few seconds.")
+        _checking["count"] += 1
+        if owner is not None:
+            _checking["owners"].add(owner)
+    try:
+        yield
+    finally:
+        with _slots_lock:
+            _checking["count"] -= 1
+            _checking["owners"].discard(owner)
+
+
+async def check_types(code, name, declarations=None, owner=None):
+    """Check a TypeScript block against `declarations` (a .d.ts file; the platform's by
+    default). Returns {"ok", "diagnostics": [{file, line, column, code, message,
+    severity}]}; raises TypeCheckError when no check could be made."""
     if not is_typescript(name):
         raise TypeCheckError("INVALID_ARGUMENT", "Type checks are for TypeScript blocks: name the block with .ts.")
-    if _slots is None:
-        _slots = asyncio.Semaphore(CHECK_LIMITS["concurrent"])
-    if _slots.locked():
-        raise TypeCheckError("BUSY", "The server is checking other blocks' types; try again in a few seconds.")
-    async with _slots:
+    with check_slot(owner):
         return await _check(code, block_file_name(name), Path(declarations or default_declarations()))
 
 
