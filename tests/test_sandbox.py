@@ -294,8 +294,10 @@ async def test_it_reports_an_uncaught_error_with_the_blocks_name_in_the_stack(po
 async def test_it_reports_a_syntax_error_by_the_blocks_name(pool, broker):
     _, done, _ = await run(pool, broker, "export default () => {\n  return 1 +;\n}\n", name="broken.js")
     error = done["error"]
-    assert error["name"] == "SyntaxError"
-    assert "broken.js:2" in error["message"] and "blob:" not in error["message"]
+    assert error["name"] == "SyntaxError" and error["code"] == "SYNTAX_ERROR"
+    # The sentence is the message; the location is the stack's one frame.
+    assert error["message"] == "Expression expected"
+    assert error["stack"] == "SyntaxError: Expression expected\n    at broken.js:2:13" and "blob:" not in error["stack"] + error["message"]
 
 
 async def test_it_keeps_only_the_file_name_of_the_block(pool, broker):
