@@ -15,6 +15,7 @@ from django.db import IntegrityError, transaction
 
 from blocks.models import LANGUAGES, MAX_CODE_BYTES, Block, BlockVersion, code_sha256, slug_validator
 from isolates.broker import control_group, run_group
+from isolates.errors import run_error
 from isolates.runs import service_for_port
 from tenants import audit
 from tenants.models import BlockRun
@@ -218,7 +219,7 @@ def run_document(run):
         "id": run.id,
         "status": run.status,
         "result": run.result if ok else None,
-        "error": {"code": run.error_code, "message": run.error} if finished and not ok else None,
+        "error": run_error(run) if finished and not ok else None,
         "logs": console_logs(run),
         "stats": {
             "run": run.id,

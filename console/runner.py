@@ -38,6 +38,7 @@ from django.urls import reverse
 
 from blocks.models import Block, code_sha256
 from isolates.broker import control_group, run_group
+from isolates.errors import run_error
 from isolates.runs import RunRefused, service_for_port
 from tenants import audit
 from tenants.models import AuditLog, BlockRun, Membership, Tenant
@@ -202,6 +203,7 @@ def run_final(run):
         **run_summary(run),
         "result": run.result,
         "error": run.error,
+        "error_detail": run_error(run),
         "console_truncated": run.console_truncated,
         "files": files_written(run),
     }

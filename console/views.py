@@ -140,6 +140,8 @@ def runner_page(request):
             "runUrl": reverse("runner-run", args=["TENANT", "RUN"]),
             # Saved blocks: /runner/TENANT/blocks/ and the block views under it.
             "blocksUrl": reverse("runner-blocks", args=["TENANT"]),
+            # "Check types" of a TypeScript block: a POST behind the CSRF check.
+            "checkUrl": reverse("runner-check", args=["TENANT"]),
             "block": request.GET.get("block", "")[:64],
             # The JSON views that save and deploy are POSTs behind the CSRF check.
             "csrfToken": get_token(request),

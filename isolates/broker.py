@@ -30,6 +30,7 @@ from capabilities.base import CallContext
 from capabilities.canvas.store import discard_run
 from capabilities.network.sealed import PLACEHOLDER_PREFIX, placeholders_in, run_env, run_seals
 from capabilities.registry import OPERATION_CAPABILITIES, OPERATIONS
+from isolates.errors import error_detail
 from isolates.packages import link_block_async
 from isolates.protocol import LIMITS, LOG_LEVELS, FrameError, decode_value, encode_frame, frame_limit, parse_frame
 from tenants import audit
@@ -510,14 +511,16 @@ class IsolateBrokerConsumer(AsyncWebsocketConsumer):
         # Stored and relayed as the other texts of the block are: storable first.
         frame = audit.storable_value(frame)
         error = frame.get("error") if isinstance(frame.get("error"), dict) else {}
+        detail = None if ok else error_detail(error, self.run.code, self.run.name)
         await self.group_event({"event": "done", "ok": ok, "result": frame.get("result") if ok else None,
-                                "error": None if ok else {k: error.get(k) for k in ("name", "code", "message", "stack")}})
+                                "error": None if ok else {"code": error.get("code"), "message": error.get("message"), **detail}})
         await self.flush_events()
         outcome = dict(
             status="succeeded" if ok else "failed",
             result=frame.get("result") if ok else None,
             error_code="" if ok else str(error.get("code") or error.get("name") or "Error")[:30],
             error=str(error.get("message") or "")[:10000] if not ok else "",
+            error_detail=detail,
         )
         # The block's outcome is worth waiting for: retried while the database restarts
         # (the run service waits as long before it records a failure instead).
@@ -681,10 +684,11 @@ class IsolateBrokerConsumer(AsyncWebsocketConsumer):
         )
 
     @database_sync_to_async
-    def finish_run(self, status, result=None, error_code="", error=""):
+    def finish_run(self, status, result=None, error_code="", error="", error_detail=None):
         audit.flush()
         BlockRun.objects.filter(pk=self.run.id, status="running").update(
-            status=status, result=result, error_code=error_code, error=error, finished=timezone.now())
+            status=status, result=result, error_code=error_code, error=error, error_detail=error_detail,
+            finished=timezone.now())
 
 
 def read_tenant(tenant_id):

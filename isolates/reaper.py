@@ -31,6 +31,7 @@ from django.db import transaction
 from django.utils import timezone
 
 from isolates.broker import run_group
+from isolates.errors import run_error
 from isolates.models import ServerProcess
 from tenants.models import BlockRun
 
@@ -162,7 +163,7 @@ def announce(run_ids):
 def finished_event(run):
     return {
         "type": "run.event", "run": run.id, "event": "finished", "status": run.status,
-        "error_code": run.error_code, "error": run.error, "result": run.result,
+        "error_code": run.error_code, "error": run.error, "error_detail": run_error(run), "result": run.result,
         "duration": run.duration, "calls": run.calls, "bytes_in": run.bytes_in, "bytes_out": run.bytes_out,
         "peak_memory_bytes": run.peak_memory_bytes, "cpu_ms": run.cpu_ms, "console_truncated": run.console_truncated,
     }

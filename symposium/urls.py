@@ -7,6 +7,7 @@ from django.views.generic import RedirectView
 from blocks.api import api as blocks_api
 from blocks.endpoints import endpoint as block_endpoint
 from console import saved_blocks
+from console import type_checks
 from console import views as runner
 from console.login import one_time_login
 from console.overview import overview_view
@@ -25,6 +26,7 @@ urlpatterns = [
     path("runner/<slug:slug>/runs/", runner.history_json, name="runner-history"),
     path("runner/<slug:slug>/runs/<str:run_id>/", runner.run_json, name="runner-run"),
     path("runner/<slug:slug>/files/<path:path>", runner.download_file, name="runner-file"),
+    path("runner/<slug:slug>/check/", type_checks.check_view, name="runner-check"),
     path("runner/<slug:slug>/blocks/", saved_blocks.block_list, name="runner-blocks"),
     path("runner/<slug:slug>/blocks/<slug:block_slug>/", saved_blocks.block_detail, name="runner-block"),
     path("runner/<slug:slug>/blocks/<slug:block_slug>/versions/<int:number>/", saved_blocks.version_detail,

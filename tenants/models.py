@@ -471,6 +471,9 @@ class BlockRun(models.Model):
     result = models.JSONField(null=True, blank=True)
     error_code = models.CharField(max_length=30, blank=True)
     error = models.TextField(blank=True)
+    # The rest of a failed run's error, in the block's terms (isolates/errors.py):
+    # {name, stack, frames: [{file, line, column, function}], codeFrame}.
+    error_detail = models.JSONField(null=True, blank=True)
     console = models.TextField(blank=True, help_text="Console output, capped by the profile.")
     console_truncated = models.BooleanField(default=False)
     calls = models.PositiveIntegerField(default=0)

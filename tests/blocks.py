@@ -21,8 +21,8 @@ class Runner:
     def __init__(self, server):
         self.server = server
 
-    def __call__(self, tenant, code, input=None, timeout=60):
-        return self.server.call(self._run(tenant, code, input), timeout)
+    def __call__(self, tenant, code, input=None, timeout=60, name="test.js"):
+        return self.server.call(self._run(tenant, code, input, name), timeout)
 
     def start(self, tenant, code):
         from isolates.runs import service_for_port
@@ -62,7 +62,7 @@ class Runner:
 
         self.server.call(stop_all(), 30)
 
-    async def _run(self, tenant, code, input):
+    async def _run(self, tenant, code, input, name="test.js"):
         import asyncio
 
         from channels.layers import get_channel_layer
@@ -73,7 +73,7 @@ class Runner:
         service = service_for_port(self.server.port)
         layer = get_channel_layer()
         channel = await layer.new_channel()
-        run = await service.start(tenant, code, name="test.js", input=input)
+        run = await service.start(tenant, code, name=name, input=input)
         await layer.group_add(run_group(run.id), channel)
         events = []
 

@@ -90,3 +90,95 @@ def test_usage_errors_exit_2(platform, args, message):
     result = platform(*args, stdin="export default () => 1")
     assert result.returncode == 2
     assert message in result.stderr
+
+
+# -- errors where they happened, TypeScript and type checks ------------------------------
+
+
+def test_a_failing_block_prints_the_line_it_failed_on(platform):
+    result = platform("runblock", "-", "--tenant", "acme", stdin="const a = 1;\nfunction check(n) {\n  throw new TypeError(`bad ${n}`);\n}\ncheck(a);\n")
+    assert result.returncode == 1
+    lines = result.stderr.splitlines()
+    assert "[TypeError]: bad 1" in lines[0]
+    assert lines[1] == "stdin.js:3:9"
+    assert lines[2:5] == ["  2 | function check(n) {", "> 3 |   throw new TypeError(`bad ${n}`);", "    |         ^"]
+    assert lines[5:] == ["    at check (stdin.js:3:9)", "    at stdin.js:5:1"]
+
+
+def test_a_syntax_error_prints_its_code_frame(platform):
+    result = platform("runblock", "-", "--tenant", "acme", stdin="let x = 1;\nx = = 2;\n")
+    assert result.returncode == 1
+    assert "[SYNTAX_ERROR]: Expression expected" in result.stderr
+    assert "stdin.js:2:5\n  1 | let x = 1;\n> 2 | x = = 2;\n    |     ^" in result.stderr
+
+
+def test_json_mode_carries_the_whole_error(platform):
+    result = platform("runblock", "-", "--tenant", "acme", "--json", stdin="\nnull.x;\n")
+    error = json.loads(result.stdout)["error"]
+    assert set(error) == {"name", "message", "code", "stack", "frames", "codeFrame"}
+    assert error["name"] == "TypeError" and error["code"] == "TypeError"
+    assert error["frames"] == [{"file": "stdin.js", "line": 2, "column": 6, "function": ""}]
+    assert error["stack"].endswith("at stdin.js:2:6")
+
+
+def test_it_runs_a_typescript_file(platform, tmp_path):
+    block = tmp_path / "greet.ts"
+    block.write_text("interface Input { name: string }\nexport default ({ name }: Input): string => `Hello ${name as string}`;\n")
+    result = platform("runblock", str(block), "--tenant", "acme", "--input", '{"name": "Ada"}')
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "Hello Ada"
+
+
+def test_check_reports_type_errors_with_their_locations(platform, tmp_path):
+    block = tmp_path / "typo.ts"
+    block.write_text('const n: number = "hello";\nfunction f(a: string): number {\n  return a.length;\n}\nf(3);\nexport default () => n;\n')
+    result = platform("runblock", "--check", str(block), "--tenant", "acme")
+    assert result.returncode == 1, result.stderr
+    lines = result.stderr.splitlines()
+    assert "typo.ts:1:7: error: Type 'string' is not assignable to type 'number'. (TS2322)" in lines
+    assert "typo.ts:5:3: error: Argument of type 'number' is not assignable to parameter of type 'string'. (TS2345)" in lines
+    assert "> 5 | f(3);" in lines and lines[-1] == "typo.ts: 2 type errors."
+    assert str(tmp_path) not in result.stderr and "/tmp/" not in result.stderr  # no server paths
+
+
+def test_check_passes_a_typed_block_that_uses_the_api(platform, tmp_path):
+    block = tmp_path / "ok.ts"
+    block.write_text("export default async (): Promise<number> => {\n"
+                     "  const file = await symposium.readFile('data/config.json');\n"
+                     "  try { return JSON.parse(file.data).n as number; }\n"
+                     "  catch (e) { if (e instanceof SymposiumError) console.log(e.code); return 0; }\n};\n")
+    result = platform("runblock", "--check", str(block), "--tenant", "acme", "--json")
+    assert result.returncode == 0, result.stderr
+    assert json.loads(result.stdout) == {"ok": True, "diagnostics": []}
+
+
+def test_cant_fetch_an_import_while_checking_types(platform, tmp_path):
+    import http.server
+    import threading
+
+    seen = []
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            seen.append(self.path)
+            self.send_response(200)
+            self.end_headers()
+            self.wfile.write(b"export const x: number = 1;")
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        block = tmp_path / "remote.ts"
+        block.write_text(f"import {{ x }} from 'http://127.0.0.1:{server.server_port}/mod.ts';\nexport default () => x;\n")
+        result = platform("runblock", "--check", str(block), "--tenant", "acme", "--json")
+    finally:
+        server.shutdown()
+    report = json.loads(result.stdout)
+    assert result.returncode == 1 and not report["ok"]
+    assert seen == []
+    assert "/tmp/" not in result.stdout
+
+
+def test_check_is_for_typescript_blocks(platform):
+    result = platform("runblock", "--check", "-", "--tenant", "acme", stdin="export default () => 1")
+    assert result.returncode == 2 and "checks TypeScript blocks" in result.stderr

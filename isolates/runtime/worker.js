@@ -87,12 +87,30 @@ function errorHeader(error) {
   }
 }
 
+// Frames of the platform are not the author's: the runtime (worker.js, main.js), Deno's
+// own JavaScript (ext:, node:), and modules that are not the block (other blob: URLs).
+// Frames without a file at the top of what is left (`new Promise` inside fetch) were
+// called by the platform too. What remains is the block's own code, as a browser would show it.
+function frameFile(site) {
+  return site.getFileName() ?? site.getScriptNameOrSourceURL?.() ?? "";
+}
+
+function isPlatformFrame(site) {
+  const file = frameFile(site);
+  if (!file || file === blockUrl) return false;
+  return file === RUNTIME_URL || /^(ext|node|file|blob|data):/.test(file);
+}
+
+function blockFrames(sites) {
+  const kept = sites.filter((site) => !isPlatformFrame(site));
+  let first = 0;
+  while (first + 1 < kept.length && !frameFile(kept[first])) first++;
+  return kept.slice(first);
+}
+
 Error.prepareStackTrace = (error, sites) => {
   const lines = [errorHeader(error)];
-  for (const site of sites) {
-    if (site.getFileName() === RUNTIME_URL) continue;
-    lines.push(`    at ${formatCallSite(site)}`);
-  }
+  for (const site of blockFrames(sites)) lines.push(`    at ${formatCallSite(site)}`);
   return lines.join("\n");
 };
 
@@ -103,22 +121,124 @@ function scrub(text) {
   return text.split(RUNTIME_URL).join("<runtime>");
 }
 
+// Deno reports a block that does not parse, or whose static import is refused, as a
+// TypeError whose message carries Deno's code frame and the location ("\n    at
+// block.js:2:11"). The location goes into the stack, where every other error has its
+// frames, and the message keeps the sentence alone: the platform draws the code frame.
+const MESSAGE_LOCATION = /\n\s+at (\S+:\d+:\d+)\s*$/;
+
+function splitLocation(message) {
+  const match = MESSAGE_LOCATION.exec(message);
+  if (!match) return { message, location: null };
+  let text = message.slice(0, match.index);
+  // Deno's code frame: "\n  |\n2 | const b = ;\n  |           ~" after the sentence.
+  const frame = text.search(/\n\s*\|/);
+  if (frame >= 0) text = text.slice(0, frame);
+  return { message: text.trimEnd(), location: match[1] };
+}
+
 function describeError(value) {
   if (value instanceof Error || (value && typeof value === "object" && "message" in value && "name" in value)) {
     let name = String(value.name ?? "Error");
     let message = scrub(value.message ?? "");
-    // Deno reports a block's syntax error as a TypeError whose message is the SyntaxError.
+    let code = value.code !== undefined && value.code !== null ? String(value.code) : undefined;
+    let stack = typeof value.stack === "string" ? scrub(value.stack) : undefined;
     if (name === "TypeError" && message.startsWith("SyntaxError: ")) {
       name = "SyntaxError";
+      code = "SYNTAX_ERROR";
       message = message.slice("SyntaxError: ".length);
     }
+    const split = splitLocation(message);
+    if (split.location !== null) {
+      message = split.message;
+      stack = `${name}: ${message}\n    at ${split.location}`;
+    }
     const described = { name, message };
-    if (typeof value.stack === "string") described.stack = scrub(value.stack);
-    if (value.code !== undefined && value.code !== null) described.code = String(value.code);
+    if (stack !== undefined) described.stack = stack;
+    if (code !== undefined) described.code = code;
     return described;
   }
   return { name: "Error", message: `Uncaught ${scrub(typeof value === "string" ? value : inspect(value))}` };
 }
+
+// -- what the sandbox refuses, in the platform's words -----------------------------------
+
+// Deno words a refusal for whoever starts it ("run again with the --allow-net flag"); no
+// block author can. These say what a block uses instead. Keyed by Deno's permission kind.
+const REFUSAL_ADVICE = {
+  net: (what) => `A block cannot open network connections itself (${what}). Use symposium.network.fetch(url, options): the platform makes the request, within the tenant's network policy.`,
+  read: (what) => `A block cannot read the server's files (${what}). The tenant's files are read with symposium.readFile(path) and listed with symposium.listDirectory(path).`,
+  write: (what) => `A block cannot write the server's files (${what}). The tenant's files are written with symposium.writeFile(path, data).`,
+  env: (what) => `A block cannot read the server's environment${what ? ` (${what})` : ""}. The tenant's secrets are in process.env.`,
+  run: (what) => `A block cannot start programs itself (${what}). symposium.process.execute(command, args) runs the commands the tenant's profile allows.`,
+  import: (what) => importAdvice(what),
+  sys: (what) => `A block cannot read the server's system information${what ? ` (${what})` : ""}.`,
+  ffi: (what) => `A block cannot load native libraries${what ? ` (${what})` : ""}.`,
+};
+
+function importAdvice(what) {
+  return `A block cannot import modules from the network (${what}): isolates have no network. Import a vetted package instead (npm:NAME@VERSION, once an administrator has allowed it), or fetch data with symposium.network.fetch(url).`;
+}
+
+// The message a block should see instead of Deno's, or null when Deno's is not a refusal.
+function platformMessage(message) {
+  if (typeof message !== "string") return null;
+  const newline = message.indexOf("\n");
+  const head = newline < 0 ? message : message.slice(0, newline);
+  const tail = newline < 0 ? "" : message.slice(newline);
+  let match = /^Requires (\w+) access(?: to (.*?))?, run again with the --allow-[\w-]+ flag\.?$/.exec(head);
+  if (match) {
+    const advice = REFUSAL_ADVICE[match[1]];
+    const what = match[2] ?? "";
+    return (advice ? advice(what) : `A block does not have ${match[1]} access${what ? ` (${what})` : ""}.`) + tail;
+  }
+  match = /^A remote specifier was requested: (".*?"), but --no-remote is specified\.?$/.exec(head);
+  if (match) return importAdvice(match[1]) + tail;
+  if (/^npm specifiers were requested; but --no-npm is specified/.test(head)) {
+    return "npm packages are imported only once an administrator has vetted them for blocks (npm:NAME@VERSION); none is available to this block." + tail;
+  }
+  // Any other refusal naming a Deno flag: the sentence without the flag.
+  if (/--(allow|no)-[\w-]+/.test(head)) {
+    return head.replace(/,? ?(run )?again with the --[\w-]+ flag/g, "").replace(/,? but --[\w-]+ is specified/g, "")
+      .replace(/--(allow|no)-[\w-]+/g, "this permission") + " (a block does not have this permission)." + tail;
+  }
+  return null;
+}
+
+// Deno builds its refusals inside its own code, where no wrapper reaches: NotCapable for
+// an operation (fetch, WebSocket, Deno.readFile, Deno.connect, Deno.env, node:fs) and a
+// TypeError coded ERR_MODULE_NOT_FOUND for an import. Both constructors assign a
+// property after setting the message (`this.name = "NotCapable"`, `error.code = ...`);
+// an accessor on the prototype sees that assignment, keeps it as the plain property it
+// would have been, and rewrites the message before the block ever holds the error.
+function installPlatformMessages() {
+  Object.defineProperty(NotCapable.prototype, "name", {
+    configurable: true,
+    get() { return "NotCapable"; },
+    set(value) {
+      Object.defineProperty(this, "name", { value, writable: true, configurable: true, enumerable: false });
+      const rewritten = platformMessage(this.message);
+      if (rewritten !== null) this.message = rewritten;
+    },
+  });
+  Object.defineProperty(TypeError.prototype, "code", {
+    configurable: true,
+    get() { return undefined; },
+    set(value) {
+      let code = value;
+      if (value === "ERR_MODULE_NOT_FOUND") {
+        const rewritten = platformMessage(this.message);
+        if (rewritten !== null) {
+          this.message = rewritten;
+          code = "PERMISSION_DENIED";
+        }
+      }
+      Object.defineProperty(this, "code", { value: code, writable: true, configurable: true, enumerable: true });
+    },
+  });
+}
+
+installPlatformMessages();
 
 // -- console -----------------------------------------------------------------------------
 

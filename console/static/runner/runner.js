@@ -7,7 +7,8 @@
 // queued and drawn at most once per animation frame, and only the newest lines are kept
 // in the page.
 
-import { EditorView, EditorState, keymap, Prec, indentWithTab, basicSetup, javascript } from "../vendor/codemirror/codemirror.bundle.js";
+import { EditorView, EditorState, keymap, Prec, indentWithTab, basicSetup, javascript, Compartment, EditorSelection, setDiagnostics, lintGutter }
+  from "../vendor/codemirror/codemirror.bundle.js";
 import { apiCompletionSource, apiHover } from "./api-help.js";
 
 const boot = JSON.parse(document.getElementById("runner-boot").textContent);
@@ -156,13 +157,17 @@ function updateConsoleNote() {
 const draft = (() => { try { return JSON.parse(localStorage.getItem(STORAGE_KEY) || "null"); } catch { return null; } })();
 const starter = boot.examples[0];
 const API_COMPLETION = [{ autocomplete: apiCompletionSource(boot.api) }];
+// The editor's language follows the block's file name (.ts is TypeScript, as for Deno).
+const languageConf = new Compartment();
+const languageOf = (name) => (/\.m?ts$/.test(String(name).trim()) ? "typescript" : "javascript");
 const editor = new EditorView({
   parent: $("editor"),
   state: EditorState.create({
     doc: draft?.code ?? starter.code,
     extensions: [
       basicSetup,
-      javascript(),
+      languageConf.of(javascript({ typescript: languageOf(draft?.name ?? starter.name) === "typescript" })),
+      lintGutter(),
       // The symposium API: completion and hover docs (api-help.js).
       // (one source for good: CodeMirror asks again whenever the set of sources changes)
       EditorState.languageData.of(() => API_COMPLETION),
@@ -177,12 +182,139 @@ window.symposiumEditor = editor; // for tests and the curious: the page's one ed
 window.symposiumRunner = state;
 $("input").value = draft ? draft.input ?? "" : starter.input;
 $("block-name").value = draft?.name ?? starter.name;
+syncLanguage();
 
 function code() { return editor.state.doc.toString(); }
 function setCode(text) { editor.dispatch({ changes: { from: 0, to: editor.state.doc.length, insert: text } }); }
 function saveDraft() {
   try { localStorage.setItem(STORAGE_KEY, JSON.stringify({ code: code(), input: $("input").value, name: $("block-name").value, block: state.block?.block.slug })); } catch { /* full or disabled */ }
 }
+
+// -- the language switch -------------------------------------------------------------------
+//
+// JavaScript or TypeScript: the menu and the file name's extension say the same thing (the
+// isolate reads the language from the name); changing either changes the other.
+
+function syncLanguage() {
+  const language = languageOf($("block-name").value);
+  $("language").value = language;
+  editor.dispatch({ effects: languageConf.reconfigure(javascript({ typescript: language === "typescript" })) });
+  $("check-types").hidden = language !== "typescript";
+}
+
+$("language").addEventListener("change", () => {
+  const name = $("block-name").value.trim() || "block.js";
+  const stem = name.replace(/\.(m?[jt]s)$/, "");
+  $("block-name").value = `${stem}.${$("language").value === "typescript" ? "ts" : "js"}`;
+  syncLanguage();
+  saveDraft();
+});
+
+// -- errors and type diagnostics in the editor --------------------------------------------
+//
+// A failed run's frames and a type check's diagnostics point at lines of the block: the
+// line is marked in the gutter (and the code underlined) with CodeMirror's lint marks, and
+// clicking a frame or a diagnostic moves the cursor there. Marks are drawn only while the
+// editor holds the code they point into.
+
+function positionOf(line, column) {
+  const doc = editor.state.doc;
+  if (!Number.isInteger(line) || line < 1 || line > doc.lines) return null;
+  const text = doc.line(line);
+  return Math.min(text.from + Math.max((column || 1) - 1, 0), text.to);
+}
+
+function markProblems(problems) {
+  const doc = editor.state.doc;
+  const diagnostics = [];
+  for (const problem of problems) {
+    let from = positionOf(problem.line, problem.column);
+    if (from == null) continue;
+    const line = doc.lineAt(from);
+    if (from === line.to && from > line.from) from--;
+    // The word at the column, or one character: what the error or diagnostic points at.
+    const word = /^[\w$]+/.exec(doc.sliceString(from, line.to));
+    const to = Math.min(line.to, from + (word ? word[0].length : 1));
+    diagnostics.push({ from, to, severity: problem.severity === "warning" ? "warning" : "error", message: problem.message, source: problem.source });
+  }
+  editor.dispatch(setDiagnostics(editor.state, diagnostics));
+}
+
+function markFailure({ detail, message }) {
+  const top = detail.frames && detail.frames[0];
+  if (top) markProblems([{ line: top.line, column: top.column, message: `${detail.name}: ${message}`, source: "run" }]);
+}
+
+function clearProblems() {
+  editor.dispatch(setDiagnostics(editor.state, []));
+}
+
+function moveCursorTo(line, column) {
+  const pos = positionOf(line, column);
+  if (pos == null) return banner(`The editor has no line ${line}: it holds other code than this.`, { info: true });
+  editor.dispatch({ selection: EditorSelection.cursor(pos), scrollIntoView: true });
+  editor.focus();
+}
+
+// A place in the block, shown as file:line:col; a click moves the editor's cursor there.
+function placeButton(file, line, column, label) {
+  const button = el("button", { type: "button", class: "frame mono", text: label ?? `${file}:${line}:${column}`,
+                                title: "Move the cursor there", dataset: { line, column } });
+  button.addEventListener("click", () => moveCursorTo(line, column));
+  return button;
+}
+
+function errorParts(detail) {
+  const parts = [];
+  if (detail.codeFrame) parts.push(el("pre", { class: "code-frame", text: detail.codeFrame }));
+  if (detail.frames && detail.frames.length) {
+    const list = el("ol", { class: "stack", "aria-label": "Stack trace" });
+    for (const frame of detail.frames) {
+      const where = `${frame.file}:${frame.line}:${frame.column}`;
+      list.append(el("li", {}, "at ", placeButton(frame.file, frame.line, frame.column, frame.function ? `${frame.function} (${where})` : where)));
+    }
+    parts.push(list);
+  }
+  return parts;
+}
+
+function showCheck(report, name) {
+  const box = $("outcome");
+  box.replaceChildren();
+  const errors = report.diagnostics.filter((d) => d.severity === "error").length;
+  box.className = report.ok ? "outcome ok check" : "outcome bad check";
+  box.append(el("h3", { text: "Type check" }));
+  if (!report.diagnostics.length) box.append(el("div", { class: "check-summary", text: "No type errors." }));
+  else {
+    box.append(el("div", { class: "check-summary", text: errors === 1 ? "1 type error" : `${errors} type errors` }));
+    const list = el("ul", { class: "diagnostics" });
+    for (const d of report.diagnostics) {
+      const place = d.file && d.line ? placeButton(d.file, d.line, d.column) : el("span", { class: "mono", text: d.file || "" });
+      list.append(el("li", { class: `diagnostic ${d.severity}` }, place, " ", el("span", { class: "diag-message", text: d.message }),
+        d.code ? el("span", { class: "muted mono small", text: ` ${d.code}` }) : null));
+    }
+    box.append(list);
+  }
+  box.hidden = false;
+  markProblems(report.diagnostics.filter((d) => d.file === name && d.line)
+    .map((d) => ({ line: d.line, column: d.column, message: `${d.message} (${d.code})`, severity: d.severity, source: "type check" })));
+}
+
+async function checkTypes() {
+  const t = tenant();
+  if (!t) return;
+  const name = $("block-name").value.trim() || "block.ts";
+  const button = $("check-types");
+  button.disabled = true;
+  button.textContent = "Checking…";
+  const result = await postJSON(boot.checkUrl.replace("TENANT", encodeURIComponent(t.slug)), { code: code(), name });
+  button.disabled = false;
+  button.textContent = "Check types";
+  if (!result.ok) return refusal(result, "The types could not be checked.");
+  showCheck(result.data, name);
+}
+
+$("check-types").addEventListener("click", checkTypes);
 
 // Examples, grouped as in the menu's definition.
 {
@@ -198,6 +330,7 @@ function saveDraft() {
     setCode(example.code);
     $("input").value = example.input || "";
     $("block-name").value = example.name;
+    syncLanguage();
     validateInput();
     saveDraft();
     select.value = "";
@@ -230,7 +363,7 @@ function validateInput() {
   updateButtons();
 }
 $("input").addEventListener("input", () => { validateInput(); saveDraft(); });
-$("block-name").addEventListener("input", saveDraft);
+$("block-name").addEventListener("input", () => { syncLanguage(); saveDraft(); });
 
 // -- buttons and status -------------------------------------------------------------------
 
@@ -380,8 +513,17 @@ function showOutcome(f) {
     box.append(el("h3", { text: "Result" }), el("pre", { class: "result", text }));
   } else {
     box.className = "outcome bad";
+    const detail = f.error_detail || null;
+    const named = detail && detail.name && detail.name !== "SymposiumError" ? el("span", { class: "error-name", text: `${detail.name}: ` }) : null;
     box.append(el("h3", { text: f.status === "timed_out" ? "Timed out" : f.status === "killed" ? "Stopped" : "Error" }),
-      el("div", {}, el("span", { class: "code-badge error-code", text: f.error_code || "ERROR" }), el("span", { class: "error-message", text: f.error || "" })));
+      el("div", {}, el("span", { class: "code-badge error-code", text: f.error_code || "ERROR" }), named, el("span", { class: "error-message", text: f.error || "" })));
+    if (detail) {
+      box.append(...errorParts(detail));
+      // The line is marked only in the code that ran: not over other code in the editor.
+      const run = state.run;
+      if (run) run.failure = { detail, message: f.error || "" };
+      if (run && (run.ranCode ?? run.code) === code()) markFailure(run.failure);
+    }
   }
   box.hidden = false;
 }
@@ -490,7 +632,9 @@ function handle(frame) {
       break;
     case "accepted":
       state.pendingStart = false;
-      resetOutput({ id: frame.run, status: "starting", live: true, files: new Map(), images: 0, startedLocal: Date.now(), startedServer: null });
+      resetOutput({ id: frame.run, status: "starting", live: true, files: new Map(), images: 0, startedLocal: Date.now(), startedServer: null,
+                    ranCode: state.startedCode });
+      clearProblems();
       setStatus("running", "starting");
       if (frame.summary) { state.history = [frame.summary, ...state.history.filter((r) => r.id !== frame.run)]; drawHistory(); }
       break;
@@ -542,7 +686,7 @@ function onEvent(run, event) {
     case "done":
       // The block's own end; "finished" follows with the figures.
       showOutcome(event.ok ? { status: "succeeded", result: event.result }
-                           : { status: "failed", error_code: event.error?.code || event.error?.name, error: event.error?.message });
+                           : { status: "failed", error_code: event.error?.code || event.error?.name, error: event.error?.message, error_detail: event.error });
       break;
   }
 }
@@ -557,6 +701,7 @@ function startRun() {
   // A run of an open block records the block, and the version whose code it runs.
   if (state.block) frame.block = state.block.block.slug;
   if (!send(frame)) return;
+  state.startedCode = frame.code;
   state.pendingStart = true;
   $("banner").hidden = true;
   setStatus("starting", "starting");
@@ -655,6 +800,8 @@ $("load-code").addEventListener("click", () => {
   setCode(run.code);
   $("input").value = run.input == null ? "" : JSON.stringify(run.input, null, 2);
   if (run.name) $("block-name").value = run.name;
+  syncLanguage();
+  if (run.failure) markFailure(run.failure);
   validateInput();
   saveDraft();
 });
@@ -735,6 +882,7 @@ async function openBlock(slug, { keepCode = false } = {}) {
   if (!keepCode && data.opened) {
     setCode(data.opened.code);
     $("block-name").value = `${slug}.${data.block.language === "typescript" ? "ts" : "js"}`;
+    syncLanguage();
     saveDraft();
   }
   const url = new URL(location.href);
@@ -872,7 +1020,7 @@ async function saveVersion() {
   const slug = state.block ? state.block.block.slug : $("new-slug").value.trim();
   if (!slug) return banner("Name the new block first (its slug: lowercase letters, digits and dashes).", { code: "INVALID_ARGUMENT" });
   $("save").disabled = true;
-  const language = /\.ts$/.test($("block-name").value.trim()) ? "typescript" : "javascript";
+  const language = languageOf($("block-name").value);
   const result = await postJSON(blockUrl(slug, "save/"), { code: code(), message: $("save-message").value, language });
   updateButtons();
   if (!result.ok) return refusal(result, "The block could not be saved.");

@@ -9,8 +9,10 @@ from channels.layers import get_channel_layer
 from django.core.management.base import BaseCommand, CommandError
 
 from isolates.broker import run_group
+from isolates.errors import code_frame, format_error, run_error
 from isolates.runs import RunRefused, service_for_port
 from isolates.server import local_server
+from isolates.typecheck import TypeCheckError, check_types, format_diagnostic, is_typescript
 from tenants.models import Tenant
 
 
@@ -31,6 +33,9 @@ class Command(BaseCommand):
         parser.add_argument("--tenant", required=True, help="The slug of the tenant to run as")
         parser.add_argument("--input", default=None, help="JSON passed to the block's default export")
         parser.add_argument("--json", action="store_true", dest="as_json", help="Print one JSON object {status, result, error, logs, stats}")
+        parser.add_argument("--check", action="store_true",
+                            help="Check a TypeScript block's types instead of running it: prints file:line:col: message for each "
+                                 "type error; exit status 0 when there is none, 1 when there are")
 
     def handle(self, file, tenant, input, as_json, **options):
         try:
@@ -38,6 +43,8 @@ class Command(BaseCommand):
         except Tenant.DoesNotExist:
             raise UsageError(f"No tenant {tenant!r}. Create one with: manage.py createtenant {tenant} --profile Interactive") from None
         code, name, record = self.block_to_run(file, tenant_obj, options)
+        if options.get("check"):
+            return self.check_block(code, name, as_json)
         try:
             block_input = json.loads(input) if input is not None else None
         except ValueError as e:
@@ -57,7 +64,7 @@ class Command(BaseCommand):
 
         ok = run.status == "succeeded"
         if as_json:
-            error = None if ok else {"code": run.error_code, "message": run.error}
+            error = run_error(run)
             self.stdout.write(json.dumps({
                 "status": run.status,
                 "result": run.result,
@@ -80,7 +87,31 @@ class Command(BaseCommand):
                     self.stdout.write(run.result if isinstance(run.result, str) else json.dumps(run.result, indent=2))
             else:
                 self.stderr.write(f"Run {run.id} {run.get_status_display().lower()} [{run.error_code}]: {run.error}")
+                # Where the block failed: file:line:col, the code line with a caret, the frames.
+                where = format_error(run_error(run))
+                if where:
+                    self.stderr.write(where)
         self.exit(0 if ok else 1)
+
+    def check_block(self, code, name, as_json):
+        if not is_typescript(name):
+            raise UsageError(f"--check checks TypeScript blocks; {name} is not one (name it .ts).")
+        try:
+            report = asyncio.run(check_types(code, name))
+        except TypeCheckError as e:
+            self.stderr.write(f"Type check failed [{e.code}]: {e.message}")
+            self.exit(1)
+        if as_json:
+            self.stdout.write(json.dumps(report))
+        else:
+            lines = code.split("\n")
+            for diagnostic in report["diagnostics"]:
+                self.stderr.write(format_diagnostic(diagnostic))
+                if diagnostic["file"] == name and diagnostic["line"] and diagnostic["line"] <= len(lines):
+                    self.stderr.write(code_frame(code, diagnostic["line"], diagnostic["column"]))
+            errors = sum(d["severity"] == "error" for d in report["diagnostics"])
+            self.stderr.write(f"{name}: no type errors." if not errors else f"{name}: {errors} type error{'s' if errors > 1 else ''}.")
+        self.exit(0 if report["ok"] else 1)
 
     def exit(self, status):
         sys.stdout.flush()
