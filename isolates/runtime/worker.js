@@ -195,7 +195,7 @@ function platformMessage(message) {
   match = /^A remote specifier was requested: (".*?"), but --no-remote is specified\.?$/.exec(head);
   if (match) return importAdvice(match[1]) + tail;
   if (/^npm specifiers were requested; but --no-npm is specified/.test(head)) {
-    return "npm packages are imported only once an administrator has vetted them for blocks (npm:NAME@VERSION); none is available to this block." + tail;
+    return "npm packages are imported only once an administrator has allowed them (Admin › Isolates › npm packages, /admin/isolates/npmpackage/), and only by a literal specifier the platform links before the run: write import x from \"npm:NAME@VERSION\" (or import(\"npm:NAME@VERSION\")), not a computed name." + tail;
   }
   // Any other refusal naming a Deno flag: the sentence without the flag.
   if (/--(allow|no)-[\w-]+/.test(head)) {
