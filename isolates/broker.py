@@ -29,6 +29,7 @@ from capabilities import dispatch
 from capabilities.base import CallContext
 from capabilities.canvas.store import discard_run
 from capabilities.registry import OPERATION_CAPABILITIES, OPERATIONS
+from isolates.floods import CONSOLE_FLOOD, LineRate, RefusalLog, console_cost
 from isolates.protocol import LIMITS, LOG_LEVELS, FrameError, decode_value, encode_frame, frame_limit, parse_frame
 from tenants import audit
 from tenants.models import BlockRun, Tenant
@@ -167,6 +168,8 @@ class IsolateBrokerConsumer(AsyncWebsocketConsumer):
         self.console_bytes = 0
         self.console_parts = []
         self.console_truncated = False
+        self.console_rate = LineRate()
+        self.refusals = RefusalLog()
         self.calls = 0
         self.bytes_in = 0
         self.bytes_out = 0
@@ -192,6 +195,8 @@ class IsolateBrokerConsumer(AsyncWebsocketConsumer):
             return await self.refuse_frame(str(e))
 
         kind = frame["type"]
+        if self.finished and kind in ("call", "log"):
+            return  # the run is over (ended for flooding, say): nothing more is served
         if self.run is None:
             if kind != "hello":
                 return await self.refuse_frame("The isolate spoke before saying which run it is.")
@@ -230,6 +235,7 @@ class IsolateBrokerConsumer(AsyncWebsocketConsumer):
             self.run = None
             await self.close(code=1011)
             return
+        self.refusals.bind(tenant_id=self.ctx.tenant_id, tenant_slug=self.ctx.tenant_slug, run_id=run.id, user_id=run.user_id)
         await self.send(encode_frame({
             "type": "start",
             "code": run.code,
@@ -429,12 +435,14 @@ class IsolateBrokerConsumer(AsyncWebsocketConsumer):
         self.bytes_out += len(text)
         if not self.finished:
             await self.send_frame_text(text)
-        audit.record(
-            tenant_id=self.ctx.tenant_id, tenant_slug=self.ctx.tenant_slug, run_id=self.ctx.run_id,
-            user_id=self.run.user_id, capability=capability, operation=op_name, target=target, outcome=outcome,
-            error_code=error.get("code", ""), message=error.get("message", ""), duration_ms=round(duration_ms, 3),
-            bytes_in=0, bytes_out=len(text),
-        )
+        # Refusals past a few of a kind a minute are counted, not rowed (isolates/floods.py).
+        if outcome != "denied" or self.refusals.admit(capability, op_name, error.get("code", "")):
+            audit.record(
+                tenant_id=self.ctx.tenant_id, tenant_slug=self.ctx.tenant_slug, run_id=self.ctx.run_id,
+                user_id=self.run.user_id, capability=capability, operation=op_name, target=target, outcome=outcome,
+                error_code=error.get("code", ""), message=error.get("message", ""), duration_ms=round(duration_ms, 3),
+                bytes_in=0, bytes_out=len(text),
+            )
         await self.group_event({"event": "call", "op": op_name, "target": str(target)[:200], "outcome": outcome,
                                 "code": error.get("code", ""), "message": error.get("message", ""),
                                 "ms": round(duration_ms, 2), "bytes": len(text)})
@@ -443,6 +451,8 @@ class IsolateBrokerConsumer(AsyncWebsocketConsumer):
             event = watch_event(reply["envelope"])
             if event is not None:
                 await self.group_event(event)
+        if self.refusals.flood is not None:
+            await self.end_flooded(self.refusals.flood)
 
     async def send_frame_text(self, text):
         """Send a frame, in parts when it is larger than one websocket message should be."""
@@ -454,6 +464,8 @@ class IsolateBrokerConsumer(AsyncWebsocketConsumer):
             await self.send(encode_frame({"type": "part", "text": text[offset:offset + size], "last": last}))
 
     async def log(self, frame):
+        if not self.console_rate.admit():
+            return await self.end_flooded(CONSOLE_FLOOD)
         level = frame.get("level") if frame.get("level") in LOG_LEVELS else "log"
         # The block's text, as the run's record can store it and every consumer can encode
         # it: a lone surrogate or a NUL becomes U+FFFD.
@@ -461,11 +473,12 @@ class IsolateBrokerConsumer(AsyncWebsocketConsumer):
         cap = self.ctx.policy.console_output_cap
         if self.console_truncated:
             return
+        # Each line costs its framing too (an empty line is not free; see isolates/floods.py).
         remaining = cap - self.console_bytes
-        if len(text.encode()) + 1 > remaining:
-            text = text.encode()[: max(0, remaining - 1)].decode(errors="ignore")
+        if console_cost(text) > remaining:
+            text = text.encode()[: max(0, remaining - console_cost(""))].decode(errors="ignore")
             self.console_truncated = True
-        self.console_bytes += len(text.encode()) + 1
+        self.console_bytes += console_cost(text)
         self.console_parts.append(f"[{level}] {text}" if level not in ("log", "info") else text)
         await self.group_event({"event": "log", "level": level, "text": text, "t": frame.get("t")})
         if self.console_truncated:
@@ -479,6 +492,7 @@ class IsolateBrokerConsumer(AsyncWebsocketConsumer):
         ok = frame.get("ok") is True
         # Stored and relayed as the other texts of the block are: storable first.
         frame = audit.storable_value(frame)
+        self.refusals.close()
         error = frame.get("error") if isinstance(frame.get("error"), dict) else {}
         await self.group_event({"event": "done", "ok": ok, "result": frame.get("result") if ok else None,
                                 "error": None if ok else {k: error.get(k) for k in ("name", "code", "message", "stack")}})
@@ -513,6 +527,7 @@ class IsolateBrokerConsumer(AsyncWebsocketConsumer):
                      outcome="denied", error_code="INVALID_ARGUMENT", message=message)
         if self.run and not self.finished:
             self.finished = True
+            self.refusals.close()
             await self.save_console()
             await self.finish_run("failed", error_code="INVALID_ARGUMENT", error=f"The run was stopped: {message}")
             await self.group_event({"event": "done", "ok": False, "error": {"code": "INVALID_ARGUMENT", "message": message}})
@@ -520,11 +535,29 @@ class IsolateBrokerConsumer(AsyncWebsocketConsumer):
             await self.send(encode_frame({"type": "stop", "reason": message}))
         await self.close(code=4400)
 
+    async def end_flooded(self, message):
+        """The run floods the platform (refused calls, console lines): end it, saying why
+        to its author, as a forged frame is (refuse_frame)."""
+        if self.finished:
+            return
+        self.finished = True
+        audit.record(tenant_id=self.ctx.tenant_id, tenant_slug=self.ctx.tenant_slug, run_id=self.run.id,
+                     user_id=self.run.user_id, capability="broker", operation="flood", outcome="denied",
+                     error_code="RATE_LIMITED", message=message)
+        self.refusals.close()
+        await self.save_console()
+        await self.finish_run("failed", error_code="RATE_LIMITED", error=message)
+        await self.group_event({"event": "done", "ok": False, "error": {"code": "RATE_LIMITED", "message": message}})
+        await self.flush_events()
+        await self.send(encode_frame({"type": "stop", "reason": message}))
+        await self.close(code=4429)
+
     async def disconnect(self, code):
         for key in list(self.in_flight):
             self.in_flight.pop(key, None)
         self.call_jobs.clear()
         if self.run:
+            self.refusals.close()
             await self.flush_events()
             if self.event_sender is not None:
                 self.event_sender.cancel()
