@@ -340,3 +340,23 @@ def test_cant_slow_another_tenant_with_refused_calls(run_block, make_tenant, see
     assert measured.status == "succeeded", measured.error
     median_alone, median = statistics.median(alone.result), statistics.median(measured.result)
     assert median < max(4 * median_alone, median_alone + 50), (median_alone, median)
+
+
+@pytestmark_db
+def test_cant_hide_refusals_by_spreading_them_over_windows(acme):
+    # Refusals spread over three minutes: each window has its own rows and its own count,
+    # and the counts add up to every refusal made.
+    now = [0.0]
+    log = floods.RefusalLog(clock=lambda: now[0])
+    log.bind(tenant_id=acme.pk, tenant_slug=acme.slug, run_id=None, user_id=None)
+    rowed = 0
+    for minute in range(3):
+        for i in range(100):
+            now[0] = minute * floods.REFUSAL_WINDOW + i * 0.1
+            rowed += log.admit("files", "writeFile", "PERMISSION_DENIED")
+    log.close()
+    assert rowed == 3 * floods.REFUSAL_ROWS_PER_WINDOW
+    assert log.flood is None
+    summaries = audit_rows(tenant_slug=acme.slug)
+    assert [int(r.message.split()[0]) for r in summaries] == [100 - floods.REFUSAL_ROWS_PER_WINDOW] * 3
+    assert all("more refusals of files.writeFile (PERMISSION_DENIED)" in r.message for r in summaries)
