@@ -31,6 +31,7 @@ from capabilities.canvas.store import discard_run
 from capabilities.network.sealed import PLACEHOLDER_PREFIX, placeholders_in, run_env, run_seals
 from capabilities.registry import OPERATION_CAPABILITIES, OPERATIONS
 from isolates.errors import error_detail
+from isolates.floods import CONSOLE_FLOOD, LineRate, RefusalLog, console_cost
 from isolates.packages import link_block_async
 from isolates.protocol import LIMITS, LOG_LEVELS, FrameError, decode_value, encode_frame, frame_limit, parse_frame
 from tenants import audit
@@ -186,6 +187,8 @@ class IsolateBrokerConsumer(AsyncWebsocketConsumer):
         self.console_bytes = 0
         self.console_parts = []
         self.console_truncated = False
+        self.console_rate = LineRate()
+        self.refusals = RefusalLog()
         self.calls = 0
         self.bytes_in = 0
         self.bytes_out = 0
@@ -214,6 +217,8 @@ class IsolateBrokerConsumer(AsyncWebsocketConsumer):
             return await self.refuse_frame(str(e))
 
         kind = frame["type"]
+        if self.finished and kind in ("call", "log"):
+            return  # the run is over (ended for flooding, say): nothing more is served
         if self.run is None:
             if kind != "hello":
                 return await self.refuse_frame("The isolate spoke before saying which run it is.")
@@ -254,6 +259,7 @@ class IsolateBrokerConsumer(AsyncWebsocketConsumer):
             self.run = None
             await self.close(code=1011)
             return
+        self.refusals.bind(tenant_id=self.ctx.tenant_id, tenant_slug=self.ctx.tenant_slug, run_id=run.id, user_id=run.user_id)
         hold = min(_start_at.pop(run.id, 0) - time.time(), MAX_START_HOLD_SECONDS)
         if hold > 0:
             await asyncio.sleep(hold)
@@ -458,12 +464,14 @@ class IsolateBrokerConsumer(AsyncWebsocketConsumer):
         self.bytes_out += len(text)
         if not self.finished:
             await self.send_frame_text(text)
-        audit.record(
-            tenant_id=self.ctx.tenant_id, tenant_slug=self.ctx.tenant_slug, run_id=self.ctx.run_id,
-            user_id=self.run.user_id, capability=capability, operation=op_name, target=target, outcome=outcome,
-            error_code=error.get("code", ""), message=error.get("message", ""), duration_ms=round(duration_ms, 3),
-            bytes_in=0, bytes_out=len(text),
-        )
+        # Refusals past a few of a kind a minute are counted, not rowed (isolates/floods.py).
+        if outcome != "denied" or self.refusals.admit(capability, op_name, error.get("code", "")):
+            audit.record(
+                tenant_id=self.ctx.tenant_id, tenant_slug=self.ctx.tenant_slug, run_id=self.ctx.run_id,
+                user_id=self.run.user_id, capability=capability, operation=op_name, target=target, outcome=outcome,
+                error_code=error.get("code", ""), message=error.get("message", ""), duration_ms=round(duration_ms, 3),
+                bytes_in=0, bytes_out=len(text),
+            )
         await self.group_event({"event": "call", "op": op_name, "target": str(target)[:200], "outcome": outcome,
                                 "code": error.get("code", ""), "message": error.get("message", ""),
                                 "ms": round(duration_ms, 2), "bytes": len(text)})
@@ -472,6 +480,8 @@ class IsolateBrokerConsumer(AsyncWebsocketConsumer):
             event = watch_event(reply["envelope"])
             if event is not None:
                 await self.group_event(event)
+        if self.refusals.flood is not None:
+            await self.end_flooded(self.refusals.flood)
 
     async def send_frame_text(self, text):
         """Send a frame, in parts when it is larger than one websocket message should be."""
@@ -483,6 +493,8 @@ class IsolateBrokerConsumer(AsyncWebsocketConsumer):
             await self.send(encode_frame({"type": "part", "text": text[offset:offset + size], "last": last}))
 
     async def log(self, frame):
+        if not self.console_rate.admit():
+            return await self.end_flooded(CONSOLE_FLOOD)
         level = frame.get("level") if frame.get("level") in LOG_LEVELS else "log"
         # The block's text, as the run's record can store it and every consumer can encode
         # it: a lone surrogate or a NUL becomes U+FFFD.
@@ -492,11 +504,12 @@ class IsolateBrokerConsumer(AsyncWebsocketConsumer):
         cap = self.ctx.policy.console_output_cap
         if self.console_truncated:
             return
+        # Each line costs its framing too (an empty line is not free; see isolates/floods.py).
         remaining = cap - self.console_bytes
-        if len(text.encode()) + 1 > remaining:
-            text = text.encode()[: max(0, remaining - 1)].decode(errors="ignore")
+        if console_cost(text) > remaining:
+            text = text.encode()[: max(0, remaining - console_cost(""))].decode(errors="ignore")
             self.console_truncated = True
-        self.console_bytes += len(text.encode()) + 1
+        self.console_bytes += console_cost(text)
         self.console_parts.append(f"[{level}] {text}" if level not in ("log", "info") else text)
         await self.group_event({"event": "log", "level": level, "text": text, "t": frame.get("t")})
         if self.console_truncated:
@@ -510,6 +523,7 @@ class IsolateBrokerConsumer(AsyncWebsocketConsumer):
         ok = frame.get("ok") is True
         # Stored and relayed as the other texts of the block are: storable first.
         frame = audit.storable_value(frame)
+        self.refusals.close()
         error = frame.get("error") if isinstance(frame.get("error"), dict) else {}
         detail = None if ok else error_detail(error, self.run.code, self.run.name)
         await self.group_event({"event": "done", "ok": ok, "result": frame.get("result") if ok else None,
@@ -546,6 +560,7 @@ class IsolateBrokerConsumer(AsyncWebsocketConsumer):
                      outcome="denied", error_code="INVALID_ARGUMENT", message=message)
         if self.run and not self.finished:
             self.finished = True
+            self.refusals.close()
             await self.save_console()
             await self.finish_run("failed", error_code="INVALID_ARGUMENT", error=f"The run was stopped: {message}")
             await self.group_event({"event": "done", "ok": False, "error": {"code": "INVALID_ARGUMENT", "message": message}})
@@ -553,11 +568,29 @@ class IsolateBrokerConsumer(AsyncWebsocketConsumer):
             await self.send(encode_frame({"type": "stop", "reason": message}))
         await self.close(code=4400)
 
+    async def end_flooded(self, message):
+        """The run floods the platform (refused calls, console lines): end it, saying why
+        to its author, as a forged frame is (refuse_frame)."""
+        if self.finished:
+            return
+        self.finished = True
+        audit.record(tenant_id=self.ctx.tenant_id, tenant_slug=self.ctx.tenant_slug, run_id=self.run.id,
+                     user_id=self.run.user_id, capability="broker", operation="flood", outcome="denied",
+                     error_code="RATE_LIMITED", message=message)
+        self.refusals.close()
+        await self.save_console()
+        await self.finish_run("failed", error_code="RATE_LIMITED", error=message)
+        await self.group_event({"event": "done", "ok": False, "error": {"code": "RATE_LIMITED", "message": message}})
+        await self.flush_events()
+        await self.send(encode_frame({"type": "stop", "reason": message}))
+        await self.close(code=4429)
+
     async def disconnect(self, code):
         for key in list(self.in_flight):
             self.in_flight.pop(key, None)
         self.call_jobs.clear()
         if self.run:
+            self.refusals.close()
             await self.flush_events()
             if self.event_sender is not None:
                 self.event_sender.cancel()

@@ -25,11 +25,14 @@ the isolate when the process that started it dies.
 import asyncio
 import base64
 import collections
+import fcntl
 import json
 import logging
 import os
+import secrets
 import signal
 import sys
+import termios
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -53,6 +56,23 @@ STARTUP_CPU_ALLOWANCE = 1
 READY_TIMEOUT = 20.0
 # How much of an isolate's stderr is kept (the end of it: V8's last words are there).
 STDERR_TAIL_BYTES = 16 * 1024
+# What one isolate may write to stderr in all: the launcher's notes, the runtime's last
+# words and V8's out-of-memory report take a few KB and a few dozen lines. Past either
+# bound the isolate is ended (it is flooding: the block found a way to its stderr, which
+# the runtime closes), so that reading it costs the server a bounded amount of work.
+STDERR_MAX_BYTES = 1024 * 1024
+STDERR_MAX_LINES = 5000
+# Longer lines are kept as several (reading one never holds more than this).
+STDERR_LINE_BYTES = 4096
+# Lines that are the launcher's or the runtime's own. Only stderr written before the
+# isolate is assigned its run is taken for theirs as it reads (no block code is in the
+# process yet); later, only the runtime's lines carrying the isolate's mark, a secret the
+# pool hands the bootstrap with the assignment and the block's worker never sees. Every
+# other line written after the assignment is kept under UNTRUSTED_PREFIX, so that none
+# can pass for a "symposium-sandbox:" or "symposium-runtime:" line.
+UNTRUSTED_PREFIX = b"[isolate] "
+# Distinct launcher notes logged per pool (the launcher has a handful; a bound all the same).
+MAX_NOTED = 64
 # How often a running isolate's memory is sampled for its peak.
 SAMPLE_INTERVAL = 0.1
 MIN_MEMORY_MB = 16
@@ -110,10 +130,109 @@ def _refusing_module(specifier, with_promises):
     return "data:text/javascript;base64," + base64.b64encode(source.encode()).decode()
 
 
+# Node's side of the block's standard streams (see isolates/runtime/worker.js, which closes
+# Deno's): node keeps descriptors 0-2 of its own (node:fs's writeSync(2)), and its native
+# stream handles write to any descriptor they are given (node:tty's WriteStream(2),
+# node:net's Socket({fd: 2}), process.binding("tty_wrap")). This module closes node's
+# descriptors, makes the handles' one shared write path refuse, and points node:console,
+# process.stdout, process.stderr and process._rawDebug at the block's console (cap
+# included). The import map puts a module in place of every node built-in that imports
+# this one first and then re-exports the built-in, so it has run before any node module
+# reaches the block (statically, dynamically, or through createRequire and
+# getBuiltinModule, which are node's), and only in runs that use node: loading node
+# costs memory a run without it should keep.
+SEAL_NODE = """\
+import { closeSync } from "node:fs";
+import nodeConsole from "node:console";
+import process from "node:process";
+import { Writable } from "node:stream";
+const NotCapable = Deno.errors.NotCapable;
+function refuses() {
+  return function () {
+    throw new NotCapable("Writing to the isolate's standard streams is not available to content blocks; use console.log()");
+  };
+}
+for (const fd of [0, 1, 2]) {
+  try { closeSync(fd); } catch { /* not in node's table */ }
+}
+const streamWrap = Object.getPrototypeOf(process.binding("tty_wrap").TTY.prototype);
+for (const name of ["writeBuffer", "writev", "writeUtf8String", "writeAsciiString", "writeLatin1String", "writeUcs2String"]) {
+  Object.defineProperty(streamWrap, name, { value: refuses(), writable: false, configurable: false });
+}
+Object.freeze(streamWrap);
+for (const key of Reflect.ownKeys(nodeConsole)) {
+  // Deno's console, whose methods worker.js has made the block's already.
+  if (typeof nodeConsole[key] !== "function" || key === "Console" || !Object.getOwnPropertyDescriptor(nodeConsole, key).configurable) continue;
+  Object.defineProperty(nodeConsole, key, { value: (...args) => globalThis.console[key]?.(...args), writable: false, configurable: false });
+}
+Object.freeze(nodeConsole);
+function consoleStream(level, fd) {
+  const decoder = new TextDecoder();
+  const stream = new Writable({
+    decodeStrings: false,
+    write(chunk, _encoding, callback) {
+      const text = typeof chunk === "string" ? chunk : decoder.decode(chunk);
+      globalThis.console[level](text.endsWith("\\n") ? text.slice(0, -1) : text);
+      callback();
+    },
+  });
+  Object.defineProperties(stream, { fd: { value: fd }, isTTY: { value: false } });
+  return stream;
+}
+const stdout = consoleStream("log", 1);
+const stderr = consoleStream("error", 2);
+Object.defineProperty(process, "stdout", { get: () => stdout, configurable: false });
+Object.defineProperty(process, "stderr", { get: () => stderr, configurable: false });
+Object.defineProperty(process, "stdin", { get: () => { throw new NotCapable("process.stdin is not available to content blocks"); }, configurable: false });
+Object.defineProperty(process, "_rawDebug", { value: (...args) => globalThis.console.error(...args), writable: false, configurable: false });
+"""
+# Deno's node built-ins (node:module's builtinModules, Deno 2.9).
+NODE_BUILTINS = (
+    "_http_agent", "_http_common", "_http_outgoing", "_http_server", "_stream_duplex",
+    "_stream_passthrough", "_stream_readable", "_stream_transform", "_stream_writable",
+    "_tls_common", "_tls_wrap", "assert", "assert/strict", "async_hooks", "buffer",
+    "child_process", "cluster", "console", "constants", "crypto", "dgram",
+    "diagnostics_channel", "domain", "events", "fs", "fs/promises", "http", "http2", "https",
+    "inspector", "inspector/promises", "module", "net", "os", "path", "path/posix",
+    "path/win32", "perf_hooks", "process", "punycode", "querystring", "readline",
+    "readline/promises", "repl", "sqlite", "stream", "stream/consumers", "stream/promises",
+    "stream/web", "string_decoder", "sys", "test", "test/reporters", "timers",
+    "timers/promises", "tls", "trace_events", "tty", "url", "util", "util/types", "v8", "vm",
+    "wasi", "worker_threads", "zlib",
+)  # fmt: skip
+
+
+def _in_scope_prefix():
+    """The first line of every module the import map adds: it imports the sealer, and its
+    base64 ends in "/", which makes it a scope prefix (import map scopes match by
+    prefix only up to a "/"). Modules in the scope import node's built-ins themselves; a
+    data: URL a block makes to start the same way still runs the sealer first."""
+    head = 'import "symposium:seal-node"; //'
+    line = head + "?"
+    while len(line.encode()) % 3:
+        line = line[:-1] + " ?"
+    assert base64.b64encode(line.encode()).decode().endswith("/")
+    return line
+
+
+IN_SCOPE = _in_scope_prefix()
+
+
+def _in_scope_module(source):
+    return "data:text/javascript;base64," + base64.b64encode(f"{IN_SCOPE}\n{source}".encode()).decode()
+
+
 def import_map():
     """The runtime's import map, as a data: URL (Deno reads it before any permission)."""
-    imports = {"node:dns": _refusing_module("node:dns", True), "node:dns/promises": _refusing_module("node:dns/promises", False)}
-    return "data:application/json;base64," + base64.b64encode(json.dumps({"imports": imports}).encode()).decode()
+    imports = {"symposium:seal-node": _in_scope_module(SEAL_NODE)}
+    for name in NODE_BUILTINS:
+        specifier = json.dumps(f"node:{name}")
+        imports[f"node:{name}"] = _in_scope_module(f"export * from {specifier};\nexport {{ default }} from {specifier};\n")
+    imports["node:dns"] = _refusing_module("node:dns", True)
+    imports["node:dns/promises"] = _refusing_module("node:dns/promises", False)
+    scope = "data:text/javascript;base64," + base64.b64encode(IN_SCOPE.encode()).decode()
+    scopes = {scope: {f"node:{name}": f"node:{name}" for name in NODE_BUILTINS}}
+    return "data:application/json;base64," + base64.b64encode(json.dumps({"imports": imports, "scopes": scopes}).encode()).decode()
 
 
 IMPORT_MAP = import_map()
@@ -144,6 +263,7 @@ class IsolateExit:
     memory_limit_hit: bool = False  # an allocation outside the JS heap failed (RLIMIT_DATA)
     cpu_limit_hit: bool = False  # RLIMIT_CPU
     killed: bool = False  # by Isolate.kill() (wall clock, stop, shutdown)
+    stderr_flooded: bool = False  # ended for writing past STDERR_MAX_BYTES or STDERR_MAX_LINES
     peak_rss_bytes: int | None = None
     cpu_seconds: float | None = None
     stderr: str = ""  # the last STDERR_TAIL_BYTES, for operators; never shown to tenants
@@ -166,6 +286,12 @@ class Isolate:
     _stderr_tail: collections.deque = field(default_factory=collections.deque)
     _stderr_size: int = 0
     _stderr_task: asyncio.Task | None = None
+    _stderr_read: int = 0  # bytes read from stderr so far
+    _stderr_lines: int = 0
+    _stderr_partial: bytes = b""  # the line being read, up to STDERR_LINE_BYTES
+    _stderr_trusted_until: int | None = None  # stderr offset at assignment (None before)
+    _stderr_flooded: bool = False
+    _mark: str = field(default_factory=lambda: secrets.token_hex(12))
     _sampler: asyncio.Task | None = None
     _peak_rss: int | None = None
     _cpu_used: float | None = None
@@ -187,7 +313,8 @@ class Isolate:
         if self.assigned_at is not None:
             raise RuntimeError("an isolate runs exactly one block")
         self.assigned_at = time.monotonic()
-        line = json.dumps({"url": url, "token": token}).encode() + b"\n"
+        self._stderr_trusted_until = self._stderr_written()
+        line = json.dumps({"url": url, "token": token, "mark": self._mark}).encode() + b"\n"
         try:
             self.process.stdin.write(line)
             await self.process.stdin.drain()
@@ -299,24 +426,84 @@ class Isolate:
 
     async def _read_stderr(self, pool):
         stream = self.process.stderr
-        pending = b""
         while True:
             chunk = await stream.read(4096)
             if not chunk:
                 break
-            self._stderr_tail.append(chunk)
-            self._stderr_size += len(chunk)
-            while self._stderr_size - len(self._stderr_tail[0]) >= STDERR_TAIL_BYTES:
-                self._stderr_size -= len(self._stderr_tail.popleft())
-            # The launcher's notes about missing kernel features go to the server's log.
-            pending = (pending + chunk)[-4096:]
-            while b"\n" in pending:
-                line, pending = pending.split(b"\n", 1)
-                if line.startswith(b"symposium-sandbox:"):
-                    pool._note_sandbox_message(line.decode(errors="replace"))
+            if self._stderr_flooded:
+                continue  # killed already: drain until the pipe closes, keep nothing
+            self._take_stderr(chunk, pool)
+        if self._stderr_partial:
+            self._take_line(self._stderr_partial, self._stderr_read, pool)
+            self._stderr_partial = b""
+
+    def _stderr_written(self):
+        """How many bytes the isolate has written to stderr so far: those read, those
+        asyncio holds, and those still in the pipe."""
+        written = self._stderr_read + len(getattr(self.process.stderr, "_buffer", b""))
+        transport = self.process._transport.get_pipe_transport(2) if self.process._transport else None
+        pipe = transport.get_extra_info("pipe") if transport is not None else None
+        if pipe is not None:
+            try:
+                pending = bytearray(4)
+                fcntl.ioctl(pipe.fileno(), termios.FIONREAD, pending)
+                written += int.from_bytes(pending, sys.byteorder)
+            except (OSError, ValueError):
+                pass
+        return written
+
+    def _take_stderr(self, chunk, pool):
+        self._stderr_read += len(chunk)
+        self._stderr_lines += chunk.count(b"\n")
+        if self._stderr_read > STDERR_MAX_BYTES or self._stderr_lines > STDERR_MAX_LINES:
+            self._stderr_flooded = True
+            self._stderr_partial = b""
+            self.kill()
+            return
+        data = self._stderr_partial + chunk
+        base = self._stderr_read - len(data)  # the stderr offset data starts at
+        start = 0
+        while True:
+            newline = data.find(b"\n", start)
+            if newline < 0:
+                break
+            for offset in range(start, max(newline, start + 1), STDERR_LINE_BYTES):
+                cut = min(offset + STDERR_LINE_BYTES, newline)
+                self._take_line(data[offset:cut], base + (newline + 1 if cut == newline else cut), pool)
+            start = newline + 1
+        while len(data) - start >= STDERR_LINE_BYTES:
+            self._take_line(data[start:start + STDERR_LINE_BYTES], base + start + STDERR_LINE_BYTES, pool)
+            start += STDERR_LINE_BYTES
+        self._stderr_partial = data[start:]
+
+    def _take_line(self, line, end, pool):
+        """Keep one line in the tail (`end` is the stderr offset just past it), saying
+        whose it is. Lines written before the assignment are the launcher's and the
+        runtime's (the launcher's notes go to the server's log); after it, a runtime line
+        is believed only with the isolate's mark."""
+        trusted = self._stderr_trusted_until is None or end <= self._stderr_trusted_until
+        if trusted:
+            if line.startswith(b"symposium-sandbox:"):
+                pool._note_sandbox_message(line.decode(errors="replace"))
+        else:
+            marked = f"symposium-runtime[{self._mark}]:".encode()
+            if line.startswith(marked):
+                line = b"symposium-runtime:" + line[len(marked):]
+            else:
+                line = UNTRUSTED_PREFIX + line
+        self._stderr_tail.append(line + b"\n")
+        self._stderr_size += len(line) + 1
+        while len(self._stderr_tail) > 1 and self._stderr_size - len(self._stderr_tail[0]) >= STDERR_TAIL_BYTES:
+            self._stderr_size -= len(self._stderr_tail.popleft())
 
     def _stderr_bytes(self):
-        return b"".join(self._stderr_tail)[-STDERR_TAIL_BYTES:]
+        data = b"".join(self._stderr_tail)
+        if len(data) > STDERR_TAIL_BYTES:
+            # The last whole lines that fit (a line cut at its start could pass for
+            # another's: "[isolate] symposium-..." less its first bytes).
+            data = data[-STDERR_TAIL_BYTES:]
+            data = data[data.find(b"\n") + 1:]
+        return data
 
     def _describe_exit(self, returncode):
         stderr = self._stderr_bytes()
@@ -332,7 +519,10 @@ class Isolate:
         cpu = signal_name == "SIGXCPU" or (
             signal_name == "SIGKILL" and not self._killed and self._cpu_used is not None and self._cpu_used >= self.cpu_limit_seconds
         )
-        if memory and b"CodeRange" in stderr:
+        if self._stderr_flooded:
+            reason = (f"the block wrote more than the isolate's standard error allows "
+                      f"({STDERR_MAX_BYTES // 1024} KB or {STDERR_MAX_LINES} lines) and was ended; use console.log()")
+        elif memory and b"CodeRange" in stderr:
             # A second V8 isolate (node:worker_threads) cannot reserve its code range.
             reason = "the block tried to start a nested worker, which its memory limit does not allow"
         elif heap:
@@ -356,6 +546,7 @@ class Isolate:
             memory_limit_hit=memory,
             cpu_limit_hit=cpu,
             killed=self._killed,
+            stderr_flooded=self._stderr_flooded,
             peak_rss_bytes=peak,
             cpu_seconds=self._cpu_used,
             stderr=stderr.decode(errors="replace"),
@@ -564,6 +755,8 @@ class IsolatePool:
             warm.append(isolate)
 
     def _note_sandbox_message(self, line):
-        if line not in self._noted:
+        # Once per distinct note (each isolate's launcher repeats them), and a bounded
+        # set of them.
+        if line not in self._noted and len(self._noted) < MAX_NOTED:
             self._noted.add(line)
-            logger.warning("%s", line)
+            logger.warning("%s", line[:500])

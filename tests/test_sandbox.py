@@ -262,7 +262,8 @@ async def test_cant_flood_the_console_past_its_cap(pool, broker):
     assert done["result"] == "survived"
     assert time.monotonic() - started < 30
     *kept, notice = run_.logs
-    assert sum(len(f["text"].encode()) for f in kept) == 64 * 1024
+    # Each line counts its framing too (32 bytes), besides its text.
+    assert sum(len(f["text"].encode()) + 32 for f in kept) == 64 * 1024
     assert notice["text"] == "[console output truncated: the limit of 65536 bytes was reached; later output is discarded]"
     assert notice["level"] == "warn"
 
@@ -275,7 +276,7 @@ async def test_cant_bypass_the_console_cap_by_posting_log_frames(pool, broker):
     run_, done, _ = await run(pool, broker, code, console_cap=10_000)
     assert done["ok"]
     *kept, notice = run_.logs
-    assert sum(len(f["text"]) for f in kept) == 10_000
+    assert sum(len(f["text"]) + 32 for f in kept) == 10_000
     assert notice["text"].startswith("[console output truncated")
 
 

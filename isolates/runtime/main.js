@@ -7,7 +7,8 @@
 //    prints "ready" on stdout: the isolate is now warm.
 // 2. Opens its connection to the broker at once (ws://127.0.0.1:PORT/ws/isolate/), then
 //    reads its assignment, one JSON line on stdin: {"url": "ws://127.0.0.1:PORT/...",
-//    "token": "..."}, and says hello with the token on that connection.
+//    "token": "...", "mark": "..."} (the mark signs its own lines on stderr, see fatal()),
+//    and says hello with the token on that connection.
 // 3. Relays frames: "start" to the worker (with the operations the broker serves, from
 //    which the worker builds the block's `symposium` API); the worker's calls, logs and result to the
 //    broker; the broker's replies back to the worker; "stop" ends the process at once.
@@ -15,7 +16,7 @@
 //
 // The worker runs untrusted code, so every message from it is checked here: only the
 // frame types of the protocol, at most maxInFlight calls outstanding, console output
-// capped at consoleCap bytes, one "started" and one "done". The token never enters the
+// capped at consoleCap bytes (each line counting CONSOLE_LINE_COST more), one "started" and one "done". The token never enters the
 // worker. Binary values are encoded here, as {"$bytes": "<base64>"}.
 
 const EXIT_DONE = 0; // the block finished (successfully or not) and "done" was sent
@@ -32,9 +33,15 @@ const MAX_BLOCK_NAME = 100;
 const port = Number(Deno.args[0]);
 const encoder = new TextEncoder();
 
+// The isolate's mark, from the assignment: the pool believes a line of stderr written
+// after the assignment to be the runtime's only when it carries the mark (the block's
+// worker shares the process's stderr, and never sees the mark).
+let stderrMark = null;
+
 function fatal(code, message) {
   // stderr is read by the pool (bounded) and never shown to the block's author as is.
-  Deno.stderr.writeSync(encoder.encode(`symposium-runtime: ${message}\n`));
+  const prefix = stderrMark === null ? "symposium-runtime:" : `symposium-runtime[${stderrMark}]:`;
+  Deno.stderr.writeSync(encoder.encode(`${prefix} ${String(message).replace(/[\r\n]+/g, " ")}\n`));
   Deno.exit(code);
 }
 
@@ -130,14 +137,38 @@ function relayCall(message) {
   sendToBroker(text);
 }
 
+// What a console line costs against the cap besides its text: its framing, so that
+// empty lines are not free (the broker counts alike, isolates/floods.py).
+const CONSOLE_LINE_COST = 32;
+// Lines faster than this are a flood, and end the run (with the broker's own reason,
+// isolates/floods.py, which counts alike): measured here, where the lines are made, not
+// where a busy broker reads them later.
+const CONSOLE_BURST = 500;
+const CONSOLE_LINES_PER_SECOND = 100;
+const CONSOLE_FLOOD = `The run was ended: it wrote console lines faster than ${CONSOLE_LINES_PER_SECOND} a second (after a first ${CONSOLE_BURST}). Log less often, or gather lines and log them together.`;
+let lineTokens = CONSOLE_BURST;
+let lineTokensAt = performance.now();
+
+function consoleFlooding() {
+  const now = performance.now();
+  lineTokens = Math.min(CONSOLE_BURST, lineTokens + ((now - lineTokensAt) / 1000) * CONSOLE_LINES_PER_SECOND);
+  lineTokensAt = now;
+  if (lineTokens < 1) return true;
+  lineTokens -= 1;
+  return false;
+}
+
 function relayLog(message) {
   if (consoleTruncated) return;
+  if (consoleFlooding()) {
+    return relayDone({ ok: false, error: { name: "Error", code: "RATE_LIMITED", message: CONSOLE_FLOOD } });
+  }
   const level = LOG_LEVELS.has(message.level) ? message.level : "log";
   let text = String(message.text);
   const t = Number.isFinite(message.t) ? message.t : Date.now();
-  const room = run.consoleCap - consoleBytes;
+  const room = Math.max(0, run.consoleCap - consoleBytes - CONSOLE_LINE_COST);
   let bytes = encoder.encode(text.length > room ? text.slice(0, room + 1) : text).length;
-  if (bytes > room) {
+  if (bytes > room || consoleBytes + CONSOLE_LINE_COST > run.consoleCap) {
     // Keep what fits (cut on a character boundary), then say that the rest is gone.
     let cut = text.slice(0, room);
     while (encoder.encode(cut).length > room) cut = cut.slice(0, -1);
@@ -152,7 +183,7 @@ function relayLog(message) {
     });
     return;
   }
-  consoleBytes += bytes;
+  consoleBytes += bytes + CONSOLE_LINE_COST;
   sendToBroker({ type: "log", level, text, t });
 }
 
@@ -243,6 +274,7 @@ function onStart(frame) {
   if (frame.env && typeof frame.env === "object") {
     for (const [key, value] of Object.entries(frame.env)) if (typeof value === "string") env[key] = value;
   }
+  lineTokensAt = performance.now();
   run = {
     name: blockName(frame.name),
     callTimeoutMs: positiveInt(frame.callTimeoutMs, 30000, 1),
@@ -328,7 +360,8 @@ function parseAssignment(line) {
   } catch {
     fatal(EXIT_BAD_ASSIGNMENT, "the assignment is not JSON");
   }
-  const { url, token } = assignment ?? {};
+  const { url, token, mark } = assignment ?? {};
+  if (typeof mark === "string" && /^[0-9a-f]{16,64}$/.test(mark)) stderrMark = mark;
   if (typeof token !== "string" || !token || token.length > 1024) fatal(EXIT_BAD_ASSIGNMENT, "the assignment has no token");
   let parsed;
   try {

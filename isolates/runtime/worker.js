@@ -293,10 +293,11 @@ function emit(level, text) {
   if (consoleFull) return;
   if (groupIndent) text = text.split("\n").map((line) => groupIndent + line).join("\n");
   // A string can hold at most 3 UTF-8 bytes per UTF-16 unit; only measure what may fit.
-  const room = config.consoleCap - consoleBytes;
+  // Each line also costs its framing (main.js's CONSOLE_LINE_COST), empty ones included.
+  const room = config.consoleCap - consoleBytes - 32;
   if (text.length > room) text = text.slice(0, Math.max(room, 0) + 1);
   const bytes = encoder.encode(text).length;
-  consoleBytes += bytes;
+  consoleBytes += bytes + 32;
   // Past the cap main.js sends what fits and the truncation notice; nothing more is sent.
   if (consoleBytes > config.consoleCap) consoleFull = true;
   post({ type: "log", level, text, t: Date.now() });
@@ -583,6 +584,46 @@ function buildApi(operations) {
   return Object.freeze(api);
 }
 
+// -- the isolate's standard streams -------------------------------------------------------
+
+// The block shares the process's stderr with the runtime and V8 (whose last words on
+// running out of memory the pool reads there), and the pool reads every byte of it: a
+// block writing there directly would bypass the console cap and could forge the
+// runtime's lines. So every way to a raw standard stream that Deno gives a worker is
+// closed, in this worker only (the OS descriptors stay open for the runtime and V8):
+// - Deno's internals (`Deno[Deno.internal]`: core.writeSync, core.print, core.ops), kept
+//   out of the block's `Deno` below;
+// - the worker's resources 0-2 (what Deno's and node:process's streams write through),
+//   closed here;
+// - Deno's own console, which prints without any resource: it becomes the block's;
+// - node's side (node's descriptors 0-2, the native stream handles node:tty and
+//   node:net take a descriptor with, node:console, process.stdout/stderr/_rawDebug) is
+//   closed by a module the runtime's import map runs before any node module reaches the
+//   block (SEAL_NODE in isolates/pool.py): loading node here, in every isolate, would cost
+//   every run the memory of node's modules.
+// What is not closed (a route a later Deno adds) still meets the pool's bound on stderr,
+// and can never pass for the runtime's lines there (see isolates/pool.py).
+
+// Deno's own console and internals, before the block's globals replace them.
+const runtimeConsole = globalThis.console;
+const denoCore = Deno[Deno.internal]?.core;
+
+function sealStandardStreams() {
+  for (const rid of [0, 1, 2]) {
+    try {
+      denoCore.close(rid);
+    } catch {
+      // closed already (stdin, by the bootstrap's reading of it)
+    }
+  }
+  for (const key of Reflect.ownKeys(runtimeConsole)) {
+    if (typeof runtimeConsole[key] !== "function") continue;
+    const replacement = Object.hasOwn(blockConsole, key) ? (...args) => blockConsole[key](...args) : () => {};
+    Object.defineProperty(runtimeConsole, key, { value: replacement, writable: false, configurable: false });
+  }
+  // Not frozen: node:console, when loaded, adds its Console to it (and then freezes it).
+}
+
 // -- the block's globals -----------------------------------------------------------------
 
 function defineGlobal(name, value) {
@@ -614,7 +655,9 @@ defineGlobal("close", function close() {
 // standard streams).
 const denoView = Object.create(null);
 for (const key of Reflect.ownKeys(Deno)) {
-  if (["execPath", "stdin", "stdout", "stderr"].includes(key)) continue;
+  // Deno.internal is the key to Deno's internals (see sealStandardStreams): neither it
+  // nor what it keys is the block's.
+  if (["execPath", "stdin", "stdout", "stderr", "internal"].includes(key) || key === Deno.internal) continue;
   Object.defineProperty(denoView, key, Object.getOwnPropertyDescriptor(Deno, key));
 }
 denoView.execPath = () => "/usr/local/bin/deno";
@@ -631,6 +674,7 @@ function refusesNames(what) {
 }
 denoView.resolveDns = refusesNames("Deno.resolveDns()");
 Object.defineProperty(globalThis, "Deno", { value: Object.freeze(denoView), writable: false, configurable: false, enumerable: true });
+sealStandardStreams();
 
 function startProcessGlobal(env) {
   const frozenEnv = Object.freeze(Object.assign(Object.create(null), env));
