@@ -66,6 +66,7 @@ ROWS = {
     "memory / time": lambda p: f"{p['memory_mb']} MB / {p['time_limit_seconds']} s",
     "console output kept": lambda p: size(p["console_output_cap"]),
     "runs at once": lambda p: str(p["concurrent_runs"]),
+    "calls at once": lambda p: str(p["concurrent_calls"]),
 }
 
 
