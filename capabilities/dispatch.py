@@ -576,7 +576,7 @@ class JobWatcher:
             if entry is None:
                 continue
             if entry.on_end is not None:
-                await self._check_lingering(job_id, entry, claim, alive, exists, now)
+                self._check_lingering(job_id, entry, claim, alive, exists, now)
             elif claim == b"worker":
                 if not alive:
                     await self._abandon(job_id, force=True)
@@ -593,13 +593,11 @@ class JobWatcher:
         if unclaimed:
             await self._check_taken(unclaimed)
 
-    async def _check_lingering(self, job_id, entry, claim, alive, exists, now):
+    def _check_lingering(self, job_id, entry, claim, alive, exists, now):
         off_the_workers = (
             claim in (b"done", b"abandoned")
             or (claim == b"worker" and not alive)
             or (claim is None and not exists)
-            # Not started yet: nobody waits for it, so it never will be.
-            or (claim is None and await self._abandon(job_id))
             or now - entry.watched > LINGER_GRACE + max(0.0, entry.deadline - time.time())
         )
         if off_the_workers:

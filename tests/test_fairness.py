@@ -35,9 +35,16 @@ export default async () => (await Promise.all(calls)).length;
 """ % SLEEP_SECONDS
 
 QUICK_BLOCK = """
-const t0 = performance.now();
-const found = await symposium.fileExists('anything.txt');
-export default () => ({ ms: performance.now() - t0, ok: found.success });
+const times = [];
+let ok = true;
+for (let i = 0; i < 5; i++) {
+  const t0 = performance.now();
+  const found = await symposium.fileExists('anything.txt');
+  times.push(performance.now() - t0);
+  ok = ok && found.success;
+}
+times.sort((a, b) => a - b);
+export default () => ({ median: times[2], slowest: times[4], ok });
 """
 
 
@@ -99,8 +106,11 @@ def test_cant_one_tenant_starve_anothers_calls(run_block, hog, make_tenant, sett
     quick, most = starve(run_block, hog, other, share)
     assert quick.status == "succeeded", (quick.error_code, quick.error)
     assert quick.result["ok"] is True
-    # Without shares the 64 sleeps hold all 16 threads and this waits for one to end.
-    assert quick.result["ms"] < 1000, quick.result
+    # Without shares the 64 sleeps hold all 16 threads and each of these calls waits for
+    # one to end (seconds). The median is robust to a busy machine's odd slow call; the
+    # slowest must still be well under one sleep.
+    assert quick.result["median"] < 1000, quick.result
+    assert quick.result["slowest"] < 2500, quick.result
     assert most == share
 
 
@@ -123,7 +133,9 @@ def test_cant_one_tenant_starve_anothers_calls_through_rq(run_block, hog, make_t
         quick, most = starve(run_block, hog, other, share)
         assert quick.status == "succeeded", (quick.error_code, quick.error)
         assert quick.result["ok"] is True
-        assert quick.result["ms"] < 1000, quick.result
+        # Without shares these wait behind the hog's 64 jobs on the queue (a minute).
+        assert quick.result["median"] < 1000, quick.result
+        assert quick.result["slowest"] < 2500, quick.result
         assert most == share
         # The hog's leftovers end (they are at most its share) before the workers stop.
         give_up = time.monotonic() + 30
@@ -131,5 +143,18 @@ def test_cant_one_tenant_starve_anothers_calls_through_rq(run_block, hog, make_t
             assert time.monotonic() < give_up
             time.sleep(0.1)
     finally:
+        stop_all(workers, rq_dispatch)
+
+
+def stop_all(workers, queue):
+    """Stop several workers of one queue: each stops after its next job, and any idle
+    worker may take the job meant to wake another, so wake them until all are gone."""
+    from tests.rq_fixtures import noop
+
+    for worker in workers:
+        worker.worker._stop_requested = True
+    give_up = time.monotonic() + 60
+    while any(worker.thread.is_alive() for worker in workers) and time.monotonic() < give_up:
+        queue.enqueue(noop)
         for worker in workers:
-            worker.stop()
+            worker.thread.join(0.2)
