@@ -52,7 +52,8 @@ from capabilities.registry import OPERATIONS
 logger = logging.getLogger(__name__)
 
 # Inline calls run in this pool. Its size bounds how many handler calls one server
-# process runs at once; more wait their turn (their deadline still runs).
+# process runs at once; a tenant holds at most its share of it (capabilities/fairness.py),
+# and its calls beyond the share wait in its own queue (their deadline still runs).
 _executor = concurrent.futures.ThreadPoolExecutor(
     max_workers=settings.SYMPOSIUM_INLINE_THREADS, thread_name_prefix="capability"
 )
