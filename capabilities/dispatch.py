@@ -1,13 +1,18 @@
 """Running a capability call: inline in a thread, or as an RQ job.
 
-`execute_operation` is the one place a handler is called, on both paths, so both give
-the same results and errors. The broker calls `dispatch_call`, which picks the path per
-capability (settings.SYMPOSIUM_RQ_CAPABILITIES) and delivers the reply to a callback.
-On the RQ path the job sends its reply to the broker's channel over the channel layer.
+The broker hands every allowed call to `dispatch_call(op, ctx, args)` and sends back the
+reply it returns; everything between is here: the tenant's fair share of the executors
+(`capabilities/fairness.py`), the path (inline, or RQ for the capabilities in
+settings.SYMPOSIUM_RQ_CAPABILITIES when Redis is configured), the call's deadline, and on
+the RQ path the job watcher and retries. `execute_operation` is the one place a handler
+is called, on both paths, so both give the same results and errors.
+
+On the RQ path the job sends its reply to the broker's channel over the channel layer;
+the broker passes it to `deliver_reply`, which wakes the `dispatch_call` waiting for it.
 
 A worker can die in the middle of a call (SIGKILL, out of memory, its machine lost), and
 RQ itself only notices minutes later. So every job marks its progress in Redis, and the
-broker's `JobWatcher` looks at those marks twice a second:
+`JobWatcher` of the broker's process looks at those marks twice a second:
 
     symposium:call:<job>:claim   "worker" once a worker starts the job, "done" once its
                                  reply is sent, "abandoned" once the broker gave up on it
@@ -15,13 +20,16 @@ broker's `JobWatcher` looks at those marks twice a second:
                                  job, expires JOB_HEARTBEAT_TTL_MS after the worker stops
 
 The claim is taken with SET NX by whichever comes first, the worker starting the job or
-the broker abandoning it, so a job the broker gave up on never runs afterwards. What the
-broker then does (retry on another worker, or fail the call with a clear error) is
-decided in `isolates/broker.py` by the operation's `idempotent` flag.
+the broker abandoning it, so a job the broker gave up on never runs afterwards. What
+`dispatch_call` then does (queue it again, or fail the call with a clear error) is
+decided by the operation's `idempotent` flag (`may_retry`); each lost attempt is reported
+with the reply (`lost_attempts`) for the audit log.
 """
 
 import asyncio
 import concurrent.futures
+import functools
+import itertools
 import logging
 import threading
 import time
@@ -35,14 +43,17 @@ from django.db import InterfaceError, OperationalError
 from rq import Callback, get_current_job
 from rq.job import Job
 from rq.timeouts import JobTimeoutException
+from rq.worker_registration import WORKERS_BY_QUEUE_KEY
 
+from capabilities import fairness
 from capabilities.base import CapabilityError
 from capabilities.registry import OPERATIONS
 
 logger = logging.getLogger(__name__)
 
 # Inline calls run in this pool. Its size bounds how many handler calls one server
-# process runs at once; more wait their turn (their deadline still runs).
+# process runs at once; a tenant holds at most its share of it (capabilities/fairness.py),
+# and its calls beyond the share wait in its own queue (their deadline still runs).
 _executor = concurrent.futures.ThreadPoolExecutor(
     max_workers=settings.SYMPOSIUM_INLINE_THREADS, thread_name_prefix="capability"
 )
@@ -94,16 +105,159 @@ def uses_rq(capability):
     return bool(settings.REDIS_URL) and capability in settings.SYMPOSIUM_RQ_CAPABILITIES
 
 
-async def run_inline(op_name, ctx, args):
+# -- one call: dispatch_call -------------------------------------------------------------
+
+
+async def dispatch_call(op, ctx, args, reply_channel=None):
+    """Run one allowed call of `op` and return its reply ({"ok": True, "envelope": ...}
+    or {"ok": False, "error": ...}, plus `lost_attempts` when RQ jobs of it were lost).
+    Never raises but for cancellation.
+
+    `ctx.deadline` bounds everything, waiting for the tenant's share included: past it
+    the reply is TIMEOUT (a handler thread or a job still running keeps its tenant's slot
+    until it ends). `reply_channel`: the channel the broker receives RQ replies on; a
+    call without one runs inline."""
+    left = ctx.time_left()
+    try:
+        # One timer for the whole call, whichever path it takes.
+        async with asyncio.timeout(None if left is None else max(0.0, left)):
+            if reply_channel is not None and uses_rq(op.capability):
+                return await _call_rq(op, ctx, args, reply_channel)
+            return await _call_inline(op, ctx, args)
+    except TimeoutError:
+        return timeout_reply(op.name, left)
+
+
+def timeout_reply(op_name, seconds):
+    within = f" within {max(1, round(seconds))} s" if seconds is not None else ""
+    return {"ok": False, "error": {"code": "TIMEOUT", "message": f"{op_name} got no reply{within}."}}
+
+
+async def _call_inline(op, ctx, args):
+    """On this process's thread pool, within the tenant's share of its threads."""
+    slots = fairness.slots_for("inline", ctx.tenant_id)
+    await slots.acquire(fairness.share(ctx.policy.concurrent_calls, settings.SYMPOSIUM_INLINE_THREADS))
+    # Submitted only with a slot in hand, so the pool's own queue never holds more than a
+    # share of any tenant. The slot is given back when the thread is done with the
+    # handler, not when the block stops waiting for it.
+    future = _executor.submit(execute_operation, op.name, ctx, args)
+    future.add_done_callback(lambda _: slots.release_threadsafe())
+    return await asyncio.wrap_future(future)
+
+
+# Replies of RQ jobs this process waits for: call key -> (future, id of the job whose
+# reply counts). An earlier attempt's late reply (its worker taken for dead) is ignored.
+_awaiting = {}
+_call_keys = itertools.count(1)
+
+
+def deliver_reply(event):
+    """A `capability.result` message from a worker, received by the broker."""
+    entry = _awaiting.get(event.get("key"))
+    if entry is None:
+        return  # answered already (timed out), or the run is over
+    future, job_id = entry
+    if event.get("job") is not None and event["job"] != job_id:
+        return  # from an attempt given up on
+    if not future.done():
+        future.set_result(event.get("reply") or {})
+
+
+async def _call_rq(op, ctx, args, reply_channel):
+    """Queue the call as an RQ job within the tenant's share of the workers, and wait for
+    its reply while watching the job: a job whose worker died is queued again when that
+    is safe, or answered at once with what happened, instead of leaving the block to wait
+    for its deadline."""
+    ctx = ctx.bounded(settings.RQ_QUEUES["capabilities"]["DEFAULT_TIMEOUT"])
+    watcher = job_watcher()
+    slots = fairness.slots_for("rq", ctx.tenant_id)
+    await slots.acquire(fairness.share(ctx.policy.concurrent_calls, await watcher.worker_count()))
+    key = f"{reply_channel}:{next(_call_keys)}"
     loop = asyncio.get_running_loop()
-    return await loop.run_in_executor(_executor, execute_operation, op_name, ctx, args)
+    lost = []  # one audit row's worth per attempt lost with its worker
+    job_id = None  # the job in flight, if any: its slot is held until it ends
+    slot_passed_on = False
+    try:
+        for attempt in range(settings.SYMPOSIUM_RQ_RETRIES + 1):
+            enqueuing = asyncio.ensure_future(asyncio.to_thread(enqueue, op.name, ctx, args, reply_channel, key, ctx.time_left()))
+            try:
+                job = await asyncio.shield(enqueuing)
+            except asyncio.CancelledError:
+                # The job may still be queued by the thread: the slot goes with it.
+                enqueuing.add_done_callback(functools.partial(_linger_queued, watcher, ctx.deadline, slots.release))
+                slot_passed_on = True
+                raise
+            except Exception as e:
+                if unavailable_service(e) is None:
+                    logger.exception("enqueueing %s failed", op.name)
+                return with_lost({"ok": False, "error": {
+                    "code": "INTERNAL", "retryAfter": 1,
+                    "message": f"{op.name} could not be queued: the platform's job queue (Redis) is unavailable; retry shortly."}}, lost)
+            job_id = job.id
+            reply = loop.create_future()
+            _awaiting[key] = (reply, job_id)
+            gone = watcher.watch(job_id, ctx.deadline)
+            try:
+                await asyncio.wait((reply, gone), return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                watcher.forget(job_id)
+            if reply.done():
+                job_id = None  # the worker sent its reply: it is done with the job
+                return with_lost(reply.result(), lost)
+            reason = gone.result()
+            job_id = None  # lost: no worker runs it any more (its claim says abandoned)
+            retry = may_retry(reason, op.idempotent) and attempt < settings.SYMPOSIUM_RQ_RETRIES and ctx.timeout(2) > 1
+            message = lost_reply(op.name, reason)["error"]["message"]
+            lost.append({"outcome": "failed", "error_code": "INTERNAL",
+                         "message": message + (" It was queued again." if retry else "")})
+            if not retry:
+                break
+        return with_lost(lost_reply(op.name, reason), lost)
+    finally:
+        _awaiting.pop(key, None)
+        if slot_passed_on:
+            pass
+        elif job_id is None:
+            slots.release()
+        else:
+            # Timed out or cancelled with the job queued or running: the tenant's slot
+            # stays held until the job is off the workers.
+            watcher.linger(job_id, ctx.deadline, slots.release)
+
+
+def _linger_queued(watcher, deadline, release, enqueuing):
+    """A job queued after its call gave up keeps the slot until it is off the workers."""
+    if enqueuing.cancelled() or enqueuing.exception() is not None:
+        release()
+    else:
+        watcher.linger(enqueuing.result().id, deadline, release)
+
+
+def with_lost(reply, lost):
+    if lost:
+        reply = {**reply, "lost_attempts": lost}
+    return reply
+
+
+_queues = {}
+
+
+def capabilities_queue():
+    """The RQ queue calls are enqueued on, made once per process: its Redis client (and
+    with it a pool of kept connections) is shared by every enqueue, instead of a new
+    connection for each."""
+    url = settings.RQ_QUEUES["capabilities"]["URL"]
+    queue = _queues.get(url)
+    if queue is None:
+        queue = _queues[url] = django_rq.get_queue("capabilities")
+    return queue
 
 
 def enqueue(op_name, ctx, args, reply_channel, call_key, timeout):
     """Queue the call as an RQ job; its reply reaches `reply_channel`."""
-    queue = django_rq.get_queue("capabilities")
+    queue = capabilities_queue()
     # A failed connection is retried by redis-py on the next command; a Redis that is
-    # down fails at once with ConnectionError (the broker says so to the block).
+    # down fails at once with ConnectionError (the call is answered so).
     return queue.enqueue(
         "capabilities.dispatch.run_job",
         op_name, ctx, args, reply_channel, call_key,
@@ -178,20 +332,31 @@ def run_job(op_name, ctx, args, reply_channel, call_key):
         return send_reply(reply_channel, call_key, execute_operation(op_name, ctx, args))
     connection = job.connection
     marks_ttl = max(60, int(ctx.time_left() or 0) + 60)
-    # Alive before claimed: a claim without an alive mark means a dead worker.
-    heartbeat = JobHeartbeat(connection, job.id)
-    heartbeat.start()
-    if not connection.set(claim_key(job.id), "worker", nx=True, ex=marks_ttl):
+    # Alive before claimed (a claim without an alive mark means a dead worker), both in
+    # one round trip: MULTI/EXEC applies them in this order, at one instant.
+    pipe = connection.pipeline(transaction=True)
+    pipe.set(alive_key(job.id), "1", px=JOB_HEARTBEAT_TTL_MS)
+    pipe.set(claim_key(job.id), "worker", nx=True, ex=marks_ttl)
+    _, claimed = pipe.execute()
+    if not claimed:
         # The broker abandoned this job (its first worker died before starting it) and
         # answered or retried the call: running it now could do it twice.
-        heartbeat.stop()
+        connection.delete(alive_key(job.id))
         return
+    heartbeat = JobHeartbeat(connection, job.id)
+    heartbeat.start()
     try:
         reply = execute_operation(op_name, ctx, args)
         send_reply(reply_channel, call_key, reply, job.id)
-        connection.set(claim_key(job.id), "done", xx=True, ex=marks_ttl)
-    finally:
+    except BaseException:
         heartbeat.stop()
+        raise
+    # Done, and no longer alive, in one round trip; the watcher reads both at one instant.
+    heartbeat.stop(delete=False)
+    pipe = connection.pipeline(transaction=True)
+    pipe.set(claim_key(job.id), "done", xx=True, ex=marks_ttl)
+    pipe.delete(alive_key(job.id))
+    pipe.execute()
 
 
 # -- knowing when a worker died with a call --------------------------------------------
@@ -233,16 +398,17 @@ class JobHeartbeat:
         self.thread = threading.Thread(target=self._run, name="job-heartbeat", daemon=True)
 
     def start(self):
-        self._beat()
+        """Keep the mark fresh from now on (the job wrote it first, with its claim)."""
         self.thread.start()
 
-    def stop(self):
+    def stop(self, delete=True):
         self.stopped.set()
         self.thread.join(2)
-        try:
-            self.connection.delete(self.key)
-        except Exception:
-            pass
+        if delete:
+            try:
+                self.connection.delete(self.key)
+            except Exception:
+                pass
 
     def _beat(self):
         try:
@@ -296,30 +462,76 @@ def may_retry(reason, idempotent):
     return reason == NEVER_STARTED or idempotent
 
 
+# How long a job the broker stopped waiting for (its call timed out) may keep its
+# tenant's slot at most: past RQ's own job timeout (the call's time + 5 s) and the heartbeat's.
+LINGER_GRACE = 30.0
+# How often the number of workers listening on the queue is read again (it sizes every
+# tenant's share of them).
+WORKER_COUNT_INTERVAL = 5.0
+
+
+class WatchedJob:
+    __slots__ = ("future", "watched", "done_seen", "deadline", "on_end")
+
+    def __init__(self, future, deadline, on_end=None):
+        self.future = future  # resolved with a reason when the job is lost (None: lingering)
+        self.watched = time.monotonic()
+        self.done_seen = None  # when its claim was first seen "done"
+        self.deadline = deadline  # time.time() by which RQ drops the job if nobody took it
+        self.on_end = on_end  # lingering: called once the job is off the workers
+
+
 class JobWatcher:
     """Watches the RQ jobs of this process's calls in flight, in one Redis pipeline every
-    WATCH_INTERVAL, and resolves a job's future with the reason when it is lost."""
+    WATCH_INTERVAL, and resolves a job's future with the reason when it is lost. A call
+    forgets its job as soon as its reply arrives. Jobs whose calls stopped waiting
+    (`linger`) are watched until they are off the workers, to give their tenant's slot
+    back then."""
 
-    def __init__(self, url, queue_key):
+    def __init__(self, url, queue):
         self.loop = asyncio.get_running_loop()
         self.client = redis.asyncio.Redis.from_url(url, socket_connect_timeout=2, socket_timeout=5)
-        self.queue_key = queue_key
-        self.jobs = {}  # job id -> [future, time watched, time first seen done or None, deadline]
+        self.queue_key = queue.key
+        self.workers_key = WORKERS_BY_QUEUE_KEY % queue.name
+        self.workers = None
+        self.workers_counted = 0.0
+        self.jobs = {}  # job id -> WatchedJob
         self.task = None
 
     def watch(self, job_id, deadline):
         """A future resolved with a reason (see above) if the job is lost; call forget()
         once the call is answered. `deadline`: time.time() by which RQ drops the job."""
         future = self.loop.create_future()
-        self.jobs[job_id] = [future, time.monotonic(), None, deadline]
-        if self.task is None or self.task.done():
-            self.task = asyncio.ensure_future(self._watch())
+        self.jobs[job_id] = WatchedJob(future, deadline)
+        self._ensure_task()
         return future
 
     def forget(self, job_id):
         entry = self.jobs.pop(job_id, None)
-        if entry is not None and not entry[0].done():
-            entry[0].cancel()
+        if entry is not None and entry.future is not None and not entry.future.done():
+            entry.future.cancel()
+
+    def linger(self, job_id, deadline, on_end):
+        """Watch a job nobody waits for any more until it is off the workers (done, dead,
+        abandoned before it started, or gone), then call `on_end`."""
+        self.jobs[job_id] = WatchedJob(None, deadline, on_end)
+        self._ensure_task()
+
+    async def worker_count(self):
+        """How many RQ workers listen on the queue (read again every WORKER_COUNT_INTERVAL;
+        0 when Redis cannot say)."""
+        now = time.monotonic()
+        if self.workers is None or now - self.workers_counted > WORKER_COUNT_INTERVAL:
+            self.workers_counted = now
+            try:
+                self.workers = await self.client.scard(self.workers_key)
+            except (redis.exceptions.RedisError, OSError):
+                self.workers = self.workers or 0
+        return self.workers
+
+    def _ensure_task(self):
+        if self.task is None or self.task.done():
+            self.task = asyncio.ensure_future(self._watch())
 
     async def _watch(self):
         while self.jobs:
@@ -331,8 +543,12 @@ class JobWatcher:
 
     def _lose(self, job_id, reason):
         entry = self.jobs.pop(job_id, None)
-        if entry is not None and not entry[0].done():
-            entry[0].set_result(reason)
+        if entry is None:
+            return
+        if entry.on_end is not None:
+            entry.on_end()
+        elif not entry.future.done():
+            entry.future.set_result(reason)
 
     async def check(self):
         ids = list(self.jobs)
@@ -349,6 +565,7 @@ class JobWatcher:
                 pipe.exists(Job.key_for(job_id))
             marks = await pipe.execute()
         except (redis.exceptions.RedisError, OSError):
+            # Lingering jobs give their slots back too: a slot is never held on a guess.
             for job_id in ids:
                 self._lose(job_id, UNAVAILABLE)
             return
@@ -359,21 +576,33 @@ class JobWatcher:
             entry = self.jobs.get(job_id)
             if entry is None:
                 continue
-            if claim == b"worker":
+            if entry.on_end is not None:
+                self._check_lingering(job_id, entry, claim, alive, exists, now)
+            elif claim == b"worker":
                 if not alive:
                     await self._abandon(job_id, force=True)
                     self._lose(job_id, WORKER_DIED)
             elif claim == b"done":
-                entry[2] = entry[2] or now
-                if now - entry[2] > DONE_GRACE:
+                entry.done_seen = entry.done_seen or now
+                if now - entry.done_seen > DONE_GRACE:
                     self._lose(job_id, REPLY_LOST)
             elif claim is None:
                 if not exists:
-                    self._lose(job_id, EXPIRED if time.time() >= entry[3] - 1.5 else VANISHED)
-                elif now - entry[1] > TAKEN_GRACE:
+                    self._lose(job_id, EXPIRED if time.time() >= entry.deadline - 1.5 else VANISHED)
+                elif now - entry.watched > TAKEN_GRACE:
                     unclaimed.append(job_id)
         if unclaimed:
             await self._check_taken(unclaimed)
+
+    def _check_lingering(self, job_id, entry, claim, alive, exists, now):
+        off_the_workers = (
+            claim in (b"done", b"abandoned")
+            or (claim == b"worker" and not alive)
+            or (claim is None and not exists)
+            or now - entry.watched > LINGER_GRACE + max(0.0, entry.deadline - time.time())
+        )
+        if off_the_workers:
+            self._lose(job_id, None)
 
     async def _check_taken(self, job_ids):
         """Unclaimed jobs that are no longer waiting in the queue were taken by a worker
@@ -408,6 +637,5 @@ def job_watcher():
     loop = asyncio.get_running_loop()
     watcher = _watchers.get(id(loop))
     if watcher is None or watcher.loop is not loop:
-        queue = django_rq.get_queue("capabilities")
-        watcher = _watchers[id(loop)] = JobWatcher(settings.RQ_QUEUES["capabilities"]["URL"], queue.key)
+        watcher = _watchers[id(loop)] = JobWatcher(settings.RQ_QUEUES["capabilities"]["URL"], capabilities_queue())
     return watcher

@@ -37,7 +37,7 @@ from isolates.protocol import LIMITS, LOG_LEVELS, FrameError, decode_value, enco
 from tenants import audit
 from tenants.models import BlockRun, Tenant
 from tenants.policy import decide, effective_policy
-from tenants.ratelimit import check_rate
+from tenants.ratelimit import acheck_rate
 
 logger = logging.getLogger(__name__)
 
@@ -181,8 +181,7 @@ class IsolateBrokerConsumer(AsyncWebsocketConsumer):
         self.run = None
         self.ctx = None
         self.policy_loaded = 0.0
-        self.in_flight = {}
-        self.call_jobs = {}  # call key -> the RQ job currently answering it
+        self.in_flight = {}  # call number -> (call id, operation, target, started, task)
         self.call_seq = 0
         self.console_bytes = 0
         self.console_parts = []
@@ -328,7 +327,7 @@ class IsolateBrokerConsumer(AsyncWebsocketConsumer):
             return await self.answer(call_id, {"ok": False, "error": {"code": decision.code, "message": decision.message}},
                                      capability, op_label, target, "denied", started)
         try:
-            rate = check_rate(self.ctx.tenant_id, capability, self.ctx.policy.rate_per_minute(capability))
+            rate = await acheck_rate(self.ctx.tenant_id, capability, self.ctx.policy.rate_per_minute(capability))
         except Exception as e:
             if dispatch.unavailable_service(e) is None:
                 raise
@@ -345,88 +344,30 @@ class IsolateBrokerConsumer(AsyncWebsocketConsumer):
                 "message": f"Rate limit of {self.ctx.policy.rate_per_minute(capability)} {capability} calls per minute reached; retry in {retry:g} s.",
                 "retryAfter": retry}}, capability, op_label, target, "denied", started)
 
-        deadline = time.time() + LIMITS["call_timeout_ms"] / 1000
-        ctx = self.ctx_with_deadline(deadline)
+        ctx = self.ctx_with_deadline(time.time() + LIMITS["call_timeout_ms"] / 1000)
         self.call_seq += 1
-        key = f"{self.channel_name}:{self.call_seq}"
-        self.in_flight[key] = (call_id, op, target, started)
-        if dispatch.uses_rq(capability):
-            task = asyncio.ensure_future(self.run_rq(key, op, ctx, args, deadline))
-        else:
-            task = asyncio.ensure_future(self.run_inline(key, op, ctx, args, deadline))
+        task = asyncio.ensure_future(self.dispatch_call(self.call_seq, op, ctx, args))
+        self.in_flight[self.call_seq] = (call_id, op, target, started, task)
         task.add_done_callback(_log_task_error)
 
-    async def run_inline(self, key, op, ctx, args, deadline):
-        try:
-            reply = await asyncio.wait_for(dispatch.run_inline(op.name, ctx, args), timeout=max(0.0, deadline - time.time()))
-        except asyncio.TimeoutError:
-            reply = timeout_reply(op)
-        await self.complete(key, reply)
-
-    async def run_rq(self, key, op, ctx, args, deadline):
-        """Queue the call as an RQ job and wait for its reply until the deadline, watching
-        the job: a job whose worker died is queued again when that is safe, or answered
-        at once with what happened, instead of leaving the block waiting for TIMEOUT."""
-        watcher = dispatch.job_watcher()
-        for attempt in range(settings.SYMPOSIUM_RQ_RETRIES + 1):
-            try:
-                job = await database_sync_to_async(dispatch.enqueue, thread_sensitive=False)(
-                    op.name, ctx, args, self.channel_name, key, deadline - time.time())
-            except Exception as e:
-                if dispatch.unavailable_service(e) is None:
-                    logger.exception("enqueueing %s failed", op.name)
-                return await self.complete(key, {"ok": False, "error": {
-                    "code": "INTERNAL", "retryAfter": 1,
-                    "message": f"{op.name} could not be queued: the platform's job queue (Redis) is unavailable; retry shortly."}})
-            if key not in self.in_flight:
-                return  # the run ended meanwhile
-            self.call_jobs[key] = job.id
-            lost = watcher.watch(job.id, deadline)
-            try:
-                reason = await asyncio.wait_for(asyncio.shield(lost), timeout=max(0.0, deadline - time.time()))
-            except asyncio.TimeoutError:
-                reason = None
-            finally:
-                watcher.forget(job.id)
-            if key not in self.in_flight or self.call_jobs.get(key) != job.id:
-                return  # answered (the reply won the race)
-            if reason is None:
-                return await self.complete(key, timeout_reply(op))
-            retry = dispatch.may_retry(reason, op.idempotent) and attempt < settings.SYMPOSIUM_RQ_RETRIES and deadline - time.time() > 1
-            self.audit_lost_job(key, op, reason, retry)
-            if not retry:
-                return await self.complete(key, dispatch.lost_reply(op.name, reason))
-        await self.complete(key, dispatch.lost_reply(op.name, reason))
-
-    def audit_lost_job(self, key, op, reason, retried):
-        """A row for each lost attempt, besides the call's own row: admins see which calls
-        were interrupted and retried."""
-        entry = self.in_flight.get(key)
-        what = dispatch.lost_reply(op.name, reason)["error"]["message"]
-        audit.record(
-            tenant_id=self.ctx.tenant_id, tenant_slug=self.ctx.tenant_slug, run_id=self.ctx.run_id,
-            user_id=self.run.user_id, capability=op.capability, operation=f"{op.name}.attempt",
-            target=entry[2] if entry else "", outcome="failed", error_code="INTERNAL",
-            message=what + (" It was queued again." if retried else ""),
-        )
-
-    async def capability_result(self, event):
-        """A reply from an RQ worker, over the channel layer."""
-        job = event.get("job")
-        if job is not None and self.call_jobs.get(event["key"]) not in (None, job):
-            return  # from an attempt given up on (its worker was taken for dead)
-        await self.complete(event["key"], event["reply"])
-
-    async def complete(self, key, reply):
+    async def dispatch_call(self, key, op, ctx, args):
+        """Run the call (capabilities.dispatch owns the path, the tenant's share, retries
+        and the deadline) and answer it."""
+        reply = await dispatch.dispatch_call(op, ctx, args, reply_channel=self.channel_name)
         entry = self.in_flight.pop(key, None)
-        self.call_jobs.pop(key, None)
         if entry is None:
-            return  # answered already (timed out), or the run is over
-        call_id, op, target, started = entry
+            return  # the run is over
+        call_id, op, target, started, _ = entry
+        # RQ attempts lost with their workers are rows of their own, before the call's.
+        self.audit_attempts(op, target, reply.get("lost_attempts", ()))
         outcome = "allowed" if reply.get("ok") else "failed"
         await self.answer(call_id, reply, op.capability, op.name, target, outcome, started, watch_event=op.watch_event)
         if op.attempt_rows is not None:
             self.audit_attempts(op, target, op.attempt_rows(reply))
+
+    async def capability_result(self, event):
+        """A reply from an RQ worker, over the channel layer: for the dispatcher."""
+        dispatch.deliver_reply(event)
 
     def audit_attempts(self, op, target, rows):
         """Each attempt a reply reports (a webhook's deliveries) is a row of its own,
@@ -586,9 +527,11 @@ class IsolateBrokerConsumer(AsyncWebsocketConsumer):
         await self.close(code=4429)
 
     async def disconnect(self, code):
-        for key in list(self.in_flight):
-            self.in_flight.pop(key, None)
-        self.call_jobs.clear()
+        # Calls nobody will read: those still waiting for their tenant's share never run
+        # (a thread or job already running keeps its slot until it ends).
+        for _, _, _, _, task in self.in_flight.values():
+            task.cancel()
+        self.in_flight.clear()
         if self.run:
             self.refusals.close()
             await self.flush_events()
@@ -757,10 +700,6 @@ def discard_canvases(ctx):
         discard_run(ctx)
     except Exception:
         logger.exception("forgetting the canvases of run %s failed", ctx.run_id)
-
-
-def timeout_reply(op):
-    return {"ok": False, "error": {"code": "TIMEOUT", "message": f"{op.name} got no reply within {LIMITS['call_timeout_ms'] // 1000} s."}}
 
 
 def _log_task_error(task):

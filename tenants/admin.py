@@ -31,7 +31,7 @@ class PermissionProfileAdmin(admin.ModelAdmin):
         ("Email", {"fields": ["email_per_hour", "email_max_recipients", "email_max_bytes", "email_max_attachment_bytes"]}),
         ("Images", {"fields": ["image_formats", "image_max_frames", "image_rate_per_minute"]}),
         ("Realtime channels", {"fields": ["realtime_max_message_bytes", "realtime_rate_per_minute"]}),
-        ("Runs", {"fields": ["memory_mb", "time_limit_seconds", "cpu_time_limit_ms", "console_output_cap", "concurrent_runs"]}),
+        ("Runs", {"fields": ["memory_mb", "time_limit_seconds", "cpu_time_limit_ms", "console_output_cap", "concurrent_runs", "concurrent_calls"]}),
         ("Saved blocks", {"fields": ["api_rate_per_minute", "endpoint_max_body_bytes", "max_schedules", "schedule_min_interval_minutes"]}),
     ]
 

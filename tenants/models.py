@@ -221,6 +221,11 @@ class PermissionProfile(models.Model):
         default=1 * MB, validators=[MinValueValidator(1024)], help_text="Bytes of console output kept per run."
     )
     concurrent_runs = models.PositiveIntegerField(default=5, validators=[MinValueValidator(1)])
+    concurrent_calls = models.PositiveIntegerField(
+        default=4, validators=[MinValueValidator(1), MaxValueValidator(1000)],
+        help_text="Calls of a tenant that run at once on one server's threads, and RQ jobs it has in flight from one "
+                  "server; never more than half of either. More wait in the tenant's own queue.",
+    )
 
     # Saved blocks run by applications, HTTP requests and schedules (docs/blocks.md).
     api_rate_per_minute = models.PositiveIntegerField(

@@ -8,13 +8,20 @@ windows it never lets 2N calls through around a window boundary.
 With Redis configured the state is one key per (tenant, capability) updated by a Lua
 script, so every server process shares one count atomically. Without Redis it is a dict
 in this process guarded by a lock, which is right for the embedded single-process setup.
+
+The broker counts calls on its event loop with `acheck_rate`: on Redis one round trip of
+the loop's own asyncio client, which never blocks the loop while it waits (other runs'
+frames are handled meanwhile); locally, the dict, which does not wait at all.
 """
 
+import asyncio
 import threading
 import time
+import weakref
 from dataclasses import dataclass
 
 import redis
+import redis.asyncio
 
 from django.conf import settings
 
@@ -82,10 +89,24 @@ class RedisRateLimiter:
         self.client = redis.Redis.from_url(url, socket_connect_timeout=1, socket_timeout=1)
         self.script = self.client.register_script(GCRA_SCRIPT)
         self.prefix = prefix
+        self.url = url
+        self.async_scripts = weakref.WeakKeyDictionary()  # event loop -> its client's script
 
     def hit(self, key, limit, period=PERIOD):
         interval, tolerance = _parameters(limit, period)
         allowed, retry = self.script(keys=[self.prefix + key], args=[interval, tolerance])
+        return RateDecision(bool(allowed), float(retry))
+
+    async def ahit(self, key, limit, period=PERIOD):
+        """As hit(), on the running event loop's asyncio client (its connections belong
+        to that loop), without blocking the loop."""
+        loop = asyncio.get_running_loop()
+        script = self.async_scripts.get(loop)
+        if script is None:
+            client = redis.asyncio.Redis.from_url(self.url, socket_connect_timeout=1, socket_timeout=1)
+            script = self.async_scripts[loop] = client.register_script(GCRA_SCRIPT)
+        interval, tolerance = _parameters(limit, period)
+        allowed, retry = await script(keys=[self.prefix + key], args=[interval, tolerance])
         return RateDecision(bool(allowed), float(retry))
 
     def reset(self):
@@ -117,6 +138,16 @@ def check_rate(tenant_id, capability, per_minute):
     if not per_minute:
         return RateDecision(True)
     return limiter().hit(f"{tenant_id}:{capability}", per_minute)
+
+
+async def acheck_rate(tenant_id, capability, per_minute):
+    """check_rate() for code on an event loop: never blocks it."""
+    if not per_minute:
+        return RateDecision(True)
+    counter = limiter()
+    if isinstance(counter, RedisRateLimiter):
+        return await counter.ahit(f"{tenant_id}:{capability}", per_minute)
+    return counter.hit(f"{tenant_id}:{capability}", per_minute)
 
 
 def check_hourly_rate(tenant_id, what, per_hour):

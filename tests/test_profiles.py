@@ -67,6 +67,7 @@ ROWS = {
     "CPU time": lambda p: f"{p['cpu_time_limit_ms'] / 1000:g} s",
     "console output kept": lambda p: size(p["console_output_cap"]),
     "runs at once": lambda p: str(p["concurrent_runs"]),
+    "calls at once": lambda p: str(p["concurrent_calls"]),
 }
 
 

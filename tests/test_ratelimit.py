@@ -77,3 +77,26 @@ def test_keys_expire_on_redis(redis_limiter):
     redis_limiter.hit("t:network", 10)
     ttl = redis_limiter.client.pttl("test:rate:t:network")
     assert 0 < ttl <= 8000
+
+
+def test_the_event_loops_count_is_the_same_count_as_the_threads(settings):
+    """The broker counts on its event loop with the asyncio client (acheck_rate), other
+    code with the blocking one: one limit, whichever counts."""
+    import asyncio
+
+    if not settings.REDIS_URL:
+        pytest.skip("needs REDIS_URL (the suite's second run)")
+    limiter = RedisRateLimiter(settings.REDIS_URL, prefix="test:rate-loop:")
+    limiter.reset()
+    try:
+        assert all(limiter.hit("t:files", 4).allowed for _ in range(2))
+
+        async def on_the_loop():
+            return [await limiter.ahit("t:files", 4) for _ in range(3)]
+
+        results = asyncio.run(on_the_loop())
+        assert [r.allowed for r in results] == [True, True, False]
+        assert 14.0 < results[-1].retry_after <= 15.0  # one call every 15 s at 4/min
+        assert not limiter.hit("t:files", 4).allowed
+    finally:
+        limiter.reset()
