@@ -24,6 +24,7 @@ from capabilities.process.arguments import (
     check_stdin,
     check_timeout,
     resolve_command,
+    stop_by,
 )
 
 
@@ -45,6 +46,7 @@ def execute(ctx, args):
         cwd=_check_cwd(option("cwd")),
         stdin=check_stdin(option("input"), policy),
         timeout=check_timeout(option("timeout"), ctx),
+        stop_by=stop_by(ctx),
         allowed_programs=_allowed_programs(policy, command, program),
     )
 
@@ -64,7 +66,7 @@ def execute(ctx, args):
                 # What the command wrote is kept only if it fits the quota, all of it
                 # or none (capabilities.process.writes).
                 try:
-                    writes.keep(ctx, root_fd, outcome.writes_fd)
+                    writes.keep(ctx, root_fd, outcome.writes_fd, owner=mounts.sandbox_host_ids() if os.geteuid() == 0 else None)
                 finally:
                     os.close(outcome.writes_fd)
     return _reply(outcome, request)

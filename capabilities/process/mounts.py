@@ -11,7 +11,11 @@ of the command's own (made in the child between fork and exec, so the server's o
 namespaces never change):
 
     /mnt/symposium-sandbox/root   the tenant's storage (or an empty tmpfs without file
-                                  access): nosuid, nodev, noexec, read-only for 'read'
+                                  access): nosuid, nodev, noexec, read-only for 'read';
+                                  for 'write' and 'all' an overlay of
+    /mnt/symposium-sandbox/lower  the storage, read-only, and
+    /mnt/symposium-sandbox/writes a tmpfs of sandbox.write_bytes() holding the upper
+                                  layer (what the command writes) and its work folder
     /mnt/symposium-sandbox/tmp    a tmpfs of SANDBOX_LIMITS['tmp_bytes']: nosuid, nodev,
                                   noexec
     /mnt/symposium-sandbox/system the sandbox's usr, bin, lib and lib64: a tmpfs holding

@@ -14,14 +14,17 @@ command is this sandbox, whatever runs in it:
   configuration); the project directory and other tenants do not exist in it.
 - A seccomp filter (capabilities.process.seccomp_filter), no_new_privs, a new session
   (no terminal to inject keystrokes into), rlimits (CPU, address space, file size, open
-  files, processes), and a pids cgroup that bounds a fork bomb (capabilities.process.cgroups).
+  files, processes), a pids cgroup that bounds a fork bomb and a memory cgroup that
+  bounds the whole tree (capabilities.process.cgroups).
 - The wall clock: the whole tree is killed at the timeout (SIGKILL to bubblewrap, which
   takes its pid namespace with it; the cgroup is swept as well).
 
 Mount layout, chosen so that tenant paths mean the same inside and outside:
 
-    /                 the tenant's storage root (read-write with 'write' or 'all' file
-                      access, read-only with 'read', an empty tmpfs with 'none')
+    /                 the tenant's storage root (with 'write' or 'all' file access an
+                      overlay on it, whose changes are kept afterwards only if they fit
+                      the quota, capabilities.process.writes; read-only with 'read'; an
+                      empty tmpfs with 'none')
     /usr /lib /lib64  the server's, read-only
     /usr/bin, /bin    only the tenant's allow-listed commands
     /etc              passwd, group, nsswitch.conf, ld.so.cache; read-only
@@ -451,6 +454,8 @@ def _collect(process, request, policy):
     cap = policy.process_max_output
     started = time.monotonic()
     deadline = started + request.timeout
+    if request.stop_by is not None:
+        deadline = min(deadline, request.stop_by)
     out_fd, err_fd = process.stdout.fileno(), process.stderr.fileno()
     files = {out_fd: process.stdout, err_fd: process.stderr}
     buffers = {out_fd: bytearray(), err_fd: bytearray()}

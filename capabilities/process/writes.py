@@ -35,14 +35,16 @@ COPY_CHUNK = 1024 * 1024
 O_DIR = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
-def keep(ctx, root_fd, writes_fd):
+def keep(ctx, root_fd, writes_fd, owner=None):
     """Apply what the command wrote (the upper folder `writes_fd`) to the storage whose
-    root is `root_fd`, or refuse all of it when the result would pass the quota."""
+    root is `root_fd`, or refuse all of it when the result would pass the quota. What is
+    made belongs to `owner` (uid, gid), the command's user on the server, when given
+    (the server is root and would otherwise own it)."""
     if not os.listdir(writes_fd):
         return  # it wrote nothing: the common case costs one read of an empty folder
     with quota.storage_lock(ctx, root_fd):
         usage = quota.current_usage(ctx, root_fd)
-        delta = _walk(writes_fd, root_fd, top=True, apply=False)
+        delta = _walk(writes_fd, root_fd, top=True, apply=False, owner=owner)
         limit = ctx.policy.storage_quota
         if delta > 0 and usage + delta > limit:
             raise CapabilityError(
@@ -51,13 +53,13 @@ def keep(ctx, root_fd, writes_fd):
                 f"({usage} in use). None of its changes were kept.",
             )
         try:
-            _walk(writes_fd, root_fd, top=True, apply=True)
+            _walk(writes_fd, root_fd, top=True, apply=True, owner=owner)
         finally:
             # Hard links, files changed meanwhile by hand: measured afresh next time.
             quota.forget_usage(ctx)
 
 
-def _walk(upper, storage, *, top, apply):
+def _walk(upper, storage, *, top, apply, owner):
     """The change in bytes of the storage folder `storage` (None: a folder that does not
     exist yet, or is being replaced) if the upper folder `upper` is applied to it, and,
     with `apply`, applies it."""
@@ -85,11 +87,12 @@ def _walk(upper, storage, *, top, apply):
                         _remove(storage, name, old)
                     if old is None or replaced:
                         os.mkdir(name, 0o755, dir_fd=storage)
+                        _own(storage, name, owner)
                     child_storage = os.open(name, O_DIR, dir_fd=storage)
                 elif old is not None and not replaced:
                     child_storage = os.open(name, O_DIR, dir_fd=storage)
                 try:
-                    delta += _walk(child_upper, child_storage, top=False, apply=apply)
+                    delta += _walk(child_upper, child_storage, top=False, apply=apply, owner=owner)
                 finally:
                     if child_storage is not None:
                         os.close(child_storage)
@@ -98,7 +101,7 @@ def _walk(upper, storage, *, top, apply):
         elif stat.S_ISREG(st.st_mode):
             delta += st.st_size - old_bytes
             if apply:
-                _copy_file(upper, storage, name, st, old)
+                _copy_file(upper, storage, name, st, old, owner)
         elif stat.S_ISLNK(st.st_mode):
             delta -= old_bytes
             if apply:
@@ -106,6 +109,7 @@ def _walk(upper, storage, *, top, apply):
                 if old is not None:
                     _remove(storage, name, old)
                 os.symlink(target, name, dir_fd=storage)
+                _own(storage, name, owner)
         # Anything else (a fifo, a socket) is not a file the storage keeps.
     return delta
 
@@ -147,7 +151,12 @@ def _remove(folder, name, st):
         os.unlink(name, dir_fd=folder)
 
 
-def _copy_file(upper, storage, name, st, old):
+def _own(folder, name, owner):
+    if owner is not None:
+        os.chown(name, *owner, dir_fd=folder, follow_symlinks=False)
+
+
+def _copy_file(upper, storage, name, st, old, owner):
     temporary = f".symposium-write-{secrets.token_hex(6)}"
     source = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=upper)
     try:
@@ -155,7 +164,10 @@ def _copy_file(upper, storage, name, st, old):
         try:
             while os.sendfile(target, source, None, COPY_CHUNK):
                 pass
-            # Plain permission bits only: never a set-id bit in the storage.
+            if owner is not None:
+                os.fchown(target, *owner)
+            # Plain permission bits only: never a set-id bit in the storage (set after
+            # the change of owner, which would clear them anyway).
             os.fchmod(target, stat.S_IMODE(st.st_mode) & 0o777)
             os.utime(target, ns=(st.st_atime_ns, st.st_mtime_ns))
         finally:
