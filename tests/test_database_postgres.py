@@ -477,3 +477,73 @@ def test_cant_turn_another_tenants_object_numbers_into_names(alpha, mallory):
     q(mallory, "INSERT INTO registry VALUES (regexp_replace('a-b', '-', '+'))")
     assert q(mallory, "SELECT regular FROM registry")["data"]["rows"] == [{"regular": "a+b"}]
     assert q(mallory, "SELECT current_schema() IS NOT NULL AS ok")["data"]["rows"] == [{"ok": True}]
+
+
+# -- one quota for files and database ---------------------------------------------------
+
+
+@pytest.fixture
+def fresh_usage_cache(settings):
+    """A run-state cache of this test's own: usage figures are cached per tenant id, and
+    ids are reused between tests."""
+    import uuid
+
+    settings.CACHES = {
+        **settings.CACHES,
+        "runstate": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache", "LOCATION": f"test-{uuid.uuid4()}"},
+    }
+
+
+def small_tenant(make_tenant, slug, quota):
+    from tenants.models import PolicyOverride
+
+    tenant = make_tenant(slug, "Data")
+    PolicyOverride.objects.create(tenant=tenant, setting="storage_quota", value=str(quota))
+    return context_for(tenant)
+
+
+MB = 1024 * 1024
+# About 1 KB a row, below the size at which PostgreSQL compresses a value.
+ROWS_OF_1KB = "SELECT g, repeat(md5(g::text), 30) FROM generate_series(1, ?) AS g"
+
+
+def test_cant_store_more_than_the_quota_in_the_database(make_tenant, fresh_usage_cache):
+    # 60 MB stored against a 20 MB quota.
+    ctx = small_tenant(make_tenant, "pgfill", 20 * MB)
+    q(ctx, "CREATE TABLE fill (id int, b text)")
+    message = refused(lambda: q(ctx, "INSERT INTO fill " + ROWS_OF_1KB, [60_000]), "QUOTA_EXCEEDED")
+    assert "rolled back" in message
+    assert q(ctx, "SELECT count(*) AS n FROM fill")["data"]["rows"] == [{"n": 0}]
+    # The refused rows' pages are given back, not left to count against the tenant.
+    assert postgres.tenant_bytes(ctx) < 1 * MB
+    # A few MB at a time until it would pass the quota: the call that would is refused.
+    with pytest.raises(CapabilityError) as caught:
+        for _ in range(15):
+            q(ctx, "INSERT INTO fill " + ROWS_OF_1KB, [4_000])
+    assert caught.value.code == "QUOTA_EXCEEDED"
+    assert postgres.tenant_bytes(ctx) <= 20 * MB
+
+
+def test_cant_pass_the_quota_with_temporary_tables(make_tenant, fresh_usage_cache):
+    ctx = small_tenant(make_tenant, "pgtemp", 20 * MB)
+    steps = [{"query": "CREATE TEMP TABLE scratch (id int, b text)"}, {"query": "INSERT INTO scratch " + ROWS_OF_1KB, "params": [60_000]}]
+    with pytest.raises(CapabilityError) as caught:
+        database.transaction(ctx, {"steps": steps})
+    assert caught.value.code == "QUOTA_EXCEEDED"
+
+
+def test_cant_hold_more_than_the_quota_in_files_and_database_together(make_tenant, fresh_usage_cache):
+    from capabilities import files
+
+    ctx = small_tenant(make_tenant, "pgboth", 20 * MB)
+    files.write_file(ctx, {"path": "big.txt", "data": "f" * (15 * MB)})
+    q(ctx, "CREATE TABLE fill (id int, b text)")
+    refused(lambda: q(ctx, "INSERT INTO fill " + ROWS_OF_1KB, [10_000]), "QUOTA_EXCEEDED")
+
+    # And the other way round: a database near the quota leaves no room for files.
+    other = small_tenant(make_tenant, "pgdbfirst", 20 * MB)
+    q(other, "CREATE TABLE fill (id int, b text)")
+    q(other, "INSERT INTO fill " + ROWS_OF_1KB, [15_000])
+    with pytest.raises(CapabilityError) as caught:
+        files.write_file(other, {"path": "more.txt", "data": "m" * (10 * MB)})
+    assert caught.value.code == "QUOTA_EXCEEDED"

@@ -5,12 +5,14 @@ These run on the SQLite backend whatever the platform's own database is.
 
 import os
 import sqlite3
+import uuid
 
 import pytest
 
-from capabilities import database
+from capabilities import database, files
 from capabilities.base import CapabilityError
 from capabilities.database.sqlite import database_path
+from capabilities.files import quota
 from tenants.models import PolicyOverride
 from tests.helpers import context_for
 
@@ -130,6 +132,64 @@ def test_it_stops_the_database_at_the_storage_quota(make_tenant):
     )
     assert "storage quota" in message
     assert database_path(ctx).stat().st_size <= 256 * 1024
+
+
+@pytest.fixture
+def fresh_usage_cache(settings):
+    """A run-state cache of this test's own: the storage usage figure is cached per
+    tenant id, and ids are reused between tests."""
+    settings.CACHES = {
+        **settings.CACHES,
+        "runstate": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache", "LOCATION": f"test-{uuid.uuid4()}"},
+    }
+
+
+def small_tenant(make_tenant, slug, quota):
+    tenant = make_tenant(slug, "Data")
+    PolicyOverride.objects.create(tenant=tenant, setting="storage_quota", value=str(quota))
+    return context_for(tenant)
+
+
+def test_cant_fill_temp_tables_past_the_quota(make_tenant, fresh_usage_cache):
+    # 400 MB of TEMP table for a 2 MB quota: a temporary database lives in a file of its
+    # own, outside the tenant's storage.
+    ctx = small_tenant(make_tenant, "tempfill", 2 * 1024 * 1024)
+    message = refused(
+        lambda: q(
+            ctx,
+            "CREATE TEMP TABLE fill AS WITH RECURSIVE r(i) AS (SELECT 1 UNION ALL SELECT i + 1 FROM r LIMIT 400000) "
+            "SELECT i, randomblob(1000) AS b FROM r",
+        ),
+        "QUOTA_EXCEEDED",
+    )
+    assert "storage quota" in message
+    # Nor a step at a time in one transaction, beside the tenant's own tables.
+    steps = [{"query": "CREATE TEMP TABLE fill (b BLOB)"}]
+    steps += [{"query": "INSERT INTO fill (b) VALUES (randomblob(?))", "params": [256 * 1024]} for _ in range(12)]
+    with pytest.raises(CapabilityError) as caught:
+        database.transaction(ctx, {"steps": steps})
+    assert caught.value.code == "QUOTA_EXCEEDED"
+
+
+def test_cant_hold_more_than_the_quota_in_files_and_database_together(make_tenant, fresh_usage_cache):
+    ctx = small_tenant(make_tenant, "both", 2 * 1024 * 1024)
+    files.write_file(ctx, {"path": "big.txt", "data": "f" * (1536 * 1024)})
+    q(ctx, "CREATE TABLE blobs (data BLOB)")
+    refused(lambda: [q(ctx, "INSERT INTO blobs (data) VALUES (randomblob(?))", [64 * 1024]) for _ in range(16)], "QUOTA_EXCEEDED")
+    root = os.open(ctx.storage_root, os.O_RDONLY)
+    try:
+        assert quota.measure_usage(root) <= 2 * 1024 * 1024
+    finally:
+        os.close(root)
+
+    # And the other way round: a database that fills the quota leaves no room for files.
+    other = small_tenant(make_tenant, "dbfirst", 2 * 1024 * 1024)
+    q(other, "CREATE TABLE blobs (data BLOB)")
+    for _ in range(24):
+        q(other, "INSERT INTO blobs (data) VALUES (randomblob(?))", [64 * 1024])
+    with pytest.raises(CapabilityError) as caught:
+        files.write_file(other, {"path": "more.txt", "data": "m" * (1024 * 1024)})
+    assert caught.value.code == "QUOTA_EXCEEDED"
 
 
 def test_cant_make_a_value_larger_than_a_reply(make_tenant):

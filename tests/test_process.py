@@ -19,7 +19,7 @@ from django.conf import settings
 
 from capabilities import files
 from capabilities.base import CapabilityError
-from capabilities.process import execute, sandbox
+from capabilities.process import cgroups, execute, sandbox
 from capabilities.process.limits import SANDBOX_LIMITS
 from tenants.models import PolicyOverride
 from tests.helpers import context_for
@@ -224,6 +224,109 @@ def test_it_counts_what_a_process_wrote_in_the_quota(advanced):
     run(advanced, "tee", ["/big.txt"], ctx=ctx, input="y" * 8500)
     error = pytest.raises(CapabilityError, files.write_file, ctx, {"path": "b.txt", "data": "z" * 600}).value
     assert error.code == "QUOTA_EXCEEDED" and "9500 in use" in error.message
+
+
+
+def test_it_keeps_what_a_process_changed_removed_renamed_and_linked(prober):
+    override(prober, "process_commands", ADVANCED_COMMANDS + " sh rm mkdir mv ln")
+    root = Path(prober.storage_root())
+    (root / "keep.txt").write_text("old")
+    (root / "gone.txt").write_text("remove me")
+    (root / "folder").mkdir()
+    (root / "folder" / "inner.txt").write_text("inner")
+    (root / "replaced").mkdir()
+    (root / "replaced" / "old.txt").write_text("old folder")
+    script = (
+        "echo new >> keep.txt && rm gone.txt && mkdir -p made/deep && echo deep > made/deep/f.txt "
+        "&& mv folder/inner.txt folder/moved.txt && rm -r replaced && mkdir replaced && echo fresh > replaced/new.txt "
+        "&& ln -s keep.txt link && : > empty"
+    )
+    result = run(prober, "sh", ["-c", script])
+    assert result["exitCode"] == 0, result["stderr"]
+    assert (root / "keep.txt").read_text() == "oldnew\n"
+    assert not (root / "gone.txt").exists()
+    assert (root / "made" / "deep" / "f.txt").read_text() == "deep\n"
+    assert sorted(os.listdir(root / "folder")) == ["moved.txt"]
+    assert sorted(os.listdir(root / "replaced")) == ["new.txt"]
+    assert os.readlink(root / "link") == "keep.txt"
+    assert (root / "empty").stat().st_size == 0
+    assert not [name for name in os.listdir(root) if name.startswith(".symposium-write")]
+    # And the next command sees it all.
+    assert run(prober, "cat", ["/replaced/new.txt", "/folder/moved.txt"])["stdout"] == "fresh\ninner"
+
+
+def test_cant_write_more_than_the_quota_through_a_process(prober):
+    # 30 files of 2 MB each (each well under the largest file) into a 20 MB quota.
+    override(prober, "storage_quota", 20 * 1024 * 1024)
+    result = run(prober, "sh", ["-c", "for i in $(seq 30); do head -c 2097152 /dev/zero > f$i || exit 7; done"], timeout=20000)
+    assert result["exitCode"] == 7 and "No space left on device" in result["stderr"]
+    assert files.quota.measure_usage(os.open(prober.storage_root(), os.O_RDONLY)) <= 20 * 1024 * 1024
+
+
+def test_cant_pass_the_quota_through_a_process_on_top_of_what_is_stored(prober):
+    override(prober, "storage_quota", 20 * 1024 * 1024)
+    ctx = context_for(prober)
+    files.write_file(ctx, {"path": "stored.bin", "data": "s" * (15 * 1024 * 1024)})
+    (Path(prober.storage_root()) / "note.txt").write_text("before")
+    with pytest.raises(CapabilityError) as info:
+        run(prober, "sh", ["-c", "echo after > note.txt; head -c 10485760 /dev/zero > more.bin"], ctx=ctx, timeout=20000)
+    assert info.value.code == "QUOTA_EXCEEDED" and "None of its changes were kept" in info.value.message
+    root = Path(prober.storage_root())
+    assert not (root / "more.bin").exists()
+    assert (root / "note.txt").read_text() == "before"  # all or nothing
+    # Within the quota, the same command's changes are kept.
+    result = run(prober, "sh", ["-c", "echo after > note.txt; head -c 1048576 /dev/zero > more.bin"], ctx=ctx)
+    assert result["exitCode"] == 0 and (root / "more.bin").stat().st_size == 1048576
+
+
+def memory_cgroup_available():
+    from capabilities.process.cgroups import CommandCgroups
+
+    cgroups = CommandCgroups.create(4, 64 * 1024 * 1024)
+    try:
+        return cgroups.memory_bounded
+    finally:
+        cgroups.remove()
+
+
+CHILDREN_HOLDING_MEMORY = """
+    import os, sys, time
+    children = []
+    for _ in range(6):
+        pid = os.fork()
+        if pid == 0:
+            block = bytearray(120 * 1024 * 1024)  # each well under RLIMIT_AS
+            for i in range(0, len(block), 4096):
+                block[i] = 1
+            time.sleep(1)
+            os._exit(0)
+        children.append(pid)
+    codes = [os.waitpid(pid, 0)[1] for pid in children]
+    print("all held" if all(code == 0 for code in codes) else "killed")
+"""
+
+
+def test_cant_take_more_memory_than_the_profile_with_child_processes(prober):
+    if not memory_cgroup_available():
+        pytest.skip("no memory cgroup on this machine (the fallback is tested below)")
+    # 6 children of 120 MB each: 720 MB on a profile of 256 MB.
+    override(prober, "memory_mb", 256)
+    result = python(prober, CHILDREN_HOLDING_MEMORY, timeout=20000)
+    assert result["stdout"] == "killed\n"
+    assert result["data"]["memoryExceeded"] is True
+
+
+def test_it_bounds_each_process_without_a_memory_cgroup(prober, monkeypatch):
+    # The stated fallback: without a memory cgroup, RLIMIT_AS still bounds each process.
+    from capabilities.process import cgroups
+
+    real = cgroups.parent_folders
+    monkeypatch.setattr(cgroups, "parent_folders", lambda: ({k: v for k, v in real()[0].items() if k != "memory"}, False))
+    override(prober, "memory_mb", 256)
+    result = python(prober, "block = bytearray(400 * 1024 * 1024)")
+    assert result["exitCode"] == 1 and "MemoryError" in result["stderr"]
+    assert result["data"]["memoryExceeded"] is False
+    assert python(prober, CHILDREN_HOLDING_MEMORY, timeout=20000)["stdout"] == "all held\n"
 
 
 # -- containment ----------------------------------------------------------------------
@@ -720,7 +823,7 @@ def test_it_reports_a_broken_sandbox_without_its_details(advanced, monkeypatch, 
 def test_cant_run_anything_as_root_without_a_process_limit(advanced, monkeypatch):
     if os.geteuid() != 0:
         pytest.skip("RLIMIT_NPROC binds when the server is not root")
-    monkeypatch.setattr(sandbox.PidsCgroup, "create", classmethod(lambda cls, max_pids: None))
+    monkeypatch.setattr(sandbox.CommandCgroups, "create", classmethod(lambda cls, max_pids, memory: cgroups.CommandCgroups({})))
     error = refused(advanced, "ls")
     assert error.code == "INTERNAL" and "cannot limit the number of processes" in error.message
 

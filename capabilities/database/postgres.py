@@ -42,6 +42,7 @@ from psycopg.types.json import Jsonb
 from psycopg_pool import ConnectionPool, PoolTimeout
 
 from capabilities.base import CapabilityError
+from capabilities.files import quota
 from capabilities.database.limits import (
     FETCH_BATCH,
     PG_MAX_OPEN_POOLS,
@@ -252,6 +253,31 @@ def drop_all_tenants(target=None):
     return len(names)
 
 
+# -- the tenant's share of the storage quota --------------------------------------------
+
+# What a tenant's database holds on the server: its tables (with their indexes and
+# TOAST), materialized views and sequences, in its schema and, while a call runs, in
+# the session's temporary schema (dropped by DISCARD ALL when the call ends).
+TENANT_BYTES = """
+    SELECT coalesce(sum(pg_catalog.pg_total_relation_size(c.oid)), 0)::bigint
+    FROM pg_catalog.pg_class c
+    WHERE c.relkind IN ('r', 'm', 'S')
+      AND (c.relnamespace = pg_catalog.to_regnamespace(%(schema)s)
+           OR %(temp)s AND c.relnamespace = pg_catalog.pg_my_temp_schema())
+"""
+
+
+def tenant_bytes(ctx):
+    """The tenant's database size, for the quota of a call that is not a database call
+    (a file written): measured on the platform's connection."""
+    from django.db import connection
+
+    tenant = TenantDatabase.of(Target.from_settings(), ctx.tenant_id)
+    with connection.cursor() as cursor:
+        cursor.execute(TENANT_BYTES, {"schema": tenant.schema, "temp": False})
+        return cursor.fetchone()[0]
+
+
 # -- connection pools ------------------------------------------------------------------
 
 _pools = OrderedDict()
@@ -404,7 +430,9 @@ def run(ctx, statements, steps=False):
     runner = Runner(ctx, target, tenant, conn, steps)
     try:
         results = runner.run(statements)
+        runner.check_quota()
         conn.commit()
+        quota.record_database_usage(ctx, runner.bytes_after)
         return results
     except psycopg.Error as error:
         # The platform's own commands (SET LOCAL, COMMIT) failed: no step to name.
@@ -435,6 +463,9 @@ class Runner:
                 sql.Identifier(self.tenant.owner), sql.Identifier(self.tenant.schema), sql.Literal(self.timeout_ms)
             )
         )
+        self.bytes_before = quota.cached_database_usage(self.ctx)
+        if self.bytes_before is None:
+            self.bytes_before = self.measure()
         collector = ResultCollector(self.ctx.policy)
         results = []
         for index, (statement, params) in enumerate(statements):
@@ -445,6 +476,53 @@ class Runner:
             except CapabilityError as error:
                 raise label(error, index, self.steps) from None
         return results
+
+    def measure(self):
+        """Bytes the tenant's schema and this session's temporary schema hold on the
+        server, uncommitted changes of this transaction included."""
+        return self.conn.execute(TENANT_BYTES, {"schema": self.tenant.schema, "temp": True}).fetchone()[0]
+
+    def check_quota(self):
+        """One quota for the tenant's files and its database: a call after which they
+        would hold more than the quota, and more than before the call, is rolled back.
+        Checked once the statements have run, inside their transaction, so what a
+        statement wrote (or a temporary table holds) is counted before it is kept."""
+        self.bytes_after = self.measure()
+        limit = self.ctx.policy.storage_quota
+        files = quota.files_usage(self.ctx)
+        if files + self.bytes_after > limit and self.bytes_after > self.bytes_before:
+            self.conn.rollback()
+            self.reclaim()
+            quota.forget_database_usage(self.ctx)
+            raise CapabilityError(
+                "QUOTA_EXCEEDED",
+                f"The database would hold {self.bytes_after} bytes and the files {files}; the quota is {limit} bytes "
+                "for both. The call's changes were rolled back.",
+            )
+
+    def reclaim(self):
+        """After a call refused for the quota: its rows are rolled back but their pages
+        stay in the tables' files until a VACUUM gives the empty ones back, and until
+        then they would count against the tenant. So its tables are vacuumed now (as
+        the tenant's owner role; VACUUM cannot run in a transaction)."""
+        conn = self.conn
+        try:
+            conn.autocommit = True
+            conn.execute(sql.SQL("SET ROLE {}").format(sql.Identifier(self.tenant.owner)))
+            tables = conn.execute(
+                "SELECT relname FROM pg_catalog.pg_class WHERE relnamespace = pg_catalog.to_regnamespace(%s) AND relkind IN ('r', 'm')",
+                [self.tenant.schema],
+            ).fetchall()
+            for (name,) in tables:
+                conn.execute(sql.SQL("VACUUM {}.{}").format(sql.Identifier(self.tenant.schema), sql.Identifier(name)))
+        except psycopg.Error as error:
+            logger.warning("tenant %s: could not vacuum after a refused call: %s", self.ctx.tenant_slug, error)
+        finally:
+            try:
+                conn.execute("RESET ROLE")
+            except psycopg.Error:
+                pass
+            conn.autocommit = False
 
     def _set_timeout(self, milliseconds):
         # A round trip only when the timeout moves by more than a little: a statement's

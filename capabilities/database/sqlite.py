@@ -22,6 +22,7 @@ import stat
 import time
 
 from capabilities.base import CapabilityError
+from capabilities.files import quota
 from capabilities.database.limits import MAX_PARAMS, MAX_SQL_LENGTH
 from capabilities.database.values import ResultCollector, column_keys
 
@@ -138,6 +139,8 @@ class Session:
         self.statement_deadline = None
         self.call_limited = False
         path = _open_folder(ctx)
+        self.path = path
+        self.database_bytes = _bytes_of(path)
         try:
             # isolation_level=None: no implicit transactions; BEGIN and COMMIT are ours.
             # The busy timeout (another call of the tenant writing) counts against the
@@ -170,9 +173,19 @@ class Session:
         # Views and triggers may call only functions without side effects.
         conn.execute("PRAGMA trusted_schema=OFF")
         conn.execute("PRAGMA cell_size_check=ON")
-        # The database can grow to the tenant's storage quota and no further.
+        # One quota for the tenant's files and its database (capabilities.files.quota):
+        # the database can grow into what the files leave free and no further, and its
+        # TEMP tables and indexes (a database of their own, in a file outside the storage)
+        # into what is free now. Together they may take at most what is free: checked
+        # after each statement (_check_growth).
         page_size = conn.execute("PRAGMA page_size").fetchone()[0]
-        conn.execute(f"PRAGMA max_page_count={max(int(self.ctx.policy.storage_quota // page_size), 1)}")
+        limit = self.ctx.policy.storage_quota
+        usage = quota.files_usage(self.ctx)
+        others = max(usage - self.database_bytes, 0)
+        self.free_pages = max(limit - usage, 0) // page_size
+        self.start_pages = conn.execute("PRAGMA page_count").fetchone()[0]
+        conn.execute(f"PRAGMA max_page_count={max(int((limit - others) // page_size), 1)}")
+        conn.execute(f"PRAGMA temp.max_page_count={max(self.free_pages, 1)}")
         conn.set_authorizer(self.authorizer)
         conn.set_progress_handler(self._progress, PROGRESS_INTERVAL)
 
@@ -233,10 +246,21 @@ class Session:
             raise self._error(error) from None
         finally:
             self.authorizer.tenant_sql = False
+        self._check_growth()
         result = {"rows": rows, "rowCount": len(rows) if cursor.description else max(cursor.rowcount, 0), "columns": keys}
         if _inserts(statement) and cursor.rowcount > 0 and cursor.lastrowid:
             result["lastInsertId"] = cursor.lastrowid
         return result
+
+    def _check_growth(self):
+        """The database's new pages and its TEMP pages together must fit what was free
+        when the call began; past it the statement fails and the call is rolled back."""
+        grown = self.conn.execute("PRAGMA page_count").fetchone()[0] - self.start_pages
+        temp = self.conn.execute("PRAGMA temp.page_count").fetchone()[0]
+        if max(grown, 0) + temp > self.free_pages:
+            raise CapabilityError(
+                "QUOTA_EXCEEDED", "The database and its temporary tables have reached this tenant's storage quota."
+            )
 
     def _error(self, error):
         message = str(error)
@@ -288,9 +312,25 @@ def _sqlite_param(value):
     return value
 
 
+def _bytes_of(path):
+    """Bytes of the database file and SQLite's files beside it."""
+    total = 0
+    for suffix in SIDE_FILES:
+        try:
+            total += os.stat(f"{path}{suffix}", follow_symlinks=False).st_size
+        except FileNotFoundError:
+            pass
+    return total
+
+
 def run(ctx, statements, steps=False):
     session = Session(ctx)
     try:
         return session.run(statements, steps)
     finally:
         session.close()
+        # The files' cached usage follows the database's growth (its file is in the
+        # tenant's storage), so the next write of a file sees it at once.
+        grown = _bytes_of(session.path) - session.database_bytes
+        if grown:
+            quota.adjust_cached_usage(ctx, grown)

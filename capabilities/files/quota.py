@@ -1,16 +1,22 @@
-"""The tenant's storage in use, for the storage quota.
+"""The tenant's storage in use, for the storage quota: one quota for its files and its
+database, whichever engine holds the database.
 
 Usage is the sum of the sizes of the regular files under the tenant's root, everything
 included: the platform's folder (the tenant's SQLite database is the tenant's data),
 files written by processes, and temporary files of writes in progress. A file with
-several hard links counts once; folders and links count nothing.
+several hard links counts once; folders and links count nothing. On PostgreSQL the
+tenant's database is not a file of its storage: what its schema holds on the database
+server (tables with their indexes and TOAST, materialized views, sequences) is added
+(capabilities.database.postgres.tenant_bytes), so files and database together are
+bounded by the one quota (docs/database.md says how each engine enforces its side).
 
 Measuring walks the tree (os.fwalk: by descriptor, never following links), which costs
 about 5 ms per thousand files on this machine. So the figure is cached in run_state() for
 USAGE_CACHE_SECONDS and adjusted by each write and delete of the file API, under a lock
 on the tenant's root folder, so that two parallel writes cannot both fit in the last
 free megabyte. Writes that bypass the file API (a process, the database) are not seen
-until the figure expires or is dropped (process.execute drops it when a command ends).
+until the figure expires or is dropped (process.execute drops it when it has applied a
+command's writes; a database call adjusts it by what the database grew or shrank).
 """
 
 import errno
@@ -34,6 +40,10 @@ def _cache_key(ctx):
     return f"files-usage:{ctx.tenant_id}"
 
 
+def _database_key(ctx):
+    return f"database-usage:{ctx.tenant_id}"
+
+
 def measure_usage(root_fd):
     """Bytes in regular files under the folder `root_fd`, walked without following links."""
     total = 0
@@ -51,23 +61,64 @@ def measure_usage(root_fd):
 
 
 def current_usage(ctx, root_fd):
-    """The tenant's usage: the cached figure, or a fresh measurement (then cached)."""
+    """The tenant's usage, files and database: the cached figures, or fresh measurements
+    (then cached)."""
     usage = run_state().get(_cache_key(ctx))
     if usage is None:
         usage = measure_usage(root_fd)
         run_state().set(_cache_key(ctx), usage, USAGE_CACHE_SECONDS)
+    return usage + database_usage(ctx)
+
+
+def files_usage(ctx):
+    """current_usage() for a caller that has not opened the storage root."""
+    root_fd = os.open(ctx.tenant_path_root(), os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+    try:
+        return current_usage(ctx, root_fd) - database_usage(ctx)
+    finally:
+        os.close(root_fd)
+
+
+def database_usage(ctx):
+    """Bytes of the tenant's database outside its storage folder: 0 on SQLite (the file
+    is in the storage, counted with the files), the schema's size on PostgreSQL."""
+    from django.conf import settings
+
+    if not settings.USING_POSTGRES:
+        return 0
+    usage = run_state().get(_database_key(ctx))
+    if usage is None:
+        from capabilities.database import postgres
+
+        usage = postgres.tenant_bytes(ctx)
+        record_database_usage(ctx, usage)
     return usage
 
 
+def cached_database_usage(ctx):
+    return run_state().get(_database_key(ctx))
+
+
+def forget_database_usage(ctx):
+    run_state().delete(_database_key(ctx))
+
+
+def record_database_usage(ctx, usage):
+    """The database's size as just measured by a call that ran in it."""
+    run_state().set(_database_key(ctx), usage, USAGE_CACHE_SECONDS)
+
+
 def record_change(ctx, usage, delta):
-    run_state().set(_cache_key(ctx), max(0, usage + delta), USAGE_CACHE_SECONDS)
+    """`usage` is what current_usage() returned; the files grew by `delta`."""
+    files = usage - database_usage(ctx)
+    run_state().set(_cache_key(ctx), max(0, files + delta), USAGE_CACHE_SECONDS)
 
 
 def adjust_cached_usage(ctx, delta):
     """Adjust the cached figure, if there is one (no measurement just to subtract)."""
-    usage = run_state().get(_cache_key(ctx))
-    if usage is not None:
-        record_change(ctx, usage, delta)
+    files = run_state().get(_cache_key(ctx))
+    if files is not None:
+        run_state().set(_cache_key(ctx), max(0, files + delta), USAGE_CACHE_SECONDS)
 
 
 def forget_usage(ctx):

@@ -8,6 +8,7 @@ values checked against the variables that change how programs load code.
 
 import os
 import re
+import time
 from dataclasses import dataclass, field
 
 from capabilities.base import CapabilityError
@@ -50,6 +51,10 @@ class ProcessRequest:
     stdin: bytes | None
     timeout: float  # seconds
     allowed_programs: dict = field(default_factory=dict)  # name -> real path, all the tenant's commands
+    # When (time.monotonic()) the command must have stopped whatever its timeout, so
+    # that a slow sandbox setup on a loaded server never carries the call past its
+    # deadline; None when the call has no deadline.
+    stop_by: float | None = None
 
 
 def resolve_command(name):
@@ -139,6 +144,12 @@ def check_stdin(value, policy):
             "QUOTA_EXCEEDED", f"input is {len(value)} bytes; at most {policy.max_file_size} bytes can be passed."
         )
     return value
+
+
+def stop_by(ctx):
+    """The monotonic time by which a command must have stopped (ProcessRequest.stop_by)."""
+    left = ctx.time_left()
+    return None if left is None else time.monotonic() + left - REPLY_MARGIN_SECONDS
 
 
 def check_timeout(value, ctx):

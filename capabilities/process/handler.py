@@ -6,7 +6,6 @@ import os
 import stat
 
 from capabilities.base import CapabilityError
-from capabilities.files import quota
 from capabilities.files.beneath import (
     O_DIR,
     first_non_folder,
@@ -16,7 +15,7 @@ from capabilities.files.beneath import (
     opened,
 )
 from capabilities.files.paths import PLATFORM_FOLDER, SANDBOX_SYSTEM_FOLDERS, parse_tenant_path
-from capabilities.process import mounts, sandbox
+from capabilities.process import mounts, sandbox, writes
 from capabilities.process.arguments import (
     ProcessRequest,
     check_args,
@@ -25,6 +24,7 @@ from capabilities.process.arguments import (
     check_stdin,
     check_timeout,
     resolve_command,
+    stop_by,
 )
 
 
@@ -46,6 +46,7 @@ def execute(ctx, args):
         cwd=_check_cwd(option("cwd")),
         stdin=check_stdin(option("input"), policy),
         timeout=check_timeout(option("timeout"), ctx),
+        stop_by=stop_by(ctx),
         allowed_programs=_allowed_programs(policy, command, program),
     )
 
@@ -60,13 +61,14 @@ def execute(ctx, args):
                 # As root, commands run as a user of their own, which must own the
                 # tenant's files to change them (capabilities.process.mounts).
                 mounts.hand_storage_to(root_fd, *mounts.sandbox_host_ids())
-            try:
-                outcome = sandbox.run(request, policy, storage=(root_fd, writable))
-            finally:
-                if writable:
-                    # The command may have written anything; the quota's cached figure
-                    # no longer holds.
-                    quota.forget_usage(ctx)
+            outcome = sandbox.run(request, policy, storage=(root_fd, writable))
+            if outcome.writes_fd is not None:
+                # What the command wrote is kept only if it fits the quota, all of it
+                # or none (capabilities.process.writes).
+                try:
+                    writes.keep(ctx, root_fd, outcome.writes_fd, owner=mounts.sandbox_host_ids() if os.geteuid() == 0 else None)
+                finally:
+                    os.close(outcome.writes_fd)
     return _reply(outcome, request)
 
 
@@ -154,6 +156,8 @@ def _reply(outcome, request):
         "truncated": truncated,
         "stdoutTruncated": outcome.stdout_truncated,
         "stderrTruncated": outcome.stderr_truncated,
+        # The kernel killed the command for passing its memory limit (the whole tree's).
+        "memoryExceeded": outcome.memory_limit_hit,
     }
     return {
         "data": data,

@@ -11,7 +11,11 @@ of the command's own (made in the child between fork and exec, so the server's o
 namespaces never change):
 
     /mnt/symposium-sandbox/root   the tenant's storage (or an empty tmpfs without file
-                                  access): nosuid, nodev, noexec, read-only for 'read'
+                                  access): nosuid, nodev, noexec, read-only for 'read';
+                                  for 'write' and 'all' an overlay of
+    /mnt/symposium-sandbox/lower  the storage, read-only, and
+    /mnt/symposium-sandbox/writes a tmpfs of sandbox.write_bytes() holding the upper
+                                  layer (what the command writes) and its work folder
     /mnt/symposium-sandbox/tmp    a tmpfs of SANDBOX_LIMITS['tmp_bytes']: nosuid, nodev,
                                   noexec
     /mnt/symposium-sandbox/system the sandbox's usr, bin, lib and lib64: a tmpfs holding
@@ -36,7 +40,9 @@ refused by the seccomp filter, and inert in the sandbox (nosuid, no_new_privs).
 
 import ctypes
 import os
+import socket
 import stat
+from functools import lru_cache
 
 from django.conf import settings
 
@@ -54,6 +60,10 @@ STAGING = "/mnt"
 STAGED_SANDBOX = f"{STAGING}/symposium-sandbox"
 STAGED_ROOT = f"{STAGING}/symposium-sandbox/root"
 STAGED_TMP = f"{STAGING}/symposium-sandbox/tmp"
+# With storage the command may write: the storage itself, read-only, as the overlay's
+# lower layer, and the tmpfs holding the upper layer (what the command wrote).
+STAGED_LOWER = f"{STAGING}/symposium-sandbox/lower"
+STAGED_WRITES = f"{STAGING}/symposium-sandbox/writes"
 # The sandbox's system folders, built here so that bubblewrap binds four trees instead
 # of a hundred files (each of its binds rereads the mount table: a hundred cost tens of
 # milliseconds). /usr/share (programs' data: awk's library, terminfo, zoneinfo) is bound
@@ -148,20 +158,37 @@ def folder_is_root(fd, root_fd):
 
 class Staging:
     """What the child does between fork and exec of bubblewrap (subprocess's preexec_fn):
-    a user and mount namespace of its own, and the two places above in it. Everything it
-    needs is computed before the fork; in the child it only makes system calls."""
+    it enters the command's cgroups, becomes the sandbox's user, makes a user and mount
+    namespace of its own and the places above in it. Everything it needs is computed
+    before the fork; in the child it only makes system calls.
 
-    def __init__(self, *, storage_path, storage_tree, writable, tmp_bytes, ids, root_fd_number, system_files=(), system_trees=()):
+    With `overlay_bytes` (storage the command may write), the storage is mounted
+    read-only as the lower layer of an overlay whose upper layer is a tmpfs of that
+    size: the command's writes land there, within that bound, and the child hands the
+    upper folder's descriptor to the server, which decides after the command whether
+    they fit the tenant's quota (capabilities.process.writes)."""
+
+    def __init__(
+        self, *, storage_path, storage_tree, writable, tmp_bytes, ids, root_fd_number,
+        system_files=(), system_trees=(), overlay_bytes=None, cgroup_procs=(),
+    ):  # fmt: skip
         self.storage_path = os.fsencode(storage_path) if storage_path is not None else None
         self.storage_tree = storage_tree
         self.writable = writable
         self.tmp_options = f"size={tmp_bytes},mode=1777".encode()
         self.uid, self.gid = ids
+        # As root the child becomes the sandbox's user itself (after entering the
+        # cgroups, which only root may write here), instead of subprocess doing it first.
+        self.switch_user = os.geteuid() == 0
         self.root_fd_number = root_fd_number
-        # (path in the sandbox, file on the server) and trees bound at their own path.
-        self.system_files = [(os.fsencode(STAGED_SYSTEM + target), os.fsencode(real)) for target, real in system_files]
-        self.system_trees = [(os.fsencode(STAGED_SYSTEM + tree), os.fsencode(tree)) for tree in system_trees]
-        self._plan_system()
+        self.cgroup_procs = [os.fsencode(path) for path in cgroup_procs]
+        self.system_folders, self.system_binds = _plan_system(tuple(system_files), tuple(system_trees))
+        self.overlay_bytes = overlay_bytes
+        self.overlay_options = (
+            f"lowerdir={STAGED_LOWER},upperdir={STAGED_WRITES}/upper,workdir={STAGED_WRITES}/work,userxattr".encode()
+        )
+        self.writes_fd = None
+        self._report = socket.socketpair() if overlay_bytes is not None else None
 
     def __call__(self):
         try:
@@ -170,7 +197,44 @@ class Staging:
             # Reported by subprocess as the child's failure; the message names no path.
             raise OSError(e.errno, "the command's namespace could not be prepared") from None
 
+    def parent_side_done(self, started):
+        """In the server, once the child has exec'd bubblewrap (or failed to): take the
+        descriptor of what the command will write."""
+        if self._report is None:
+            return
+        ours, theirs = self._report
+        theirs.close()
+        if started:
+            ours.setblocking(False)
+            try:
+                _, fds, _, _ = socket.recv_fds(ours, 16, 1)
+            except (BlockingIOError, OSError):
+                fds = []
+            if fds:
+                self.writes_fd = fds[0]
+
+    def close(self, keep_writes=False):
+        if self._report is not None:
+            for end in self._report:
+                end.close()
+            self._report = None
+        if self.writes_fd is not None and not keep_writes:
+            os.close(self.writes_fd)
+            self.writes_fd = None
+
     def _stage(self):
+        pid = str(os.getpid()).encode()
+        for procs in self.cgroup_procs:
+            # Every process bubblewrap and the command will make is born in here.
+            fd = os.open(procs, os.O_WRONLY)
+            try:
+                os.write(fd, pid)
+            finally:
+                os.close(fd)
+        if self.switch_user:
+            os.setgroups([])
+            os.setresgid(self.gid, self.gid, self.gid)
+            os.setresuid(self.uid, self.uid, self.uid)
         # After a change of user (root handing over to the sandbox's user) the process is
         # not dumpable, and its own /proc/self/uid_map would not be writable by it.
         libc.prctl(PR_SET_DUMPABLE, 1, 0, 0, 0)
@@ -187,38 +251,42 @@ class Staging:
         self._stage_system()
         _check(libc.mount(b"tmpfs", STAGED_TMP.encode(), b"tmpfs", LOCKED_FLAGS, self.tmp_options), "tmp")
         root = STAGED_ROOT.encode()
+        overlay = self.overlay_bytes is not None and (self.storage_tree is not None or self.storage_path is not None)
+        storage_at = STAGED_LOWER.encode() if overlay else root
+        if overlay:
+            os.mkdir(STAGED_LOWER)
         if self.storage_tree is not None:
-            _check(libc.syscall(SYS_move_mount, self.storage_tree, b"", AT_FDCWD, root, MOVE_MOUNT_F_EMPTY_PATH), "attaching storage")
+            _check(libc.syscall(SYS_move_mount, self.storage_tree, b"", AT_FDCWD, storage_at, MOVE_MOUNT_F_EMPTY_PATH), "attaching storage")
         elif self.storage_path is not None:
-            _check(libc.mount(self.storage_path, root, None, MS_BIND, None), "binding storage")
-            flags = MS_REMOUNT | MS_BIND | LOCKED_FLAGS | (0 if self.writable else MS_RDONLY)
-            _check(libc.mount(None, root, None, flags, None), "remounting storage")
+            _check(libc.mount(self.storage_path, storage_at, None, MS_BIND, None), "binding storage")
+            flags = MS_REMOUNT | MS_BIND | LOCKED_FLAGS | (0 if self.writable and not overlay else MS_RDONLY)
+            _check(libc.mount(None, storage_at, None, flags, None), "remounting storage")
         else:
             # No file access: an empty root of its own, gone afterwards (bubblewrap makes
             # its mount points in it, so it is writable, within the size of /tmp).
             _check(libc.mount(b"tmpfs", root, b"tmpfs", LOCKED_FLAGS, self.tmp_options), "empty root")
+        if overlay:
+            self._stage_overlay()
         # bubblewrap binds the root from this descriptor (it checks that the path it
         # finds is the same folder).
         staged = os.open(root, os.O_PATH | os.O_DIRECTORY)
         os.dup2(staged, self.root_fd_number)
         os.close(staged)
 
-
-    def _plan_system(self):
-        """The folders, files and trees of the system tmpfs, in the order to make them:
-        worked out before the fork, so that the child only makes system calls."""
-        system = STAGED_SYSTEM.encode()
-        binds = [(target, real, False) for target, real in self.system_files]
-        binds += [(target, real, True) for target, real in self.system_trees]
-        binds.append((system + b"/usr/share", b"/usr/share", True))
-        folders = {system + b"/" + folder for folder in (b"usr/bin", b"bin", b"lib", b"lib64")}
-        for target, _, is_tree in binds:
-            folder = target if is_tree else os.path.dirname(target)
-            while folder != system and folder not in folders:
-                folders.add(folder)
-                folder = os.path.dirname(folder)
-        self.system_folders = sorted(folders, key=lambda f: (f.count(b"/"), f))
-        self.system_binds = binds
+    def _stage_overlay(self):
+        writes = STAGED_WRITES.encode()
+        os.mkdir(writes)
+        options = f"size={self.overlay_bytes},mode=0755".encode()
+        _check(libc.mount(b"tmpfs", writes, b"tmpfs", LOCKED_FLAGS, options), "writes tmpfs")
+        os.mkdir(writes + b"/upper", 0o755)
+        os.mkdir(writes + b"/work", 0o700)
+        _check(libc.mount(b"overlay", STAGED_ROOT.encode(), b"overlay", LOCKED_FLAGS, self.overlay_options), "storage overlay")
+        upper = os.open(writes + b"/upper", os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            # The tmpfs lives as long as this descriptor, after the namespace is gone.
+            socket.send_fds(self._report[1], [b"w"], [upper])
+        finally:
+            os.close(upper)
 
     def _stage_system(self):
         system = STAGED_SYSTEM.encode()
@@ -234,6 +302,25 @@ class Staging:
         # nosuid and nodev; /usr/share is made noexec (and read-only) here.
         share = system + b"/usr/share"
         _check(libc.mount(None, share, None, MS_REMOUNT | MS_BIND | MS_RDONLY | LOCKED_FLAGS, None), "remounting /usr/share")
+
+
+@lru_cache(maxsize=256)
+def _plan_system(system_files, system_trees):
+    """The folders, files and trees of the system tmpfs, in the order to make them:
+    worked out before the fork (once per allow-list), so that the child only makes
+    system calls. `system_files` are (path in the sandbox, file on the server);
+    `system_trees` are bound at their own path."""
+    system = STAGED_SYSTEM.encode()
+    binds = [(os.fsencode(STAGED_SYSTEM + target), os.fsencode(real), False) for target, real in system_files]
+    binds += [(os.fsencode(STAGED_SYSTEM + tree), os.fsencode(tree), True) for tree in system_trees]
+    binds.append((system + b"/usr/share", b"/usr/share", True))
+    folders = {system + b"/" + folder for folder in (b"usr/bin", b"bin", b"lib", b"lib64")}
+    for target, _, is_tree in binds:
+        folder = target if is_tree else os.path.dirname(target)
+        while folder != system and folder not in folders:
+            folders.add(folder)
+            folder = os.path.dirname(folder)
+    return tuple(sorted(folders, key=lambda f: (f.count(b"/"), f))), tuple(binds)
 
 
 def _write(path, text):

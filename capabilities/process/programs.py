@@ -126,3 +126,15 @@ def visible_files(programs):
                 for target, real in _tree_libraries(tree, os.stat(tree).st_mtime_ns):
                     files.setdefault(target, real)
     return files, trees
+
+
+def modification_times(paths):
+    """The files' modification times (None for one that is gone): what a cached view of
+    the programs is checked against, so that an upgraded program is seen at once."""
+    times = []
+    for path in paths:
+        try:
+            times.append(os.stat(path).st_mtime_ns)
+        except OSError:
+            times.append(None)
+    return tuple(times)

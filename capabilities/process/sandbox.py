@@ -14,14 +14,17 @@ command is this sandbox, whatever runs in it:
   configuration); the project directory and other tenants do not exist in it.
 - A seccomp filter (capabilities.process.seccomp_filter), no_new_privs, a new session
   (no terminal to inject keystrokes into), rlimits (CPU, address space, file size, open
-  files, processes), and a pids cgroup that bounds a fork bomb (capabilities.process.cgroups).
+  files, processes), a pids cgroup that bounds a fork bomb and a memory cgroup that
+  bounds the whole tree (capabilities.process.cgroups).
 - The wall clock: the whole tree is killed at the timeout (SIGKILL to bubblewrap, which
   takes its pid namespace with it; the cgroup is swept as well).
 
 Mount layout, chosen so that tenant paths mean the same inside and outside:
 
-    /                 the tenant's storage root (read-write with 'write' or 'all' file
-                      access, read-only with 'read', an empty tmpfs with 'none')
+    /                 the tenant's storage root (with 'write' or 'all' file access an
+                      overlay on it, whose changes are kept afterwards only if they fit
+                      the quota, capabilities.process.writes; read-only with 'read'; an
+                      empty tmpfs with 'none')
     /usr /lib /lib64  the server's, read-only
     /usr/bin, /bin    only the tenant's allow-listed commands
     /etc              passwd, group, nsswitch.conf, ld.so.cache; read-only
@@ -44,10 +47,11 @@ import signal
 import subprocess
 import time
 from dataclasses import dataclass
+from functools import lru_cache
 
 from capabilities.base import CapabilityError
 from capabilities.process import mounts, programs, seccomp_filter
-from capabilities.process.cgroups import PidsCgroup
+from capabilities.process.cgroups import CommandCgroups
 from capabilities.process.limits import MB, SANDBOX_HOME, SANDBOX_LIMITS, SANDBOX_UID, SANDBOX_USER
 
 logger = logging.getLogger("symposium.process")
@@ -83,6 +87,11 @@ class SandboxOutcome:
     stderr_truncated: bool
     timed_out: bool
     duration: float  # seconds, from the command's start
+    # What the command wrote to the tenant's storage: a descriptor of the upper folder
+    # of its overlay (capabilities.process.writes), None when it could write nothing.
+    # The caller keeps or discards it, and closes it.
+    writes_fd: int | None = None
+    memory_limit_hit: bool = False
 
 
 def available():
@@ -167,13 +176,22 @@ def system_view(request):
 
 
 def system_files(request):
-    """(files, trees) of the server the command sees, for Staging to bind."""
-    files, trees = programs.visible_files([*request.allowed_programs.values(), PRLIMIT])
+    """(files, trees) of the server the command sees, for Staging to bind. Worked out
+    once per allow-list and kept while none of its programs has changed on the server
+    (a package upgrade): reading the programs and their libraries costs milliseconds a
+    command should not pay each time."""
+    allowed = tuple(sorted(request.allowed_programs.items()))
+    return _system_files(allowed, programs.modification_times([program for _, program in allowed] + [PRLIMIT]))
+
+
+@lru_cache(maxsize=256)
+def _system_files(allowed, _mtimes):
+    files, trees = programs.visible_files([*(program for _, program in allowed), PRLIMIT])
     files = dict(files)
-    for name, program in request.allowed_programs.items():
+    for name, program in allowed:
         files[f"/usr/bin/{name}"] = program
     files[SANDBOX_PRLIMIT] = PRLIMIT
-    return sorted(files.items()), trees
+    return tuple(sorted(files.items())), tuple(trees)
 
 
 def build_command_line(request, policy):
@@ -197,33 +215,55 @@ def build_command_line(request, policy):
     ]
 
 
+def memory_limit_bytes(policy):
+    """What a command's whole tree may hold in memory at once: the profile's memory_mb
+    (at least SANDBOX_LIMITS['min_address_space_mb']), its tmpfs files included."""
+    return max(policy.memory_mb, SANDBOX_LIMITS["min_address_space_mb"]) * MB
+
+
+def write_bytes(policy):
+    """The size of the tmpfs that holds what a command writes to the tenant's storage
+    until it ends: the quota at most, and never more than the command's memory, which
+    it is part of (capabilities.process.writes)."""
+    return min(policy.storage_quota, memory_limit_bytes(policy))
+
+
 def run(request, policy, storage):
-    """Runs `request` in the sandbox and returns a SandboxOutcome."""
+    """Runs `request` in the sandbox and returns a SandboxOutcome. With writable storage,
+    the outcome's writes_fd holds what the command wrote, for the caller to merge."""
     if not available():
         raise CapabilityError("INTERNAL", "Process execution is not available on this server (no sandbox).")
-    cgroup = PidsCgroup.create(SANDBOX_LIMITS["processes"])
-    if cgroup is None and os.geteuid() == 0:
+    cgroups = CommandCgroups.create(SANDBOX_LIMITS["processes"], memory_limit_bytes(policy))
+    if not cgroups.pids_bounded and os.geteuid() == 0:
         # As root, RLIMIT_NPROC binds nothing (see capabilities.process.cgroups): without a
         # cgroup nothing would bound a fork bomb, so no command runs at all.
+        cgroups.remove()
         raise CapabilityError(
             "INTERNAL", "Process execution is not available on this server: it cannot limit the number of processes."
         )
     fds = []
+    staging = None
+    kept = False
     try:
-        staging = _staging(storage, fds, request)
+        staging = _staging(storage, fds, request, policy, cgroups)
         arguments = build_arguments(request, policy, storage, fds, staging.root_fd_number)
         args_fd = _data_fd("symposium-bwrap-args", b"".join(arg.encode() + b"\0" for arg in arguments))
         fds.append(args_fd)
-        return _run_bwrap(request, policy, args_fd, fds, staging, cgroup)
+        outcome = _run_bwrap(request, policy, args_fd, fds, staging)
+        outcome.writes_fd = staging.writes_fd
+        outcome.memory_limit_hit = cgroups.memory_limit_hit()
+        kept = True
+        return outcome
     finally:
         for fd in fds:
             os.close(fd)
-        if cgroup is not None:
-            cgroup.kill_all()
-            cgroup.remove()
+        if staging is not None:
+            staging.close(keep_writes=kept)
+        cgroups.kill_all()
+        cgroups.remove()
 
 
-def _staging(storage, fds, request):
+def _staging(storage, fds, request, policy, cgroups):
     """How the command's writable places are prepared (capabilities.process.mounts). The
     staged root takes the number of a descriptor reserved here, passed to bubblewrap."""
     files, trees = system_files(request)
@@ -232,9 +272,14 @@ def _staging(storage, fds, request):
     tree = None
     path = None
     writable = True
+    overlay = None
     if storage is not None:
         storage_fd, writable = storage
-        tree = mounts.detached_storage(storage_fd, writable)
+        if writable:
+            # The command writes to an overlay whose upper layer is a tmpfs of this size;
+            # the storage itself is only read (capabilities.process.writes).
+            overlay = write_bytes(policy)
+        tree = mounts.detached_storage(storage_fd, writable=False if overlay else writable)
         if tree is not None:
             fds.append(tree)
         else:
@@ -243,15 +288,17 @@ def _staging(storage, fds, request):
         storage_path=path,
         storage_tree=tree,
         writable=writable,
+        overlay_bytes=overlay,
         tmp_bytes=SANDBOX_LIMITS["tmp_bytes"],
         ids=mounts.sandbox_host_ids(),
         root_fd_number=reserved,
         system_files=files,
         system_trees=trees,
+        cgroup_procs=cgroups.procs_files(),
     )
 
 
-def _run_bwrap(request, policy, args_fd, fds, staging, cgroup):
+def _run_bwrap(request, policy, args_fd, fds, staging):
     status_read, status_write = os.pipe()
     block_read, block_write = os.pipe()
     status = _StatusReader(status_read)
@@ -280,8 +327,8 @@ def _run_bwrap(request, policy, args_fd, fds, staging, cgroup):
                     start_new_session=True,  # its own process group, killed as one
                     close_fds=True,
                     # bubblewrap runs as the sandbox's user (the server's own unless the
-                    # server is root), in a namespace Staging prepares in the child.
-                    **_identity(staging),
+                    # server is root), in the cgroups and the namespace that Staging
+                    # enters and prepares in the child.
                     preexec_fn=staging,
                 )
             except (OSError, subprocess.SubprocessError) as e:
@@ -292,17 +339,14 @@ def _run_bwrap(request, policy, args_fd, fds, staging, cgroup):
         finally:
             os.close(status_write)
             os.close(block_read)
+            staging.parent_side_done(process is not None)
         child_pid = status.child_pid(SANDBOX_LIMITS["startup_seconds"])
         try:
             _hand_pipes_to(process, staging)
             if child_pid is None:
                 raise OSError("bubblewrap reported no sandbox process")
-            if cgroup is not None:
-                # bubblewrap waits on --block-fd before it starts anything in the
-                # sandbox, so the cgroup holds every process the command will ever have.
-                # Without it, nothing starts.
-                cgroup.add(process.pid)
-                cgroup.add(child_pid)
+            if staging.overlay_bytes is not None and staging.writes_fd is None:
+                raise OSError("the command's writes folder was not handed over")
             os.write(block_write, b"go")
         except OSError as e:
             _kill(process)
@@ -331,12 +375,6 @@ def _hand_pipes_to(process, staging):
     for stream in (process.stdin, process.stdout, process.stderr):
         if stream is not None:
             os.fchown(stream.fileno(), staging.uid, staging.gid)
-
-
-def _identity(staging):
-    if os.geteuid() != 0:
-        return {}
-    return {"user": staging.uid, "group": staging.gid, "extra_groups": []}
 
 
 def _sandbox_failed(process, detail):
@@ -416,6 +454,8 @@ def _collect(process, request, policy):
     cap = policy.process_max_output
     started = time.monotonic()
     deadline = started + request.timeout
+    if request.stop_by is not None:
+        deadline = min(deadline, request.stop_by)
     out_fd, err_fd = process.stdout.fileno(), process.stderr.fileno()
     files = {out_fd: process.stdout, err_fd: process.stderr}
     buffers = {out_fd: bytearray(), err_fd: bytearray()}
