@@ -13,6 +13,7 @@ from functools import wraps
 from pathlib import Path
 
 from django.conf import settings
+from django.contrib import admin
 from django.contrib.auth import views as auth_views
 from django.contrib.auth.decorators import login_required
 from django.http import FileResponse, Http404, JsonResponse
@@ -208,6 +209,11 @@ def download_file(request, slug, path):
     response["Content-Security-Policy"] = "sandbox; default-src 'none'"
     response["X-Content-Type-Options"] = "nosniff"
     return response
+
+
+def no_job_queue(request):
+    """What /django-rq/ shows when no Redis is configured (console/no_queue_urls.py)."""
+    return render(request, "admin/no_job_queue.html", {**admin.site.each_context(request), "title": "Job queues"})
 
 
 class RunnerLoginView(auth_views.LoginView):

@@ -373,7 +373,7 @@ function showOutcome(f) {
     box.append(el("h3", { text: "Result" }), el("pre", { class: "result", text }));
   } else {
     box.className = "outcome bad";
-    box.append(el("h3", { text: f.status === "timed_out" ? "Timed out" : f.status === "killed" ? "Stopped" : "Error" }),
+    box.append(el("h3", { text: { timed_out: "Timed out", killed: "Stopped", refused: "Not started" }[f.status] || "Error" }),
       el("div", {}, el("span", { class: "code-badge error-code", text: f.error_code || "ERROR" }), el("span", { class: "error-message", text: f.error || "" })));
   }
   box.hidden = false;
@@ -472,8 +472,12 @@ function handle(frame) {
       break;
     case "refused":
       if (frame.request === "start") {
+        // No run began: what is on screen is another run's (perhaps another tenant's),
+        // so it goes, and the pill and the outcome say the start was refused.
         state.pendingStart = false;
-        setStatus(run ? run.status : "idle", run ? undefined : "idle");
+        resetOutput(null);
+        setStatus("refused", "refused");
+        showOutcome({ status: "refused", error_code: frame.code, error: frame.message });
       }
       banner(frame.message, { code: frame.code });
       updateButtons();
@@ -902,6 +906,8 @@ $("tenant").addEventListener("change", () => {
   url.searchParams.delete("block");
   history.replaceState(null, "", url);
   state.history = [];
+  // The output pane shows runs of the tenant chosen: another tenant's run leaves it.
+  if (!running()) { resetOutput(null); setStatus("idle", "idle"); }
   drawHistory();
   refreshHistory();
   state.block = null;
