@@ -35,3 +35,8 @@ admin.site.register(Tenant, TenantWithPanelsAdmin)
 # its fallback address (or fail): there is no queue, and /django-rq/ says so instead.
 if not settings.REDIS_URL and admin.site.is_registered(Dashboard):
     admin.site.unregister(Dashboard)
+
+# The admin is this platform's, not a generic Django site's.
+admin.site.site_header = "Symposium administration"
+admin.site.site_title = "Symposium admin"
+admin.site.index_title = "Tenants, runs and policy"

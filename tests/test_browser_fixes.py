@@ -64,3 +64,99 @@ def test_cant_reach_loopback_without_the_refusal_being_recorded_as_denied(run_bl
     row = AuditLog.objects.get(run_id=run.pk, operation="network.fetch")
     assert (row.outcome, row.error_code) == ("denied", "PERMISSION_DENIED")
     assert "only public addresses can be reached" in row.message
+
+
+@pytest.fixture
+def admin_link(base_url, db):
+    """What `manage.py loginlink` prints: a one-time link that logs the superuser in."""
+    from console.login import make_login_token
+
+    root = get_user_model().objects.create_superuser("root", "root@example.org", "root-password-123")
+    return f"{base_url}/login/{make_login_token(root)}/"
+
+
+def test_it_says_there_is_no_job_queue_without_redis(browser, base_url, admin_link, settings):
+    if settings.REDIS_URL:
+        pytest.skip("with Redis configured, /django-rq/ is django-rq's own dashboard")
+
+    def steps(context):
+        page = context.new_page()
+        page.goto(admin_link)
+        response = page.goto(f"{base_url}/django-rq/")
+        shot(page, "fix-02-no-job-queue")
+        return response.status, page.locator("#content-main").inner_text(), page.content()
+
+    status, text, html = browser.run(steps)
+    assert status == 200 and "There is no job queue" in text and "6379" not in html
+
+
+def audit_rows(people, count=60):
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    run = BlockRun.objects.create(tenant=people["acme"], user=people["alice"], code="// calls", status="succeeded", source="runner")
+    now = timezone.now()
+    AuditLog.objects.bulk_create(
+        AuditLog(time=now - timedelta(milliseconds=37 * i), tenant=people["acme"], tenant_slug="acme", run=run, user=people["alice"],
+                 capability="process", operation="process.execute", target=f"ls -la /tmp/a/rather/long/folder/name/{i}",
+                 outcome="allowed", duration_ms=12.5, bytes_in=10, bytes_out=2048)
+        for i in range(count))
+    return run
+
+
+def test_it_fits_the_audit_list_at_1440_px_with_seconds_and_a_user_column_and_filter(browser, base_url, admin_link, people):
+    audit_rows(people)
+    one = AuditLog.objects.first()
+
+    def steps(context):
+        page = context.new_page()
+        page.goto(admin_link)
+        page.goto(f"{base_url}/admin/tenants/auditlog/")
+        shot(page, "fix-04-audit-list")
+        fits = page.evaluate("document.querySelector('#result_list').getBoundingClientRect().right"
+                             " <= document.querySelector('#changelist-filter').getBoundingClientRect().left + 1"
+                             " && document.documentElement.scrollWidth <= innerWidth")
+        headers = page.locator("#result_list thead th").all_inner_texts()
+        first_time = page.locator("#result_list td.field-when, #result_list th.field-when").first.inner_text()
+        user_filter = page.locator("#changelist-filter").inner_text()
+        page.goto(f"{base_url}/admin/tenants/auditlog/{one.pk}/change/")
+        return fits, headers, first_time, user_filter, page.title(), page.locator("#content h2").first.inner_text()
+
+    fits, headers, first_time, user_filter, title, heading = browser.run(steps)
+    assert fits
+    assert "USER" in [h.strip().upper() for h in headers]
+    assert re.fullmatch(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d{3}", first_time.strip()), first_time
+    assert "By user" in user_filter and "alice" in user_filter
+    # The title names the operation once: process.execute, not process.process.execute.
+    assert "process.execute" in heading and "process.process" not in heading + title
+
+
+def test_it_shows_a_runs_code_and_console_monospaced_in_the_admin(browser, base_url, admin_link, people):
+    run = BlockRun.objects.create(tenant=people["acme"], user=people["alice"], status="succeeded", source="runner",
+                                  code="console.log('x');\nexport default () => 1;", console="x\n[warn] careful", result=1)
+
+    def steps(context):
+        page = context.new_page()
+        page.goto(admin_link)
+        page.goto(f"{base_url}/admin/tenants/blockrun/{run.pk}/change/")
+        shot(page, "fix-05-run-admin", full_page=True)
+        fonts = {name: page.evaluate(f"getComputedStyle(document.querySelector('.field-{name}_shown pre')).fontFamily")
+                 for name in ("code", "console")}
+        return fonts, page.locator(".field-code_shown pre").inner_text()
+
+    fonts, code = browser.run(steps)
+    assert all("mono" in font.lower() for font in fonts.values()), fonts
+    assert code == "console.log('x');\nexport default () => 1;"
+
+
+def test_it_titles_the_admin_as_symposiums(browser, base_url, admin_link):
+    def steps(context):
+        page = context.new_page()
+        page.goto(admin_link)
+        page.wait_for_url(re.compile(r"/admin/$"))
+        return page.title(), page.locator("#site-name").inner_text()
+
+    title, header = browser.run(steps)
+    assert header == "Symposium administration" and "Symposium admin" in title
+    assert "Django" not in header + title
