@@ -160,3 +160,29 @@ def test_it_titles_the_admin_as_symposiums(browser, base_url, admin_link):
     title, header = browser.run(steps)
     assert header == "Symposium administration" and "Symposium admin" in title
     assert "Django" not in header + title
+
+
+@pytest.mark.parametrize("width", [900, 390])
+def test_it_lays_the_runner_out_at_narrow_widths(browser, base_url, people, width):
+    def steps(context):
+        page = open_runner(context, base_url)
+        page.select_option("#examples", "hello")
+        page.click("#run")
+        wait_status(page, "succeeded")
+        page.set_viewport_size({"width": width, "height": 844})
+        drawn(page)
+        shot(page, f"fix-06-runner-{width}", full_page=True)
+        # Nothing sticks out sideways, and every control and pane is inside the screen.
+        return page.evaluate("""() => {
+            const outside = [];
+            for (const node of document.querySelectorAll('header *, .toolbar > *, .blockbar > *, .figures > div, .tabs, .run-head > *, .runner > *')) {
+                const box = node.getBoundingClientRect();
+                if (box.width && (box.left < -1 || box.right > innerWidth + 1)) outside.push(node.id || node.className || node.tagName);
+            }
+            return {scroll: document.documentElement.scrollWidth, outside,
+                    console: document.getElementById('tab-console').getBoundingClientRect().height};
+        }""")
+
+    layout = browser.run(steps)
+    assert layout["scroll"] <= width and layout["outside"] == [], layout
+    assert layout["console"] >= 200, layout
