@@ -186,3 +186,34 @@ def test_it_lays_the_runner_out_at_narrow_widths(browser, base_url, people, widt
     layout = browser.run(steps)
     assert layout["scroll"] <= width and layout["outside"] == [], layout
     assert layout["console"] >= 200, layout
+
+
+def test_it_keeps_following_the_console_under_a_flood(browser, base_url, people):
+    """Lines arriving in bursts faster than they are drawn, as a block printing in a loop
+    sends them: 8,000 lines, 400 a frame. The console stays at its newest line all along
+    (although lines leave its top and the note about them appears above), and stays
+    where the reader puts it once they scroll up."""
+    def steps(context):
+        page = open_runner(context, base_url)
+        gaps = page.evaluate("""async () => {
+            const view = window.symposiumConsole, scroller = document.getElementById('tab-console'), gaps = [];
+            const frame = () => new Promise((resolve) => requestAnimationFrame(() => resolve()));
+            for (let burst = 0; burst < 20; burst++) {
+                for (let i = 0; i < 400; i++) view.push({ level: 'log', text: `line ${burst * 400 + i} ` + 'x'.repeat(200), time: '+0.000s' });
+                await frame(); await frame();
+                gaps.push(scroller.scrollHeight - scroller.clientHeight - scroller.scrollTop);
+            }
+            return gaps;
+        }""")
+        shot(page, "fix-08-console-follows")
+        last = page.locator("#console .line").last.inner_text()
+        page.evaluate("document.getElementById('tab-console').scrollTop = 0")
+        page.evaluate("""async () => {
+            window.symposiumConsole.push({ level: 'log', text: 'one more', time: '' });
+            await new Promise((resolve) => requestAnimationFrame(() => requestAnimationFrame(resolve)));
+        }""")
+        return gaps, last, page.evaluate("document.getElementById('tab-console').scrollTop")
+
+    gaps, last, top = browser.run(steps)
+    assert max(gaps) <= 2, gaps
+    assert "line 7999" in last and top == 0

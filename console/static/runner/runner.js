@@ -67,6 +67,29 @@ class BatchedList {
     this.queue = [];
     this.total = 0;
     this.scheduled = false;
+    // Whether the view keeps to its newest line. It is the reader's choice, made by
+    // scrolling (up: stop; back to the bottom: follow again), not measured when lines
+    // arrive: under a flood the note above the lines appears and lines leave the top,
+    // so the last position no longer says where the reader was.
+    this.follow = true;
+    this.scrolledTo = null; // where the view last scrolled itself
+    scroller.addEventListener("scroll", () => {
+      // The view's own scrolling is not the reader's choice (events of a frame come as one).
+      if (this.scrolledTo != null && Math.abs(scroller.scrollTop - this.scrolledTo) < 2) return;
+      this.follow = this.atBottom();
+    }, { passive: true });
+  }
+
+  atBottom() {
+    const s = this.scroller;
+    return s.scrollTop + s.clientHeight >= s.scrollHeight - 40;
+  }
+
+  scrollToEnd() {
+    const s = this.scroller;
+    if (s.scrollTop + s.clientHeight >= s.scrollHeight - 1) return;
+    s.scrollTop = s.scrollHeight;
+    this.scrolledTo = s.scrollTop;
   }
 
   push(item) {
@@ -80,6 +103,7 @@ class BatchedList {
   clear() {
     this.queue = [];
     this.total = 0;
+    this.follow = true;
     this.container.replaceChildren();
     this.onDraw?.(this);
   }
@@ -95,8 +119,6 @@ class BatchedList {
   flush() {
     this.scheduled = false;
     if (!this.queue.length) return;
-    const s = this.scroller;
-    const atBottom = s.scrollTop + s.clientHeight >= s.scrollHeight - 40;
     const batch = this.queue;
     this.queue = [];
     const fragment = document.createDocumentFragment();
@@ -107,8 +129,9 @@ class BatchedList {
       let extra = this.container.childElementCount - this.max;
       while (extra-- > 0) this.container.firstElementChild.remove();
     }
-    if (atBottom) s.scrollTop = s.scrollHeight;
     this.onDraw?.(this);
+    // After onDraw: what it changes above the lines (the note) moves them too.
+    if (this.follow) this.scrollToEnd();
   }
 
   get hidden() {
@@ -169,6 +192,7 @@ const editor = new EditorView({
 });
 window.symposiumEditor = editor; // for tests and the curious: the page's one editor
 window.symposiumRunner = state;
+window.symposiumConsole = consoleView; // the console's lines, as drawn
 $("input").value = draft ? draft.input ?? "" : starter.input;
 $("block-name").value = draft?.name ?? starter.name;
 
