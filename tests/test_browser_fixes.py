@@ -217,3 +217,21 @@ def test_it_keeps_following_the_console_under_a_flood(browser, base_url, people)
     gaps, last, top = browser.run(steps)
     assert max(gaps) <= 2, gaps
     assert "line 7999" in last and top == 0
+
+
+def test_it_logs_each_line_of_the_development_server_once(settings, capfd):
+    """runserver (Daphne's) logs requests to `django.channels.server`, Django its 404s to
+    `django.request`; with Django's default logging under ours, each line came twice."""
+    import logging
+
+    from django.utils.log import configure_logging
+
+    settings.DEBUG = True  # runserver's case: Django's own console handler is on in DEBUG
+    configure_logging(settings.LOGGING_CONFIG, settings.LOGGING)
+    try:
+        logging.getLogger("django.channels.server").info("HTTP GET /runner/ 200 [0.01, 127.0.0.1:5000]")
+        logging.getLogger("django.request").warning("Not Found: /nope")
+        err = capfd.readouterr().err
+    finally:
+        configure_logging(settings.LOGGING_CONFIG, settings.LOGGING)
+    assert err.count("HTTP GET /runner/ 200") == 1 and err.count("Not Found: /nope") == 1, err
