@@ -235,3 +235,33 @@ def test_it_logs_each_line_of_the_development_server_once(settings, capfd):
     finally:
         configure_logging(settings.LOGGING_CONFIG, settings.LOGGING)
     assert err.count("HTTP GET /runner/ 200") == 1 and err.count("Not Found: /nope") == 1, err
+
+
+def test_it_prints_a_login_link_to_the_port_the_server_listens_on(browser, server, people, monkeypatch):
+    import io
+
+    from django.core.management import call_command
+
+    monkeypatch.setenv("PORT", str(server.port))  # as the Procfile's server is told its port
+    out, err = io.StringIO(), io.StringIO()
+    call_command("loginlink", username="root", stdout=out, stderr=err)
+    link = re.search(r"http://\S+", out.getvalue()).group(0)
+    assert link.startswith(f"http://127.0.0.1:{server.port}/login/") and err.getvalue() == ""
+
+    def steps(context):
+        page = context.new_page()
+        page.goto(link)
+        page.wait_for_url(re.compile(r"/admin/$"))
+        # Used once, the link is refused on a page of the site's own style.
+        page.goto(link)
+        shot(page, "fix-12-login-link-used")
+        box = page.locator("#login-link-invalid")
+        return box.inner_text(), box.evaluate("(node) => [getComputedStyle(node).borderRadius, getComputedStyle(node).backgroundColor]"), \
+            page.locator(".topbar .brand").count()
+
+    text, (radius, background), brand = browser.run(steps)
+    assert "This login link is not valid" in text and radius == "12px" and background == "rgb(255, 255, 255)" and brand == 1
+
+    monkeypatch.delenv("PORT")
+    call_command("loginlink", username="root", port=9, stdout=out, stderr=err)  # nothing listens on port 9
+    assert "127.0.0.1:9/login/" in out.getvalue() and "Nothing answers at http://127.0.0.1:9 yet" in err.getvalue()
