@@ -265,3 +265,36 @@ def test_it_prints_a_login_link_to_the_port_the_server_listens_on(browser, serve
     monkeypatch.delenv("PORT")
     call_command("loginlink", username="root", port=9, stdout=out, stderr=err)  # nothing listens on port 9
     assert "127.0.0.1:9/login/" in out.getvalue() and "Nothing answers at http://127.0.0.1:9 yet" in err.getvalue()
+
+
+def test_it_explains_the_examples_and_offers_only_what_the_profile_allows(browser, base_url, people, make_tenant):
+    Membership.objects.create(tenant=make_tenant("datawise", "Data"), user=people["alice"], role="owner")
+
+    def steps(context):
+        page = open_runner(context, base_url)
+        # An example that only defines functions (and the driver that calls them): the
+        # note says so, and the console says the block printed nothing.
+        page.select_option("#examples", "interactive-dashboard")
+        dashboard_note = page.locator("#example-note").inner_text()
+        page.click("#run")
+        wait_status(page, "succeeded")
+        silent = page.locator("#console").inner_text()
+        acme_canvas = page.locator("#examples option[value=canvas]").is_disabled()
+        acme_database = page.locator("#examples option[value=database]").is_disabled()  # Interactive: no database
+        # The database example needs tables made by another example: the note says which.
+        page.select_option("#tenant", "datawise")
+        page.select_option("#examples", "database")
+        database_note = page.locator("#example-note").inner_text()
+        # A Basic tenant may not draw: the menu does not offer the canvas examples.
+        page.select_option("#tenant", "basic-co")
+        option = page.locator("#examples option[value=canvas]")
+        shot(page, "fix-14-examples")
+        return (dashboard_note, silent, database_note, acme_canvas and not acme_database, option.is_disabled(), option.inner_text(),
+                option.get_attribute("title"), page.locator("#examples option[value=hello]").is_disabled())
+
+    dashboard_note, silent, database_note, acme_canvas, disabled, label, why, hello_disabled = browser.run(steps)
+    assert "only defines functions" in dashboard_note and "prints nothing" in dashboard_note
+    assert "The block printed nothing" in silent
+    assert "Set up the example database tables" in database_note and "no such table: users" in database_note
+    assert not acme_canvas and disabled and not hello_disabled
+    assert "not allowed: Basic" in label and why == "The Basic profile does not allow canvases."

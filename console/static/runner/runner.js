@@ -213,6 +213,8 @@ function saveDraft() {
   select.addEventListener("change", () => {
     const example = boot.examples.find((e) => e.key === select.value);
     if (!example) return;
+    $("example-note").textContent = example.note || "";
+    $("example-note").hidden = !example.note;
     setCode(example.code);
     $("input").value = example.input || "";
     $("block-name").value = example.name;
@@ -222,6 +224,20 @@ function saveDraft() {
     editor.focus();
   });
 }
+
+// The examples the tenant's policy refuses (the server judged each one's calls) are shown
+// but cannot be picked: the menu does not offer a run that can only be refused.
+function markExamples() {
+  const refused = tenant()?.examples_refused || {};
+  for (const option of $("examples").querySelectorAll("option[value]:not([value=''])")) {
+    const example = boot.examples.find((e) => e.key === option.value);
+    const why = refused[option.value];
+    option.disabled = Boolean(why);
+    option.textContent = why ? `${example.title} (not allowed: ${tenant().profile})` : example.title;
+    option.title = why || "";
+  }
+}
+markExamples();
 
 // -- the input ----------------------------------------------------------------------------
 
@@ -432,6 +448,10 @@ function showFinished(f) {
     if (f.console_truncated) consoleView.push({ level: "warn", text: "Console output reached this tenant's cap; the rest of what the block printed was dropped." });
   }
   if (f.console_truncated) consoleNotes.push("The block printed more than this tenant's console cap; the rest was dropped.");
+  // Only the platform's own line: say so rather than leave an empty console to puzzle over.
+  if (consoleView.total <= 1 && f.status === "succeeded") {
+    consoleView.push({ level: "system", text: "The block printed nothing (its result, if it returned one, is shown above)." });
+  }
   updateConsoleNote();
   refreshHistory();
   // The open block's recent runs include this one now.
@@ -938,6 +958,7 @@ $("tenant").addEventListener("change", () => {
   state.blocks = [];
   drawBlock();
   loadBlocks();
+  markExamples();
   updateButtons();
 });
 
