@@ -298,3 +298,53 @@ def test_it_explains_the_examples_and_offers_only_what_the_profile_allows(browse
     assert "Set up the example database tables" in database_note and "no such table: users" in database_note
     assert not acme_canvas and disabled and not hello_disabled
     assert "not allowed: Basic" in label and why == "The Basic profile does not allow canvases."
+
+
+def test_it_shows_the_overviews_labels_whole(browser, base_url, admin_link, people):
+    from datetime import timedelta
+
+    from django.utils import timezone
+
+    run = BlockRun.objects.create(tenant=people["basic"], user=people["alice"], code="//", status="succeeded", source="runner")
+    AuditLog.objects.bulk_create(
+        AuditLog(time=timezone.now() - timedelta(minutes=i), tenant=people["basic"], tenant_slug="basic-co", run=run,
+                 capability="network", operation="network.fetch", target=f"api{i}.example.com", outcome="allowed",
+                 duration_ms=100 + i, bytes_out=1000 * (i + 1))
+        for i in range(12))
+
+    def steps(context):
+        page = context.new_page()
+        page.goto(admin_link)
+        page.goto(f"{base_url}/admin/overview/")
+        shot(page, "fix-10-overview-labels", full_page=True)
+        return page.evaluate("""() => [...document.querySelectorAll('#chart-slowest text.label, #chart-largest text.label')].map((t) => {
+            const box = t.getBBox(), svg = t.ownerSVGElement.viewBox.baseVal;
+            return [t.textContent, box.x >= svg.x - 0.5];
+        })""")
+
+    labels = browser.run(steps)
+    assert len(labels) == 20
+    assert all(inside for _, inside in labels), labels
+    assert all("…" not in text and re.search(r"api\d+\.example\.com$", text) for text, _ in labels), labels
+
+
+def test_it_dates_a_past_run(browser, base_url, people):
+    from datetime import datetime, timezone as tz
+
+    created = datetime(2026, 3, 14, 9, 26, 53, tzinfo=tz.utc)
+    BlockRun.objects.create(tenant=people["acme"], user=people["alice"], code="console.log('pi');", status="succeeded",
+                            name="pi.js", console="pi", source="runner", created=created, started=created, finished=created)
+
+    def steps(context):
+        page = open_runner(context, base_url)
+        item = page.locator("#history-list li").first
+        when = item.locator(".when").inner_text()
+        item.click()
+        wait_status(page, "succeeded")
+        return when, page.locator("#run-when").inner_text(), page.evaluate("Intl.DateTimeFormat().resolvedOptions().timeZone")
+
+    when, started, zone = browser.run(steps)
+    # Older than a day: the history shows the date and time, not a bare date; the open
+    # run says when it started, to the second (in the browser's time zone).
+    assert "Mar 14" in when and re.search(r"\d\d:\d\d", when), when
+    assert "Mar 14, 2026" in started and re.search(r"\d\d:26:53", started), (started, zone)

@@ -52,7 +52,7 @@ function ago(iso) {
   if (seconds < 60) return "just now";
   if (seconds < 3600) return `${Math.floor(seconds / 60)} min ago`;
   if (seconds < 86400) return `${Math.floor(seconds / 3600)} h ago`;
-  return new Date(iso).toLocaleDateString();
+  return new Date(iso).toLocaleString(undefined, { month: "short", day: "numeric", hour: "2-digit", minute: "2-digit" });
 }
 
 function tenant() {
@@ -318,6 +318,7 @@ function resetOutput(run) {
   $("files").hidden = true;
   $("outcome").hidden = true;
   $("run-id").textContent = run ? `run ${run.id}` : "";
+  $("run-when").textContent = "";
   $("load-code").hidden = !(run && run.code);
   for (const id of ["fig-duration", "fig-calls", "fig-bytes", "fig-memory"]) $(id).textContent = "–";
   updateConsoleNote();
@@ -619,7 +620,7 @@ function drawHistory() {
     const item = el("li", { dataset: { run: run.id }, title: `${run.status_label} · ${new Date(run.created).toLocaleString()}` },
       el("span", { class: `dot s-${run.status}` }),
       el("span", { class: "name", text: run.name || run.id }),
-      el("span", { class: "when", text: ago(run.created) }),
+      el("span", { class: "when", text: ago(run.created), title: when(run.created) }),
       el("span", { class: "meta", text: meta }));
     if (state.run && state.run.id === run.id) item.classList.add("on");
     item.addEventListener("click", () => openRun(run));
@@ -665,8 +666,17 @@ async function openRun(summary) {
   drawHistory();
 }
 
+function when(iso) {
+  // The date and the time to the second: a past run's console has no times of its own.
+  return new Date(iso).toLocaleString(undefined, { year: "numeric", month: "short", day: "numeric", hour: "2-digit", minute: "2-digit", second: "2-digit" });
+}
+
 function showDetail(detail, { live }) {
   const run = state.run;
+  if (detail.created) {
+    $("run-when").textContent = `started ${when(detail.created)}`;
+    $("run-when").title = detail.created;
+  }
   run.code = detail.code;
   run.input = detail.input;
   run.name = detail.name;
