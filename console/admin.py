@@ -6,7 +6,10 @@ the tenants and never back. The overview page (/admin/overview/) is routed in
 symposium/urls.py.
 """
 
+import django_rq.admin  # noqa: F401  (registers its dashboard, which is unregistered below without Redis)
+from django.conf import settings
 from django.contrib import admin
+from django_rq.models import Dashboard
 
 from console.overview import tenant_panels
 from tenants.admin import TenantAdmin
@@ -27,3 +30,13 @@ class TenantWithPanelsAdmin(TenantAdmin):
 # first in INSTALLED_APPS); the import above has registered TenantAdmin by now.
 admin.site.unregister(Tenant)
 admin.site.register(Tenant, TenantWithPanelsAdmin)
+
+# Without Redis, django-rq's dashboard in the admin would show whatever Redis listens on
+# its fallback address (or fail): there is no queue, and /django-rq/ says so instead.
+if not settings.REDIS_URL and admin.site.is_registered(Dashboard):
+    admin.site.unregister(Dashboard)
+
+# The admin is this platform's, not a generic Django site's.
+admin.site.site_header = "Symposium administration"
+admin.site.site_title = "Symposium admin"
+admin.site.index_title = "Tenants, runs and policy"

@@ -116,7 +116,12 @@ def horizontal_bars(items, *, formatter=_fmt, empty="Nothing in this period."):
     """One bar per item: dicts with label, value, and optional detail and colour."""
     if not items or not any(item["value"] for item in items):
         return mark_safe(f'<div class="chart-empty">{escape(empty)}</div>')
-    row, label_w, width = 26, 250, 560
+    label_w, width = 250, 560
+    # A label longer than a line of the label column takes two lines (a call's tenant and
+    # operation, then its target) rather than being cut; only a label longer than two
+    # lines is shortened, and its tooltip has all of it.
+    lines = [label_lines(str(item["label"])) for item in items]
+    row = 38 if any(len(two) > 1 for two in lines) else 26
     height = row * len(items) + 6
     top_value = max(item["value"] for item in items) or 1
     bar_space = width - label_w - 70
@@ -125,14 +130,34 @@ def horizontal_bars(items, *, formatter=_fmt, empty="Nothing in this period."):
         y = 4 + i * row
         w = max(1.5, bar_space * item["value"] / top_value)
         label = str(item["label"])
-        short = label if len(label) <= 38 else label[:37] + "…"
         colour = item.get("colour") or PALETTE[0]
         title = escape(f"{label}: {formatter(item['value'])}" + (f" · {item['detail']}" if item.get("detail") else ""))
-        parts.append(f'<text x="{label_w - 8}" y="{y + 16}" text-anchor="end" class="label"><title>{title}</title>{escape(short)}</text>')
-        parts.append(f'<rect x="{label_w}" y="{y + 4}" width="{w:.1f}" height="{row - 9}" rx="2" fill="{colour}"><title>{title}</title></rect>')
-        parts.append(f'<text x="{label_w + w + 6:.1f}" y="{y + 16}" class="value">{escape(formatter(item["value"]))}</text>')
+        middle = y + row / 2 + 4
+        if len(lines[i]) == 1:
+            text = escape(lines[i][0])
+            parts.append(f'<text x="{label_w - 8}" y="{middle:.1f}" text-anchor="end" class="label"><title>{title}</title>{text}</text>')
+        else:
+            first, second = (escape(line) for line in lines[i])
+            parts.append(f'<text x="{label_w - 8}" y="{middle - 7:.1f}" text-anchor="end" class="label"><title>{title}</title>'
+                         f'<tspan x="{label_w - 8}">{first}</tspan><tspan x="{label_w - 8}" dy="14" class="tick">{second}</tspan></text>')
+        parts.append(f'<rect x="{label_w}" y="{middle - 12:.1f}" width="{w:.1f}" height="17" rx="2" fill="{colour}"><title>{title}</title></rect>')
+        parts.append(f'<text x="{label_w + w + 6:.1f}" y="{middle:.1f}" class="value">{escape(formatter(item["value"]))}</text>')
     parts.append("</svg>")
     return mark_safe("".join(parts))
+
+
+LABEL_LINE = 38  # characters of a label line that fit the 250-unit label column
+
+
+def label_lines(label):
+    """A label as one line, or two broken at the last space that fits."""
+    if len(label) <= LABEL_LINE:
+        return [label]
+    cut = label.rfind(" ", 0, LABEL_LINE + 1)
+    first, second = (label[:cut], label[cut + 1:]) if cut > 0 else (label[:LABEL_LINE], label[LABEL_LINE:])
+    if len(second) > LABEL_LINE:
+        second = second[: LABEL_LINE - 1] + "…"
+    return [first, second]
 
 
 def meter(used, total, *, label=""):

@@ -8,11 +8,13 @@ answer must not tell an outsider which tenants there are.
 """
 
 import os
+import re
 import stat
 from functools import wraps
 from pathlib import Path
 
 from django.conf import settings
+from django.contrib import admin
 from django.contrib.auth import views as auth_views
 from django.contrib.auth.decorators import login_required
 from django.http import FileResponse, Http404, HttpResponse, JsonResponse
@@ -25,11 +27,15 @@ from django.views.decorators.http import require_GET
 from capabilities.base import CapabilityError
 from capabilities.files.beneath import O_DIR, open_beneath
 from capabilities.files.paths import parse_tenant_path
+from capabilities.registry import OPERATIONS
 from console.runner import RUNNER_LIMITS, membership_for, record_refusal, run_detail, run_summary
 from isolates import api_types
 from tenants.models import BlockRun, Membership, Tenant
+from tenants.policy import decide, effective_policy
 
 LOGIN_URL = "/login/"
+DRIVER_NOTE = ("The seed's code only defines functions; the driver appended below calls them from the default "
+               "export, whose return value is the run's result (shown under Result). It prints nothing to the console.")
 EXAMPLES_DIR = Path(settings.BASE_DIR) / "examples"
 HISTORY_SIZE = 50
 
@@ -49,21 +55,24 @@ EXAMPLES = [
     {"key": "file-system", "title": "File system", "group": "Seed: API reference", "files": ["seed/file-system.js"]},
     {"key": "network", "title": "Network", "group": "Seed: API reference", "files": ["seed/network.js"]},
     {"key": "canvas", "title": "Canvas", "group": "Seed: API reference", "files": ["seed/canvas.js"]},
-    {"key": "database", "title": "Database", "group": "Seed: API reference", "files": ["seed/database.js"]},
+    {"key": "database", "title": "Database", "group": "Seed: API reference", "files": ["seed/database.js"],
+     "note": "It reads the users and logs tables, which a tenant's database does not have at first: run "
+             "Tools → \"Set up the example database tables\" once, or it fails with \"no such table: users\"."},
     {"key": "process", "title": "Process execution", "group": "Seed: API reference", "files": ["seed/process.js"]},
     {"key": "utils", "title": "Utility functions", "group": "Seed: API reference", "files": ["seed/utils.js"]},
     {"key": "process-uploaded-file", "title": "Content block with file processing", "group": "Seed: usage examples",
-     "files": ["seed/process-uploaded-file.js", "drivers/process-uploaded-file.js"], "input": '{"path": "uploads/people.csv"}'},
+     "files": ["seed/process-uploaded-file.js", "drivers/process-uploaded-file.js"], "input": '{"path": "uploads/people.csv"}', "note": DRIVER_NOTE},
     {"key": "interactive-dashboard", "title": "Interactive dashboard with canvas", "group": "Seed: usage examples",
-     "files": ["seed/interactive-dashboard.js", "drivers/interactive-dashboard.js"]},
+     "files": ["seed/interactive-dashboard.js", "drivers/interactive-dashboard.js"], "note": DRIVER_NOTE},
     {"key": "data-pipeline", "title": "Data pipeline with external APIs", "group": "Seed: usage examples",
-     "files": ["seed/data-pipeline.js", "drivers/data-pipeline.js"]},
+     "files": ["seed/data-pipeline.js", "drivers/data-pipeline.js"], "note": DRIVER_NOTE},
     {"key": "kv", "title": "Key-value state between runs", "group": "More capabilities", "files": ["capabilities/kv.js"]},
     {"key": "email", "title": "Email with an attachment", "group": "More capabilities", "files": ["capabilities/email.js"]},
     {"key": "image", "title": "Image thumbnails", "group": "More capabilities", "files": ["capabilities/image.js"]},
     {"key": "realtime", "title": "Realtime channels", "group": "More capabilities", "files": ["capabilities/realtime.js"]},
+    # It tries every capability and reports which the tenant may use: offered to all.
     {"key": "test-orchestrator", "title": "Test orchestrator (every capability)", "group": "Tools",
-     "files": ["test-orchestrator.js"]},
+     "files": ["test-orchestrator.js"], "gated": False},
     {"key": "setup-database", "title": "Set up the example database tables", "group": "Tools", "files": ["setup/database.js"]},
 ]
 
@@ -74,9 +83,47 @@ def examples():
     for example in EXAMPLES:
         code = example.get("inline") or "\n".join((EXAMPLES_DIR / name).read_text() for name in example["files"])
         menu.append({"key": example["key"], "title": example["title"], "group": example["group"],
-                     "code": code, "input": example.get("input", ""),
-                     "name": f"{example['key']}.js"})
+                     "code": code, "input": example.get("input", ""), "note": example.get("note", ""),
+                     "name": f"{example['key']}.js", "calls": calls_of(code) if example.get("gated", True) else []})
     return menu
+
+
+CALL = re.compile(r"symposium\.((?:[a-z]+\.)?[a-zA-Z]+)\s*\(")
+URL = re.compile(r"""['"`](https?://[^'"`\s]+)""")
+COMMAND = re.compile(r"""process\.execute\(\s*['"]([^'"]+)['"]""")
+
+
+def calls_of(code):
+    """The capability calls an example makes, each with arguments like the example's own
+    (its first URL, its first command) for the policy to judge."""
+    url = URL.search(code)
+    command = COMMAND.search(code)
+    sample = {
+        "network": {"url": url.group(1) if url else "https://example.org/"},
+        "process": {"command": command.group(1) if command else ""},
+        "canvas.createCanvas": {"width": 1, "height": 1},
+        "writeFile": {"path": "output/example.txt", "data": ""},
+    }
+    calls = []
+    for name in dict.fromkeys(CALL.findall(code)):
+        op = OPERATIONS.get(name)
+        if op is not None:
+            calls.append((op, sample.get(name, sample.get(op.capability, {}))))
+    return calls
+
+
+def examples_refused(tenant, menu):
+    """{example key: why the tenant's policy refuses it}, for the examples that make a call
+    the tenant may not make: the menu marks them instead of offering a certain failure."""
+    policy = effective_policy(tenant)
+    refused = {}
+    for example in menu:
+        for op, args in example["calls"]:
+            decision = decide(policy, op, args)
+            if not decision.allowed:
+                refused[example["key"]] = decision.message
+                break
+    return refused
 
 
 def with_csp(view):
@@ -115,12 +162,16 @@ def runner_page(request):
         Membership.objects.filter(user=request.user)
         .select_related("tenant", "tenant__profile").order_by("tenant__slug")
     )
+    menu = examples()
     tenants = [
         {"slug": m.tenant.slug, "name": m.tenant.name, "role": m.role, "can_run": m.can_run,
          "profile": m.tenant.profile.name, "active": m.tenant.is_active,
-         "history_url": reverse("runner-history", args=[m.tenant.slug])}
+         "history_url": reverse("runner-history", args=[m.tenant.slug]),
+         "examples_refused": examples_refused(m.tenant, menu)}
         for m in memberships
     ]
+    for example in menu:
+        del example["calls"]  # the server's judgement, not for the page
     chosen = request.GET.get("tenant") or request.session.get("runner_tenant")
     selected = next((t for t in tenants if t["slug"] == chosen), tenants[0] if tenants else None)
     history = []
@@ -134,7 +185,7 @@ def runner_page(request):
             "tenants": tenants,
             "selected": selected["slug"] if selected else None,
             "history": history,
-            "examples": examples(),
+            "examples": menu,
             "limits": RUNNER_LIMITS,
             "wsPath": "/ws/runner/",
             "runUrl": reverse("runner-run", args=["TENANT", "RUN"]),
@@ -225,6 +276,11 @@ def download_file(request, slug, path):
     response["Content-Security-Policy"] = "sandbox; default-src 'none'"
     response["X-Content-Type-Options"] = "nosniff"
     return response
+
+
+def no_job_queue(request):
+    """What /django-rq/ shows when no Redis is configured (console/no_queue_urls.py)."""
+    return render(request, "admin/no_job_queue.html", {**admin.site.each_context(request), "title": "Job queues"})
 
 
 class RunnerLoginView(auth_views.LoginView):

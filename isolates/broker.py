@@ -108,6 +108,18 @@ def control_group(run_id):
     return f"run-control-{run_id}"
 
 
+def call_outcome(reply):
+    """The audit outcome of a handler's reply. A handler refuses some calls for policy
+    reasons only it can see (the address a name resolves to, a path on disk, a command's
+    arguments): such a PERMISSION_DENIED is a denial like the policy's own, so admins
+    filtering on denials see a block probing the network or the disk. Every other error
+    is a call that failed."""
+    if reply.get("ok"):
+        return "allowed"
+    error = reply.get("error")
+    return "denied" if isinstance(error, dict) and error.get("code") == "PERMISSION_DENIED" else "failed"
+
+
 class IsolateBrokerConsumer(AsyncWebsocketConsumer):
     # The channel-layer messages this consumer handles: an allow-list, never a method
     # picked by a message's type.
@@ -360,8 +372,7 @@ class IsolateBrokerConsumer(AsyncWebsocketConsumer):
         call_id, op, target, started, _ = entry
         # RQ attempts lost with their workers are rows of their own, before the call's.
         self.audit_attempts(op, target, reply.get("lost_attempts", ()))
-        outcome = "allowed" if reply.get("ok") else "failed"
-        await self.answer(call_id, reply, op.capability, op.name, target, outcome, started, watch_event=op.watch_event)
+        await self.answer(call_id, reply, op.capability, op.name, target, call_outcome(reply), started, watch_event=op.watch_event)
         if op.attempt_rows is not None:
             self.audit_attempts(op, target, op.attempt_rows(reply))
 

@@ -279,13 +279,22 @@ if PRODUCTION:
     SECURE_HSTS_PRELOAD = True
     SECURE_CONTENT_TYPE_NOSNIFF = True
 
+# Everything goes to one handler, the root's. Django's own logging gives the `django`
+# logger (and runserver's request loggers) handlers of their own, and their records
+# propagate to the root as well: every line would be written twice. So those loggers
+# keep no handler of their own; the request lines ("HTTP GET / 200") stay at INFO.
 LOGGING = {
     "version": 1,
     "disable_existing_loggers": False,
     "handlers": {"console": {"class": "logging.StreamHandler"}},
     "root": {"handlers": ["console"], "level": os.environ.get("LOG_LEVEL", "WARNING")},
-    # The sandbox's layers, one line each when the server starts (isolates.containment).
-    "loggers": {"symposium.sandbox": {"level": "INFO"}},
+    "loggers": {
+        # The sandbox's layers, one line each when the server starts (isolates.containment).
+        "symposium.sandbox": {"level": "INFO"},
+        "django": {"handlers": [], "propagate": True},
+        "django.server": {"handlers": [], "level": "INFO", "propagate": True},
+        "django.channels.server": {"handlers": [], "level": "INFO", "propagate": True},
+    },
 }
 
 # Per-run state that outlives one capability call (a canvas's operations): shared by

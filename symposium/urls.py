@@ -17,7 +17,8 @@ urlpatterns = [
     # Before admin.site.urls, whose catch-all would take these paths.
     path("admin/overview/", admin.site.admin_view(overview_view), name="admin-overview"),
     path("admin/", admin.site.urls),
-    path("django-rq/", include("django_rq.urls")),
+    # Without Redis there is no queue to show (console/no_queue_urls.py says so).
+    path("django-rq/", include("django_rq.urls" if settings.REDIS_URL else "console.no_queue_urls")),
     path("login/", runner.login_view, name="login"),
     path("logout/", runner.logout_view, name="logout"),
     path("login/<str:token>/", one_time_login, name="one-time-login"),

@@ -529,7 +529,15 @@ class AuditLog(models.Model):
         indexes = [models.Index(fields=["tenant", "time"])]
 
     def __str__(self):
-        return f"{self.time:%Y-%m-%d %H:%M:%S} {self.tenant_slug} {self.capability}.{self.operation} {self.outcome}"
+        return f"{self.time:%Y-%m-%d %H:%M:%S} {self.tenant_slug} {self.qualified_operation} {self.outcome}"
+
+    @property
+    def qualified_operation(self):
+        """The operation with its capability, once: most operations are named with it
+        already (`process.execute`), the file operations are not (`readFile`)."""
+        if self.operation.startswith(f"{self.capability}."):
+            return self.operation
+        return f"{self.capability}.{self.operation}"
 
     def save(self, *args, **kwargs):
         # Append-only: a row, once written, is never changed.

@@ -54,7 +54,7 @@ function ago(iso) {
   if (seconds < 60) return "just now";
   if (seconds < 3600) return `${Math.floor(seconds / 60)} min ago`;
   if (seconds < 86400) return `${Math.floor(seconds / 3600)} h ago`;
-  return new Date(iso).toLocaleDateString();
+  return new Date(iso).toLocaleString(undefined, { month: "short", day: "numeric", hour: "2-digit", minute: "2-digit" });
 }
 
 function tenant() {
@@ -69,6 +69,29 @@ class BatchedList {
     this.queue = [];
     this.total = 0;
     this.scheduled = false;
+    // Whether the view keeps to its newest line. It is the reader's choice, made by
+    // scrolling (up: stop; back to the bottom: follow again), not measured when lines
+    // arrive: under a flood the note above the lines appears and lines leave the top,
+    // so the last position no longer says where the reader was.
+    this.follow = true;
+    this.scrolledTo = null; // where the view last scrolled itself
+    scroller.addEventListener("scroll", () => {
+      // The view's own scrolling is not the reader's choice (events of a frame come as one).
+      if (this.scrolledTo != null && Math.abs(scroller.scrollTop - this.scrolledTo) < 2) return;
+      this.follow = this.atBottom();
+    }, { passive: true });
+  }
+
+  atBottom() {
+    const s = this.scroller;
+    return s.scrollTop + s.clientHeight >= s.scrollHeight - 40;
+  }
+
+  scrollToEnd() {
+    const s = this.scroller;
+    if (s.scrollTop + s.clientHeight >= s.scrollHeight - 1) return;
+    s.scrollTop = s.scrollHeight;
+    this.scrolledTo = s.scrollTop;
   }
 
   push(item) {
@@ -82,6 +105,7 @@ class BatchedList {
   clear() {
     this.queue = [];
     this.total = 0;
+    this.follow = true;
     this.container.replaceChildren();
     this.onDraw?.(this);
   }
@@ -97,8 +121,6 @@ class BatchedList {
   flush() {
     this.scheduled = false;
     if (!this.queue.length) return;
-    const s = this.scroller;
-    const atBottom = s.scrollTop + s.clientHeight >= s.scrollHeight - 40;
     const batch = this.queue;
     this.queue = [];
     const fragment = document.createDocumentFragment();
@@ -109,8 +131,9 @@ class BatchedList {
       let extra = this.container.childElementCount - this.max;
       while (extra-- > 0) this.container.firstElementChild.remove();
     }
-    if (atBottom) s.scrollTop = s.scrollHeight;
     this.onDraw?.(this);
+    // After onDraw: what it changes above the lines (the note) moves them too.
+    if (this.follow) this.scrollToEnd();
   }
 
   get hidden() {
@@ -180,6 +203,7 @@ const editor = new EditorView({
 });
 window.symposiumEditor = editor; // for tests and the curious: the page's one editor
 window.symposiumRunner = state;
+window.symposiumConsole = consoleView; // the console's lines, as drawn
 $("input").value = draft ? draft.input ?? "" : starter.input;
 $("block-name").value = draft?.name ?? starter.name;
 syncLanguage();
@@ -327,6 +351,8 @@ $("check-types").addEventListener("click", checkTypes);
   select.addEventListener("change", () => {
     const example = boot.examples.find((e) => e.key === select.value);
     if (!example) return;
+    $("example-note").textContent = example.note || "";
+    $("example-note").hidden = !example.note;
     setCode(example.code);
     $("input").value = example.input || "";
     $("block-name").value = example.name;
@@ -337,6 +363,20 @@ $("check-types").addEventListener("click", checkTypes);
     editor.focus();
   });
 }
+
+// The examples the tenant's policy refuses (the server judged each one's calls) are shown
+// but cannot be picked: the menu does not offer a run that can only be refused.
+function markExamples() {
+  const refused = tenant()?.examples_refused || {};
+  for (const option of $("examples").querySelectorAll("option[value]:not([value=''])")) {
+    const example = boot.examples.find((e) => e.key === option.value);
+    const why = refused[option.value];
+    option.disabled = Boolean(why);
+    option.textContent = why ? `${example.title} (not allowed: ${tenant().profile})` : example.title;
+    option.title = why || "";
+  }
+}
+markExamples();
 
 // -- the input ----------------------------------------------------------------------------
 
@@ -417,6 +457,7 @@ function resetOutput(run) {
   $("files").hidden = true;
   $("outcome").hidden = true;
   $("run-id").textContent = run ? `run ${run.id}` : "";
+  $("run-when").textContent = "";
   $("load-code").hidden = !(run && run.code);
   for (const id of ["fig-duration", "fig-calls", "fig-bytes", "fig-memory"]) $(id).textContent = "–";
   updateConsoleNote();
@@ -515,7 +556,7 @@ function showOutcome(f) {
     box.className = "outcome bad";
     const detail = f.error_detail || null;
     const named = detail && detail.name && detail.name !== "SymposiumError" ? el("span", { class: "error-name", text: `${detail.name}: ` }) : null;
-    box.append(el("h3", { text: f.status === "timed_out" ? "Timed out" : f.status === "killed" ? "Stopped" : "Error" }),
+    box.append(el("h3", { text: { timed_out: "Timed out", killed: "Stopped", refused: "Not started" }[f.status] || "Error" }),
       el("div", {}, el("span", { class: "code-badge error-code", text: f.error_code || "ERROR" }), named, el("span", { class: "error-message", text: f.error || "" })));
     if (detail) {
       box.append(...errorParts(detail));
@@ -557,6 +598,10 @@ function showFinished(f) {
     if (f.console_truncated) consoleView.push({ level: "warn", text: "Console output reached this tenant's cap; the rest of what the block printed was dropped." });
   }
   if (f.console_truncated) consoleNotes.push("The block printed more than this tenant's console cap; the rest was dropped.");
+  // Only the platform's own line: say so rather than leave an empty console to puzzle over.
+  if (consoleView.total <= 1 && f.status === "succeeded") {
+    consoleView.push({ level: "system", text: "The block printed nothing (its result, if it returned one, is shown above)." });
+  }
   updateConsoleNote();
   refreshHistory();
   // The open block's recent runs include this one now.
@@ -621,8 +666,12 @@ function handle(frame) {
       break;
     case "refused":
       if (frame.request === "start") {
+        // No run began: what is on screen is another run's (perhaps another tenant's),
+        // so it goes, and the pill and the outcome say the start was refused.
         state.pendingStart = false;
-        setStatus(run ? run.status : "idle", run ? undefined : "idle");
+        resetOutput(null);
+        setStatus("refused", "refused");
+        showOutcome({ status: "refused", error_code: frame.code, error: frame.message });
       }
       banner(frame.message, { code: frame.code });
       updateButtons();
@@ -723,7 +772,7 @@ function drawHistory() {
     const item = el("li", { dataset: { run: run.id }, title: `${run.status_label} · ${new Date(run.created).toLocaleString()}` },
       el("span", { class: `dot s-${run.status}` }),
       el("span", { class: "name", text: run.name || run.id }),
-      el("span", { class: "when", text: ago(run.created) }),
+      el("span", { class: "when", text: ago(run.created), title: when(run.created) }),
       el("span", { class: "meta", text: meta }));
     if (state.run && state.run.id === run.id) item.classList.add("on");
     item.addEventListener("click", () => openRun(run));
@@ -769,8 +818,17 @@ async function openRun(summary) {
   drawHistory();
 }
 
+function when(iso) {
+  // The date and the time to the second: a past run's console has no times of its own.
+  return new Date(iso).toLocaleString(undefined, { year: "numeric", month: "short", day: "numeric", hour: "2-digit", minute: "2-digit", second: "2-digit" });
+}
+
 function showDetail(detail, { live }) {
   const run = state.run;
+  if (detail.created) {
+    $("run-when").textContent = `started ${when(detail.created)}`;
+    $("run-when").title = detail.created;
+  }
   run.code = detail.code;
   run.input = detail.input;
   run.name = detail.name;
@@ -1057,12 +1115,15 @@ $("tenant").addEventListener("change", () => {
   url.searchParams.delete("block");
   history.replaceState(null, "", url);
   state.history = [];
+  // The output pane shows runs of the tenant chosen: another tenant's run leaves it.
+  if (!running()) { resetOutput(null); setStatus("idle", "idle"); }
   drawHistory();
   refreshHistory();
   state.block = null;
   state.blocks = [];
   drawBlock();
   loadBlocks();
+  markExamples();
   updateButtons();
 });
 
