@@ -276,40 +276,24 @@ def nosuid_layer(probe):
 
 
 def pids_layer():
-    cgroup = cgroups.PidsCgroup.create(8)
-    if cgroup is None:
-        root = " (as root, process execution is refused without it)" if os.geteuid() == 0 else " (RLIMIT_NPROC bounds commands instead)"
-        return Layer("cgroup-pids", False, "no pids cgroup can be made" + root)
+    made = cgroups.CommandCgroups.create(8, 512 * 1024 * 1024)
     try:
-        return Layer("cgroup-pids", True, f"pids.max per command under {cgroup.path.parent}")
+        if not made.pids_bounded:
+            root = " (as root, process execution is refused without it)" if os.geteuid() == 0 else " (RLIMIT_NPROC bounds commands instead)"
+            return Layer("cgroup-pids", False, "no pids cgroup can be made" + root)
+        return Layer("cgroup-pids", True, f"pids.max per command under {made.folders['pids'].parent}")
     finally:
-        cgroup.remove()
+        made.remove()
 
 
 def memory_layer():
-    parent = cgroups.parent_folder()
-    if parent is None:
-        return Layer("cgroup-memory", False, "no delegated cgroup (set SYMPOSIUM_PROCESS_CGROUP)")
-    child = parent / f"symposium-check-{secrets.token_hex(4)}"
+    made = cgroups.CommandCgroups.create(8, 512 * 1024 * 1024)
     try:
-        parent.mkdir(exist_ok=True)
-        child.mkdir()
-    except OSError as e:
-        return Layer("cgroup-memory", False, f"cannot make a cgroup under {parent} ({e.strerror})")
-    try:
-        limit = child / "memory.max"
-        if not limit.exists():
-            return Layer("cgroup-memory", False, f"{parent} has no memory controller delegated (cgroup v2 with +memory needed)")
-        try:
-            limit.write_text(str(512 * 1024 * 1024))
-        except OSError as e:
-            return Layer("cgroup-memory", False, f"memory.max cannot be set under {parent} ({e.strerror})")
-        return Layer("cgroup-memory", True, f"memory.max can be set per command under {parent}")
+        if not made.memory_bounded:
+            return Layer("cgroup-memory", False, "no memory cgroup can be made per command (a delegated cgroup v2 with +memory, or the v1 memory hierarchy)")
+        return Layer("cgroup-memory", True, f"a memory limit per command under {made.folders['memory'].parent}")
     finally:
-        try:
-            child.rmdir()
-        except OSError:
-            logger.warning("the probe's cgroup %s could not be removed", child.name)
+        made.remove()
 
 
 def probe_layers():

@@ -35,8 +35,8 @@ REFUSALS_TO_END = 1000
 # block chooses) is not a kind of its own.
 MAX_KINDS = 64
 CONSOLE_LINE_COST = 32
-CONSOLE_BURST = 500
-CONSOLE_LINES_PER_SECOND = 100
+CONSOLE_BURST = 10000
+CONSOLE_LINES_PER_SECOND = 1000
 
 
 def console_cost(text):

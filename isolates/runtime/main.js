@@ -143,8 +143,8 @@ const CONSOLE_LINE_COST = 32;
 // Lines faster than this are a flood, and end the run (with the broker's own reason,
 // isolates/floods.py, which counts alike): measured here, where the lines are made, not
 // where a busy broker reads them later.
-const CONSOLE_BURST = 500;
-const CONSOLE_LINES_PER_SECOND = 100;
+const CONSOLE_BURST = 10000;
+const CONSOLE_LINES_PER_SECOND = 1000;
 const CONSOLE_FLOOD = `The run was ended: it wrote console lines faster than ${CONSOLE_LINES_PER_SECOND} a second (after a first ${CONSOLE_BURST}). Log less often, or gather lines and log them together.`;
 let lineTokens = CONSOLE_BURST;
 let lineTokensAt = performance.now();
