@@ -130,6 +130,19 @@ def first_due(clock_start):
     return next_due("* * * * *", "UTC", clock_start)
 
 
+def run_scheduler_for(server, scheduler, seconds):
+    """Run the scheduler on the server's loop for `seconds`, then stop it."""
+    async def run_for():
+        import asyncio
+
+        task = asyncio.ensure_future(scheduler.run())
+        await asyncio.sleep(seconds)
+        scheduler.stop()
+        await task
+
+    server.call(run_for(), 30)
+
+
 def make_schedules(tenant, clock_start):
     quick, slow, paused = saved(tenant, "quick", QUICK), saved(tenant, "slow", SLOW), saved(tenant, "paused", QUICK)
     due = first_due(clock_start)
@@ -188,15 +201,7 @@ def test_the_servers_scheduler_fires_due_schedules(server, data_tenant, run_bloc
     clock = ScaledClock(START, time.time(), 60)
     scheduler = Scheduler(server.port, clock=clock)
 
-    async def run_for(seconds):
-        import asyncio
-
-        task = asyncio.ensure_future(scheduler.run())
-        await asyncio.sleep(seconds)
-        scheduler.stop()
-        await task
-
-    server.call(run_for(6.5), 30)
+    run_scheduler_for(server, scheduler, 6.5)
     run_block.stop_all()
     check_firings(schedules, clock.now())
 
@@ -243,15 +248,7 @@ def test_a_schedules_run_is_prepared_ahead_and_its_block_starts_at_the_due_time(
     schedule = Schedule.objects.create(block=block, cron="* * * * *", next_run=due)
     scheduler = Scheduler(server.port, clock=clock)
 
-    async def run_for(seconds):
-        import asyncio
-
-        task = asyncio.ensure_future(scheduler.run())
-        await asyncio.sleep(seconds)
-        scheduler.stop()
-        await task
-
-    server.call(run_for(8), 30)
+    run_scheduler_for(server, scheduler, 8)
     firing = ScheduleFiring.objects.get(schedule=schedule, due=due)
     run = run_block.wait(firing.run_id)
     assert run.status == "succeeded", run.error
