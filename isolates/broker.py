@@ -461,9 +461,10 @@ class IsolateBrokerConsumer(AsyncWebsocketConsumer):
         if console_cost(text) > remaining:
             text = text.encode()[: max(0, remaining - console_cost(""))].decode(errors="ignore")
             self.console_truncated = True
-        self.console_bytes += console_cost(text)
-        self.console_parts.append(f"[{level}] {text}" if level not in ("log", "info") else text)
-        await self.group_event({"event": "log", "level": level, "text": text, "t": frame.get("t")})
+        if text or not self.console_truncated:  # the cap leaves no line of nothing
+            self.console_bytes += console_cost(text)
+            self.console_parts.append(f"[{level}] {text}" if level not in ("log", "info") else text)
+            await self.group_event({"event": "log", "level": level, "text": text, "t": frame.get("t")})
         if self.console_truncated:
             await self.group_event({"event": "log", "level": "warn", "t": time.time() * 1000,
                                     "text": f"Console output reached this tenant's cap of {cap} bytes; the rest is dropped."})

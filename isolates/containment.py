@@ -343,6 +343,14 @@ def missing_layers(layers, required):
 
 
 _checked = False
+_announce = True
+
+
+def announce_active_layers(announce):
+    """Whether the start-up check logs the layers it finds active (it always logs a
+    missing one). `runblock` turns it off: its stderr is the block's console."""
+    global _announce
+    _announce = announce
 
 
 def check_at_start():
@@ -374,7 +382,10 @@ def _check(required):
     global _checked
     layers = probe_layers()
     for layer in layers:
-        (logger.info if layer.active else logger.warning)("sandbox layer %s", layer.line())
+        if not layer.active:
+            logger.warning("sandbox layer %s", layer.line())
+        elif _announce:
+            logger.info("sandbox layer %s", layer.line())
     missing = missing_layers(layers, required)
     if missing and not settings.DEBUG:
         raise ImproperlyConfigured(

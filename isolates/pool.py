@@ -75,6 +75,9 @@ UNTRUSTED_PREFIX = b"[isolate] "
 MAX_NOTED = 64
 # How often a running isolate's memory is sampled for its peak.
 SAMPLE_INTERVAL = 0.1
+# A crashed isolate whose sampled VmData came this close to its RLIMIT_DATA ran out of
+# memory (the sampler sees the last SAMPLE_INTERVAL's growth late, hence the slack).
+DATA_LIMIT_SLACK = 16 * 1024 * 1024
 MIN_MEMORY_MB = 16
 
 # Exit codes of runtime/main.js.
@@ -294,6 +297,7 @@ class Isolate:
     _mark: str = field(default_factory=lambda: secrets.token_hex(12))
     _sampler: asyncio.Task | None = None
     _peak_rss: int | None = None
+    _peak_data: int = 0  # the highest VmData sampled (what RLIMIT_DATA counts)
     _cpu_used: float | None = None
     _killed: bool = False
     _exit: IsolateExit | None = None
@@ -419,6 +423,7 @@ class Isolate:
         # that last growth at most.
         while self.process.returncode is None:
             self.peak_rss
+            self._peak_data = max(self._peak_data, self._status_field("VmData") or 0)
             self.cpu_time()
             await asyncio.sleep(SAMPLE_INTERVAL)
 
@@ -505,6 +510,16 @@ class Isolate:
             data = data[data.find(b"\n") + 1:]
         return data
 
+    def _crashed_at_data_limit(self, returncode, signal_name):
+        """Whether the process crashed (Deno's panic exit, 1, or a fatal signal) with its
+        data segment at RLIMIT_DATA: an allocation refused where Deno panics rather than
+        saying "out of memory", sometimes with nothing written at all."""
+        if self._killed or signal_name in ("SIGKILL", "SIGXCPU"):
+            return False
+        if returncode != 1 and returncode >= 0:
+            return False
+        return self._peak_data >= sandbox.data_limit_bytes(self.memory_mb) - DATA_LIMIT_SLACK
+
     def _describe_exit(self, returncode):
         stderr = self._stderr_bytes()
         peak = self.peak_rss
@@ -515,7 +530,7 @@ class Isolate:
             except ValueError:
                 signal_name = f"signal {-returncode}"
         heap = any(marker in stderr for marker in HEAP_LIMIT_MARKERS)
-        memory = not heap and any(marker in stderr for marker in MEMORY_LIMIT_MARKERS)
+        memory = not heap and (any(marker in stderr for marker in MEMORY_LIMIT_MARKERS) or self._crashed_at_data_limit(returncode, signal_name))
         cpu = signal_name == "SIGXCPU" or (
             signal_name == "SIGKILL" and not self._killed and self._cpu_used is not None and self._cpu_used >= self.cpu_limit_seconds
         )

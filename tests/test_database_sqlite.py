@@ -122,7 +122,17 @@ def test_cant_follow_a_planted_link_to_another_tenants_file(alpha, mallory):
     assert q(alpha, "SELECT count(*) AS n FROM secrets")["data"]["rows"] == [{"n": 1}]
 
 
-def test_it_stops_the_database_at_the_storage_quota(make_tenant):
+@pytest.fixture
+def fresh_usage_cache(settings):
+    """A run-state cache of this test's own: the storage usage figure is cached per
+    tenant id, and ids are reused between tests."""
+    settings.CACHES = {
+        **settings.CACHES,
+        "runstate": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache", "LOCATION": f"test-{uuid.uuid4()}"},
+    }
+
+
+def test_it_stops_the_database_at_the_storage_quota(make_tenant, fresh_usage_cache):
     tenant = make_tenant("small", "Data")
     PolicyOverride.objects.create(tenant=tenant, setting="storage_quota", value=str(256 * 1024))
     ctx = context_for(tenant)
@@ -132,16 +142,6 @@ def test_it_stops_the_database_at_the_storage_quota(make_tenant):
     )
     assert "storage quota" in message
     assert database_path(ctx).stat().st_size <= 256 * 1024
-
-
-@pytest.fixture
-def fresh_usage_cache(settings):
-    """A run-state cache of this test's own: the storage usage figure is cached per
-    tenant id, and ids are reused between tests."""
-    settings.CACHES = {
-        **settings.CACHES,
-        "runstate": {"BACKEND": "django.core.cache.backends.locmem.LocMemCache", "LOCATION": f"test-{uuid.uuid4()}"},
-    }
 
 
 def small_tenant(make_tenant, slug, quota):

@@ -90,7 +90,11 @@ export default async () => {{
 
 
 async def test_cant_write_to_stderr_through_any_route(pool, broker):
-    run_, done, exit = await run_block(pool, broker, route_block(STDERR_ROUTES), console_cap=4096, wall_seconds=40)
+    # 256 MB: streams that buffer (a new tty.WriteStream per write, net.Socket) hold
+    # megabytes of unwritten text, which at 64 MB ends the run on its own memory limit
+    # before every route has been tried.
+    run_, done, exit = await run_block(pool, broker, route_block(STDERR_ROUTES), console_cap=4096, wall_seconds=40,
+                                       memory_mb=256)
     assert done is not None and done["ok"], (done, exit.reason)
     # Nothing reached the isolate's stderr: a route either refuses or is the console.
     assert exit.stderr == "", exit.stderr[:500]

@@ -9,6 +9,7 @@ from channels.layers import get_channel_layer
 from django.core.management.base import BaseCommand, CommandError
 
 from isolates.broker import run_group
+from isolates.containment import announce_active_layers
 from isolates.errors import code_frame, format_error, run_error
 from isolates.runs import RunRefused, service_for_port
 from isolates.server import local_server
@@ -38,6 +39,9 @@ class Command(BaseCommand):
                                  "type error; exit status 0 when there is none, 1 when there are")
 
     def handle(self, file, tenant, input, as_json, **options):
+        # stderr is the block's console here: the sandbox's layers are not announced
+        # (`manage.py sandboxcheck` lists them), only a missing one is; -v 2 shows all.
+        announce_active_layers(options["verbosity"] >= 2)
         try:
             tenant_obj = Tenant.objects.get(slug=tenant)
         except Tenant.DoesNotExist:
