@@ -277,6 +277,7 @@ class RunStats(Schema):
 class LogLine(Schema):
     level: str
     text: str
+    ms: Optional[int] = Field(None, description="When it was printed, in ms from the run's start")
 
 
 class RunOut(Schema):

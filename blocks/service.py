@@ -197,17 +197,9 @@ async def stop_run(port, run_id, reason):
 
 
 def console_logs(run):
-    """The run's console as the list runblock --json prints, one entry per line (the
-    broker keeps warnings, errors and debug output as "[level] text")."""
-    logs = []
-    for line in (run.console or "").split("\n") if run.console else []:
-        level = "log"
-        for candidate in ("warn", "error", "debug"):
-            if line.startswith(f"[{candidate}] "):
-                level, line = candidate, line[len(candidate) + 3:]
-                break
-        logs.append({"level": level, "text": line})
-    return logs
+    """The run's console as the list runblock --json prints, one entry per console call,
+    with when it was printed (`ms` from the run's start; None for older runs)."""
+    return run.console_entries()
 
 
 def run_document(run):

@@ -221,6 +221,8 @@ def run_detail(run):
         "code": run.code,
         "input": run.input,
         "console": run.console,
+        "console_entries": run.console_entries(),
+        "started": run.started.isoformat() if run.started else None,
         "call_log": [
             {"t": c["time"].timestamp() * 1000, "op": c["operation"], "target": c["target"], "outcome": c["outcome"],
              "code": c["error_code"], "message": c["message"], "ms": c["duration_ms"], "bytes": c["bytes_out"]}
@@ -542,6 +544,8 @@ class BlockRunnerConsumer(AsyncWebsocketConsumer):
         if not final["console_complete"]:
             # Some lines never reached the page: it shows the stored console instead.
             final["console"] = console
+        else:
+            final.pop("console_entries")
         await self.send_json({"type": "finished", "run": watched.id, **final})
         await self.channel_layer.group_discard(run_group(watched.id), self.channel_name)
 
@@ -554,7 +558,7 @@ class BlockRunnerConsumer(AsyncWebsocketConsumer):
         run = BlockRun.objects.select_related("tenant", "user").filter(pk=run_id).first()
         if run is None:
             return None
-        return {**run_final(run), "console": run.console}
+        return {**run_final(run), "console": run.console, "console_entries": run.console_entries()}
 
     async def disconnect(self, code):
         if self.log_flusher is not None:

@@ -12,6 +12,7 @@ import asyncio
 import functools
 import hashlib
 import logging
+import math
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -197,6 +198,8 @@ class IsolateBrokerConsumer(AsyncWebsocketConsumer):
         self.call_seq = 0
         self.console_bytes = 0
         self.console_parts = []
+        self.console_times = []  # BlockRun.console_times: ms since the run's start, per entry
+        self.console_since = time.time() * 1000  # the run's start (claim_run), epoch ms
         self.console_truncated = False
         self.console_rate = LineRate()
         self.refusals = RefusalLog()
@@ -464,10 +467,22 @@ class IsolateBrokerConsumer(AsyncWebsocketConsumer):
         if text or not self.console_truncated:  # the cap leaves no line of nothing
             self.console_bytes += console_cost(text)
             self.console_parts.append(f"[{level}] {text}" if level not in ("log", "info") else text)
+            self.note_console_time(frame.get("t"), text.count("\n") + 1)
             await self.group_event({"event": "log", "level": level, "text": text, "t": frame.get("t")})
         if self.console_truncated:
             await self.group_event({"event": "log", "level": "warn", "t": time.time() * 1000,
                                     "text": f"Console output reached this tenant's cap of {cap} bytes; the rest is dropped."})
+
+    def note_console_time(self, printed, lines):
+        """When an entry was printed, as the run's record keeps it: the isolate's clock
+        (its frame's `t`, ms) held between the previous entry's time and now, so a block
+        cannot date its lines before its start, after their arrival or out of order."""
+        now = time.time() * 1000 - self.console_since
+        last = self.console_times[-1] if self.console_times else 0
+        last = last if isinstance(last, int) else last[0]
+        at = printed - self.console_since if isinstance(printed, (int, float)) and math.isfinite(printed) else now
+        ms = int(min(max(at, last), max(now, last)))
+        self.console_times.append(ms if lines == 1 else [ms, lines])
 
     async def done(self, frame):
         if self.finished:
@@ -604,8 +619,10 @@ class IsolateBrokerConsumer(AsyncWebsocketConsumer):
     def claim_run(self, token):
         """The run this token was made for, if it is unused; the token is used up."""
         digest = token_hash(token)
+        started = timezone.now()
         claimed = BlockRun.objects.filter(token_hash=digest, token_used=False, status__in=("queued", "running")).update(
-            token_used=True, status="running", started=timezone.now())
+            token_used=True, status="running", started=started)
+        self.console_since = started.timestamp() * 1000
         if claimed != 1:
             return None
         self.prepared = _prepared.pop(digest, None)
@@ -667,7 +684,7 @@ class IsolateBrokerConsumer(AsyncWebsocketConsumer):
     @database_sync_to_async
     def save_console(self):
         BlockRun.objects.filter(pk=self.run.id).update(
-            console="\n".join(self.console_parts), console_truncated=self.console_truncated,
+            console="\n".join(self.console_parts), console_times=self.console_times, console_truncated=self.console_truncated,
             calls=self.calls, bytes_in=self.bytes_in, bytes_out=self.bytes_out,
         )
 

@@ -480,6 +480,9 @@ class BlockRun(models.Model):
     # {name, stack, frames: [{file, line, column, function}], codeFrame}.
     error_detail = models.JSONField(null=True, blank=True)
     console = models.TextField(blank=True, help_text="Console output, capped by the profile.")
+    # When each console entry was printed, in ms from the run's start, one item per entry
+    # (a console call): an int, or [ms, lines] for an entry of several lines.
+    console_times = models.JSONField(null=True, blank=True, editable=False)
     console_truncated = models.BooleanField(default=False)
     calls = models.PositiveIntegerField(default=0)
     bytes_in = models.BigIntegerField(default=0)
@@ -499,11 +502,41 @@ class BlockRun(models.Model):
     def __str__(self):
         return f"run {self.id} of {self.tenant}"
 
+    def console_entries(self):
+        """The console as entries, one per console call: {level, text, ms}, where `ms` is
+        when it was printed (from the run's start; None for runs recorded without times).
+        The stored console keeps warnings, errors and debug output as "[level] text"."""
+        if not self.console:
+            return []
+        lines = self.console.split("\n")
+        times = self.console_times if isinstance(self.console_times, list) else []
+        entries, at = [], 0
+        for item in times:
+            if at >= len(lines):
+                break
+            if isinstance(item, int):
+                ms, count = item, 1
+            elif isinstance(item, list) and len(item) == 2 and all(isinstance(n, int) for n in item):
+                ms, count = item
+            else:
+                break
+            entries.append(_console_entry("\n".join(lines[at:at + max(1, count)]), ms))
+            at += max(1, count)
+        entries.extend(_console_entry(line, None) for line in lines[at:])
+        return entries
+
     @property
     def duration(self):
         if self.started and self.finished:
             return (self.finished - self.started).total_seconds()
         return None
+
+
+def _console_entry(text, ms):
+    for level in ("warn", "error", "debug"):
+        if text.startswith(f"[{level}] "):
+            return {"level": level, "text": text[len(level) + 3:], "ms": ms}
+    return {"level": "log", "text": text, "ms": ms}
 
 
 class AuditLog(models.Model):

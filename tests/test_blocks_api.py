@@ -159,6 +159,16 @@ def test_it_runs_typescript_blocks(api):
     assert body["result"] == {"hello": "Grace", "length": 5}
 
 
+def test_it_returns_the_console_with_when_each_entry_was_printed(api):
+    code = "console.log('a'); await new Promise((r) => setTimeout(r, 400)); console.error('b\\nc'); export default () => 1;"
+    api["deploy"].put("/api/v1/blocks/talk", json={"code": code, "deploy": True})
+    body = api["run"].post("/api/v1/blocks/talk/runs", json={"wait": 20}).json()
+    assert [(log["level"], log["text"]) for log in body["logs"]] == [("log", "a"), ("error", "b\nc")], body
+    first, second = (log["ms"] for log in body["logs"])
+    assert 0 <= first < 400 <= second - first + 50, body["logs"]
+    assert api["run"].get(f"/api/v1/runs/{body['id']}").json()["logs"] == body["logs"]
+
+
 def test_it_stops_a_run(api):
     api["deploy"].put("/api/v1/blocks/slow", json={"code": "await new Promise(() => setInterval(() => {}, 1000));", "deploy": True})
     started = api["run"].post("/api/v1/blocks/slow/runs", json={})

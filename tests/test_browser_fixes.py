@@ -348,3 +348,48 @@ def test_it_dates_a_past_run(browser, base_url, people):
     # run says when it started, to the second (in the browser's time zone).
     assert "Mar 14" in when and re.search(r"\d\d:\d\d", when), when
     assert "Mar 14, 2026" in started and re.search(r"\d\d:26:53", started), (started, zone)
+
+
+def test_it_shows_when_each_line_of_a_past_run_was_printed(browser, base_url, people):
+    code = "console.log('first');\nawait new Promise((ok) => setTimeout(ok, 600));\nconsole.warn('second\\nof two lines');\n"
+
+    def steps(context):
+        page = open_runner(context, base_url)
+        set_code(page, code)
+        page.click("#run")
+        wait_status(page, "succeeded")
+        page.reload()
+        page.wait_for_selector("#conn.up")
+        page.locator("#history-list li").first.click()
+        wait_status(page, "succeeded")
+        page.wait_for_selector("#console .line .t")
+        shot(page, "fix-past-console-times")
+        return page.evaluate("""() => [...document.querySelectorAll('#console .line')].map((row) => [
+            row.querySelector('.t').textContent, row.querySelector('.x').textContent, row.title])""")
+
+    rows = browser.run(steps)
+    texts = [text for _, text, _ in rows]
+    assert "first" in texts and "second\nof two lines" in texts, rows
+    times = {text: float(t.strip("+s")) for t, text, _ in rows if text in ("first", "second\nof two lines")}
+    assert times["first"] < 0.5 and 0.55 <= times["second\nof two lines"] - times["first"] < 5, rows
+    assert all(re.search(r"\d\d:\d\d:\d\d", title) for _, text, title in rows if text == "first"), rows
+
+
+def test_cant_date_console_lines_before_the_start_after_their_arrival_or_out_of_order(run_block, make_tenant):
+    """A block that sets its own clock (Date.now) gets its lines dated by the platform:
+    held between the run's start, the previous line and the line's arrival."""
+    acme = make_tenant("acme", "Interactive")
+    code = ("const real = Date.now;\n"
+            "Date.now = () => 0; console.log('epoch');\n"
+            "Date.now = () => real() + 1e9; console.log('future');\n"
+            "Date.now = () => real() - 60000; console.log('past');\n"
+            "Date.now = () => NaN; console.log('nan');\n")
+    run = run_block(acme, code)
+    run.refresh_from_db()
+    assert run.status == "succeeded", run.error
+    entries = run.console_entries()
+    assert [e["text"] for e in entries] == ["epoch", "future", "past", "nan"]
+    times = [e["ms"] for e in entries]
+    took = (run.finished - run.started).total_seconds() * 1000
+    assert all(isinstance(ms, int) and 0 <= ms <= took + 50 for ms in times), (times, took)
+    assert times == sorted(times), times

@@ -577,6 +577,21 @@ function parseStoredConsole(text) {
   });
 }
 
+function storedConsole(entries, text, startedIso) {
+  // The record's entries (one per console call, with when it was printed: ms from the
+  // run's start), or its text alone for runs recorded without times.
+  if (!Array.isArray(entries)) return text ? parseStoredConsole(text) : [];
+  const started = startedIso ? Date.parse(startedIso) : NaN;
+  return entries.map((entry) => {
+    const line = { level: entry.level, text: entry.text };
+    if (typeof entry.ms === "number") {
+      line.time = `+${(entry.ms / 1000).toFixed(3)}s`;
+      if (Number.isFinite(started)) line.title = new Date(started + entry.ms).toLocaleString(undefined, { year: "numeric", month: "short", day: "numeric", hour: "2-digit", minute: "2-digit", second: "2-digit", fractionalSecondDigits: 3 });
+    }
+    return line;
+  });
+}
+
 function showFinished(f) {
   const run = state.run;
   run.live = false;
@@ -593,7 +608,7 @@ function showFinished(f) {
   if (f.console_complete === false && typeof f.console === "string") {
     consoleView.clear();
     consoleNotes.push("Some lines did not reach the page live; this is the console as stored with the run.");
-    if (f.console) for (const line of parseStoredConsole(f.console)) consoleView.push(line);
+    for (const line of storedConsole(f.console_entries, f.console, run.startedIso ?? (run.startedServer ? new Date(run.startedServer).toISOString() : null))) consoleView.push(line);
     // The record keeps what was printed, not the platform's notice about the cap.
     if (f.console_truncated) consoleView.push({ level: "warn", text: "Console output reached this tenant's cap; the rest of what the block printed was dropped." });
   }
@@ -819,7 +834,7 @@ async function openRun(summary) {
 }
 
 function when(iso) {
-  // The date and the time to the second: a past run's console has no times of its own.
+  // The date and the time to the second (a console line's own time is on hover).
   return new Date(iso).toLocaleString(undefined, { year: "numeric", month: "short", day: "numeric", hour: "2-digit", minute: "2-digit", second: "2-digit" });
 }
 
@@ -835,7 +850,8 @@ function showDetail(detail, { live }) {
   $("load-code").hidden = !detail.code;
   consoleView.clear();
   callsView.clear();
-  if (detail.console) for (const line of parseStoredConsole(detail.console)) consoleView.push(line);
+  run.startedIso = detail.started;
+  for (const line of storedConsole(detail.console_entries, detail.console, detail.started)) consoleView.push(line);
   for (const call of detail.call_log || []) callsView.push({ ...call, time: new Date(call.t).toLocaleTimeString() });
   for (const file of detail.files || []) addFile(file.path, file.url);
   if (detail.status === "running" || detail.status === "queued") {
