@@ -4,6 +4,8 @@ Alice owns the "acme" tenant, Bob is a member of it, and Mallory is an outsider 
 should have no access to Acme's stuff. Each test gets its own storage root.
 """
 
+import time
+
 import pytest
 from django.contrib.auth import get_user_model
 
@@ -32,6 +34,34 @@ def close_other_sessions_at_the_end(django_db_setup, django_db_blocker):
                 "SELECT pg_terminate_backend(pid) FROM pg_stat_activity "
                 "WHERE datname = current_database() AND pid <> pg_backend_pid()"
             )
+
+
+@pytest.fixture(scope="session", autouse=True)
+def flush_waits_for_background_writers():
+    """Transactional tests empty the database with TRUNCATE after each test. A row the
+    audit writer or a server thread of the test is still writing holds locks on the
+    tables it refers to, and PostgreSQL may end the TRUNCATE as a deadlock: the writer's
+    queue is flushed first, and a deadlocked TRUNCATE is tried again."""
+    from django.core.management.base import CommandError
+    from django.test.testcases import TransactionTestCase
+
+    from tenants import audit
+
+    original = TransactionTestCase._fixture_teardown
+
+    def teardown(self):
+        for attempt in range(5):
+            audit.flush()
+            try:
+                return original(self)
+            except CommandError as error:
+                if "deadlock" not in str(error.__cause__ or "") or attempt == 4:
+                    raise
+                time.sleep(0.2)
+
+    TransactionTestCase._fixture_teardown = teardown
+    yield
+    TransactionTestCase._fixture_teardown = original
 
 
 @pytest.fixture(autouse=True)

@@ -29,6 +29,20 @@ def inline_dispatch(settings):
 
 
 @pytest.fixture(autouse=True)
+def own_channel_layer():
+    """A channel layer of this test's event loop: channels-redis refuses two loops
+    receiving on one layer, and a live server an earlier test started (in a thread, with
+    a loop of its own) may still have consumers receiving on the process's layer."""
+    from channels.layers import DEFAULT_CHANNEL_LAYER, channel_layers
+
+    saved = channel_layers.backends.pop(DEFAULT_CHANNEL_LAYER, None)
+    yield
+    channel_layers.backends.pop(DEFAULT_CHANNEL_LAYER, None)
+    if saved is not None:
+        channel_layers.backends[DEFAULT_CHANNEL_LAYER] = saved
+
+
+@pytest.fixture(autouse=True)
 def fresh_limits():
     reset_limiter()
     from tenants.ratelimit import limiter

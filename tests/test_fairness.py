@@ -81,6 +81,8 @@ def sleeping(marker=MARKER):
 def starve(run_block, hog, other, share):
     """Start the hog's block, wait until its share of slots is busy, then time the other
     tenant's call; the hog never runs more than `share` calls at once meanwhile."""
+    # An earlier test's hog calls still sleeping would be counted as this one's.
+    wait_for_no_sleeps()
     run = run_block.start(hog, HOG_BLOCK)
     most = 0
     give_up = time.monotonic() + 60
@@ -98,6 +100,15 @@ def starve(run_block, hog, other, share):
     return quick, most
 
 
+def wait_for_no_sleeps(seconds=30):
+    """Until the hog's calls still running (at most its share, after its run was
+    stopped) have ended."""
+    give_up = time.monotonic() + seconds
+    while sleeping():
+        assert time.monotonic() < give_up, "the hog's calls did not end"
+        time.sleep(0.1)
+
+
 def test_cant_one_tenant_starve_anothers_calls(run_block, hog, make_tenant, settings):
     settings.SYMPOSIUM_RQ_CAPABILITIES = []
     other = make_tenant("other", "Interactive")
@@ -112,6 +123,7 @@ def test_cant_one_tenant_starve_anothers_calls(run_block, hog, make_tenant, sett
     assert quick.result["median"] < 1000, quick.result
     assert quick.result["slowest"] < 2500, quick.result
     assert most == share
+    wait_for_no_sleeps()
 
 
 @pytest.mark.skipif(not settings.REDIS_URL, reason="the RQ path needs REDIS_URL (the suite's second run)")
@@ -138,10 +150,7 @@ def test_cant_one_tenant_starve_anothers_calls_through_rq(run_block, hog, make_t
         assert quick.result["slowest"] < 2500, quick.result
         assert most == share
         # The hog's leftovers end (they are at most its share) before the workers stop.
-        give_up = time.monotonic() + 30
-        while sleeping():
-            assert time.monotonic() < give_up
-            time.sleep(0.1)
+        wait_for_no_sleeps()
     finally:
         stop_all(workers, rq_dispatch)
 

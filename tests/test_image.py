@@ -268,7 +268,9 @@ def test_cant_decode_a_decompression_bomb(make_tenant):
     assert size == "(9000, 9000)"
     print(f"bomb: Python peak {python_peak / 1e6:.2f} MB; RSS growth refused {refused_growth / 1e6:.1f} MB, "
           f"decoded directly {decoded_growth / 1e6:.1f} MB")
-    assert decoded_growth > 60_000_000  # the measurement sees a decode
+    # The measurement sees a decode (of 81 MB; the child's peak starts at the parent's,
+    # which can hold pages the child has not touched again, so a part of it is hidden).
+    assert decoded_growth > 40_000_000
     assert refused_growth < 5_000_000
 
 
