@@ -16,6 +16,8 @@ queue.
   ImageDraw drawing the same shapes and saving a PNG, each export alternating with a
   floor run so that a shared machine's load falls on both alike.
 - process.execute: `echo hello` in the sandbox; floor: subprocess.run(["echo", "hello"]).
+  Then the same forked by the spawner (the default) and by the server itself
+  (SYMPOSIUM_PROCESS_SPAWNER off), alternating.
 - kv.get: one small JSON value; floor: the same SELECT on the platform database (Django's
   connection, a kept one).
 - email.send: a short message with a 1 KB attachment to an SMTP server on 127.0.0.1
@@ -221,8 +223,22 @@ def main():
             print(f"{'canvas export':<16} {path:<7} {percentiles(times)}   {ratio:.2f}x the floor")
         print(f"{'canvas export':<16} {'floor':<7} {percentiles(floor)}   Pillow ImageDraw, same shapes, PNG")
 
+        echo_floor = timed(lambda: subprocess.run(["echo", "hello"], capture_output=True), max(50, n // 10))
         measure_paths("process echo", LOOP % {"n": max(50, n // 10), "call": "symposium.process.execute('echo', ['hello'])"},
-                      {"subprocess.run echo": timed(lambda: subprocess.run(["echo", "hello"], capture_output=True), max(50, n // 10))})
+                      {"subprocess.run echo": echo_floor})
+        # Forked by the spawner (the default) or by the server itself, ten calls of each
+        # at a time, alternating, so that a shared machine's load falls on both alike.
+        ten = LOOP % {"n": 10, "call": "symposium.process.execute('echo', ['hello'])"}
+        forks = {True: [], False: []}
+        for _ in range(max(5, n // 100)):
+            for spawned, times in forks.items():
+                settings.SYMPOSIUM_PROCESS_SPAWNER = spawned
+                times += block(ten)
+        settings.SYMPOSIUM_PROCESS_SPAWNER = True
+        for spawned, times in forks.items():
+            ratio = statistics.median(times) / statistics.median(echo_floor)
+            how = "forked by the spawner" if spawned else "forked by the server"
+            print(f"{'process echo':<16} {'inline':<7} {percentiles(times)}   {ratio:.2f}x the floor, {how}")
 
         new_capabilities(block, measure_paths, tenant, server, n, smtp_port)
     finally:

@@ -194,6 +194,10 @@ SYMPOSIUM_PROCESS_CGROUP = os.environ.get("SYMPOSIUM_PROCESS_CGROUP", "")
 # as root: one that owns nothing but the tenants' files (docs/process.md). Not as root,
 # commands run as the server's own user, the only one it can map.
 SYMPOSIUM_PROCESS_SANDBOX_UID = envint("SYMPOSIUM_PROCESS_SANDBOX_UID", 1_899_999_000)
+# Sandboxed commands are forked by a small helper process of each server process instead
+# of by the server itself (capabilities.process.spawner; docs/process.md). Off: the
+# server forks itself for each command, copying its page tables.
+SYMPOSIUM_PROCESS_SPAWNER = os.environ.get("SYMPOSIUM_PROCESS_SPAWNER", "1") != "0"
 # Containment layers the web server must find on this machine (isolates.containment:
 # landlock or landlock:N for a minimum ABI, seccomp, namespaces, cgroup-pids,
 # cgroup-memory, nosuid-storage). With DEBUG off it refuses to start without them; none

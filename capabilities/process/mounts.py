@@ -43,46 +43,30 @@ import os
 import socket
 import stat
 from functools import lru_cache
+from types import SimpleNamespace
 
 from django.conf import settings
 
 from capabilities.files.paths import PLATFORM_FOLDER
-
-libc = ctypes.CDLL(None, use_errno=True)
-libc.syscall.restype = ctypes.c_long
-libc.mount.argtypes = [ctypes.c_char_p, ctypes.c_char_p, ctypes.c_char_p, ctypes.c_ulong, ctypes.c_char_p]
-
-# Where the prepared places are, in the command's own mount namespace only: a folder that
-# exists on every Debian system, that any user may enter, and that bubblewrap does not use
-# itself (it builds its new root on /tmp). A tmpfs is mounted over it first, so nothing
-# of the server's /mnt is seen or changed.
-STAGING = "/mnt"
-STAGED_SANDBOX = f"{STAGING}/symposium-sandbox"
-STAGED_ROOT = f"{STAGING}/symposium-sandbox/root"
-STAGED_TMP = f"{STAGING}/symposium-sandbox/tmp"
-# With storage the command may write: the storage itself, read-only, as the overlay's
-# lower layer, and the tmpfs holding the upper layer (what the command wrote).
-STAGED_LOWER = f"{STAGING}/symposium-sandbox/lower"
-STAGED_WRITES = f"{STAGING}/symposium-sandbox/writes"
-# The sandbox's system folders, built here so that bubblewrap binds four trees instead
-# of a hundred files (each of its binds rereads the mount table: a hundred cost tens of
-# milliseconds). /usr/share (programs' data: awk's library, terminfo, zoneinfo) is bound
-# into it read-only and noexec, so that nothing there runs.
-STAGED_SYSTEM = f"{STAGING}/symposium-sandbox/system"
-
-CLONE_NEWUSER = 0x10000000
-CLONE_NEWNS = 0x00020000
-MS_NOSUID, MS_NODEV, MS_NOEXEC, MS_RDONLY = 2, 4, 8, 1
-MS_REMOUNT, MS_BIND, MS_REC, MS_PRIVATE = 32, 4096, 16384, 1 << 18
-PR_SET_DUMPABLE = 4
-SYS_open_tree, SYS_move_mount, SYS_mount_setattr = 428, 429, 442
-OPEN_TREE_CLONE, OPEN_TREE_CLOEXEC = 1, os.O_CLOEXEC
-AT_EMPTY_PATH, AT_RECURSIVE, AT_FDCWD = 0x1000, 0x8000, -100
-MOVE_MOUNT_F_EMPTY_PATH = 4
-MOUNT_ATTR_RDONLY, MOUNT_ATTR_NOSUID, MOUNT_ATTR_NODEV, MOUNT_ATTR_NOEXEC = 1, 2, 4, 8
-# Every writable place of the sandbox carries these.
-LOCKED_FLAGS = MS_NOSUID | MS_NODEV | MS_NOEXEC
-
+from capabilities.process import staging
+from capabilities.process.staging import (  # noqa: F401  (the places, as the rest of the package names them)
+    AT_EMPTY_PATH,
+    AT_RECURSIVE,
+    MOUNT_ATTR_NODEV,
+    MOUNT_ATTR_NOEXEC,
+    MOUNT_ATTR_NOSUID,
+    MOUNT_ATTR_RDONLY,
+    OPEN_TREE_CLOEXEC,
+    OPEN_TREE_CLONE,
+    STAGED_LOWER,
+    STAGED_SYSTEM,
+    STAGED_TMP,
+    STAGED_WRITES,
+    SYS_mount_setattr,
+    SYS_open_tree,
+    libc,
+)
+from capabilities.process.staging import check as _check
 
 class MountAttr(ctypes.Structure):
     _fields_ = [("attr_set", ctypes.c_uint64), ("attr_clr", ctypes.c_uint64), ("propagation", ctypes.c_uint64), ("userns_fd", ctypes.c_uint64)]
@@ -94,13 +78,6 @@ def sandbox_host_ids():
         uid = settings.SYMPOSIUM_PROCESS_SANDBOX_UID
         return uid, uid
     return os.geteuid(), os.getegid()
-
-
-def _check(result, what):
-    if result < 0:
-        err = ctypes.get_errno()
-        raise OSError(err, f"{what}: {os.strerror(err)}")
-    return result
 
 
 def detached_storage(storage_fd, writable):
@@ -190,9 +167,15 @@ class Staging:
         self.writes_fd = None
         self._report = socket.socketpair() if overlay_bytes is not None else None
 
+    def plan(self):
+        """The staging as plain values (what the spawner's child needs), and the
+        descriptor its writes folder goes back on (None without one)."""
+        fields = {k: v for k, v in vars(self).items() if k not in ("_report", "writes_fd")}
+        return fields, (self._report[1].fileno() if self._report is not None else None)
+
     def __call__(self):
         try:
-            self._stage()
+            staging.stage(SimpleNamespace(**vars(self), report=self._report[1] if self._report is not None else None))
         except OSError as e:
             # Reported by subprocess as the child's failure; the message names no path.
             raise OSError(e.errno, "the command's namespace could not be prepared") from None
@@ -222,88 +205,6 @@ class Staging:
             os.close(self.writes_fd)
             self.writes_fd = None
 
-    def _stage(self):
-        pid = str(os.getpid()).encode()
-        for procs in self.cgroup_procs:
-            # Every process bubblewrap and the command will make is born in here.
-            fd = os.open(procs, os.O_WRONLY)
-            try:
-                os.write(fd, pid)
-            finally:
-                os.close(fd)
-        if self.switch_user:
-            os.setgroups([])
-            os.setresgid(self.gid, self.gid, self.gid)
-            os.setresuid(self.uid, self.uid, self.uid)
-        # After a change of user (root handing over to the sandbox's user) the process is
-        # not dumpable, and its own /proc/self/uid_map would not be writable by it.
-        libc.prctl(PR_SET_DUMPABLE, 1, 0, 0, 0)
-        _check(libc.unshare(CLONE_NEWUSER | CLONE_NEWNS), "unshare")
-        # Only its own ids, mapped to themselves: all an unprivileged process may map.
-        _write("/proc/self/setgroups", "deny")
-        _write("/proc/self/uid_map", f"{self.uid} {self.uid} 1")
-        _write("/proc/self/gid_map", f"{self.gid} {self.gid} 1")
-        _check(libc.mount(None, b"/", None, MS_REC | MS_PRIVATE, None), "making mounts private")
-        _check(libc.mount(b"tmpfs", STAGING.encode(), b"tmpfs", LOCKED_FLAGS, b"size=65536,mode=0755"), "staging tmpfs")
-        os.mkdir(STAGED_SANDBOX)
-        os.mkdir(STAGED_ROOT)
-        os.mkdir(STAGED_TMP)
-        self._stage_system()
-        _check(libc.mount(b"tmpfs", STAGED_TMP.encode(), b"tmpfs", LOCKED_FLAGS, self.tmp_options), "tmp")
-        root = STAGED_ROOT.encode()
-        overlay = self.overlay_bytes is not None and (self.storage_tree is not None or self.storage_path is not None)
-        storage_at = STAGED_LOWER.encode() if overlay else root
-        if overlay:
-            os.mkdir(STAGED_LOWER)
-        if self.storage_tree is not None:
-            _check(libc.syscall(SYS_move_mount, self.storage_tree, b"", AT_FDCWD, storage_at, MOVE_MOUNT_F_EMPTY_PATH), "attaching storage")
-        elif self.storage_path is not None:
-            _check(libc.mount(self.storage_path, storage_at, None, MS_BIND, None), "binding storage")
-            flags = MS_REMOUNT | MS_BIND | LOCKED_FLAGS | (0 if self.writable and not overlay else MS_RDONLY)
-            _check(libc.mount(None, storage_at, None, flags, None), "remounting storage")
-        else:
-            # No file access: an empty root of its own, gone afterwards (bubblewrap makes
-            # its mount points in it, so it is writable, within the size of /tmp).
-            _check(libc.mount(b"tmpfs", root, b"tmpfs", LOCKED_FLAGS, self.tmp_options), "empty root")
-        if overlay:
-            self._stage_overlay()
-        # bubblewrap binds the root from this descriptor (it checks that the path it
-        # finds is the same folder).
-        staged = os.open(root, os.O_PATH | os.O_DIRECTORY)
-        os.dup2(staged, self.root_fd_number)
-        os.close(staged)
-
-    def _stage_overlay(self):
-        writes = STAGED_WRITES.encode()
-        os.mkdir(writes)
-        options = f"size={self.overlay_bytes},mode=0755".encode()
-        _check(libc.mount(b"tmpfs", writes, b"tmpfs", LOCKED_FLAGS, options), "writes tmpfs")
-        os.mkdir(writes + b"/upper", 0o755)
-        os.mkdir(writes + b"/work", 0o700)
-        _check(libc.mount(b"overlay", STAGED_ROOT.encode(), b"overlay", LOCKED_FLAGS, self.overlay_options), "storage overlay")
-        upper = os.open(writes + b"/upper", os.O_RDONLY | os.O_DIRECTORY)
-        try:
-            # The tmpfs lives as long as this descriptor, after the namespace is gone.
-            socket.send_fds(self._report[1], [b"w"], [upper])
-        finally:
-            os.close(upper)
-
-    def _stage_system(self):
-        system = STAGED_SYSTEM.encode()
-        os.mkdir(system)
-        _check(libc.mount(b"tmpfs", system, b"tmpfs", MS_NOSUID | MS_NODEV, b"size=1048576,mode=0755"), "system tmpfs")
-        for folder in self.system_folders:
-            os.mkdir(folder, 0o755)
-        for target, real, is_tree in self.system_binds:
-            if not is_tree:
-                os.close(os.open(target, os.O_CREAT | os.O_WRONLY, 0o755))
-            _check(libc.mount(real, target, None, MS_BIND | (MS_REC if is_tree else 0), None), "binding a system file")
-        # bubblewrap's read-only binds of these trees make every mount in them read-only,
-        # nosuid and nodev; /usr/share is made noexec (and read-only) here.
-        share = system + b"/usr/share"
-        _check(libc.mount(None, share, None, MS_REMOUNT | MS_BIND | MS_RDONLY | LOCKED_FLAGS, None), "remounting /usr/share")
-
-
 @lru_cache(maxsize=256)
 def _plan_system(system_files, system_trees):
     """The folders, files and trees of the system tmpfs, in the order to make them:
@@ -321,12 +222,3 @@ def _plan_system(system_files, system_trees):
             folders.add(folder)
             folder = os.path.dirname(folder)
     return tuple(sorted(folders, key=lambda f: (f.count(b"/"), f))), tuple(binds)
-
-
-def _write(path, text):
-    fd = os.open(path, os.O_WRONLY)
-    try:
-        os.write(fd, text.encode())
-    finally:
-        os.close(fd)
-

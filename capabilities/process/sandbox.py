@@ -49,8 +49,10 @@ import time
 from dataclasses import dataclass
 from functools import lru_cache
 
+from django.conf import settings
+
 from capabilities.base import CapabilityError
-from capabilities.process import mounts, programs, seccomp_filter
+from capabilities.process import mounts, programs, seccomp_filter, spawner
 from capabilities.process.cgroups import CommandCgroups
 from capabilities.process.limits import MB, SANDBOX_HOME, SANDBOX_LIMITS, SANDBOX_UID, SANDBOX_USER
 
@@ -317,20 +319,7 @@ def _run_bwrap(request, policy, args_fd, fds, staging):
     try:
         try:
             try:
-                process = subprocess.Popen(
-                    command,
-                    stdin=subprocess.PIPE if request.stdin is not None else subprocess.DEVNULL,
-                    stdout=subprocess.PIPE,
-                    stderr=subprocess.PIPE,
-                    pass_fds=passed,
-                    env={},
-                    start_new_session=True,  # its own process group, killed as one
-                    close_fds=True,
-                    # bubblewrap runs as the sandbox's user (the server's own unless the
-                    # server is root), in the cgroups and the namespace that Staging
-                    # enters and prepares in the child.
-                    preexec_fn=staging,
-                )
+                process = _start(command, request, passed, staging)
             except (OSError, subprocess.SubprocessError) as e:
                 # The child could not prepare the command's namespace (Staging) or run
                 # bubblewrap at all.
@@ -364,6 +353,35 @@ def _run_bwrap(request, policy, args_fd, fds, staging):
             for stream in (process.stdin, process.stdout, process.stderr):
                 if stream is not None and not stream.closed:
                     stream.close()
+
+
+def _start(command, request, passed, staging):
+    """bubblewrap, started by this process's spawner (capabilities.process.spawner: a
+    fork of a small process instead of this one), or by forking this process where the
+    spawner is off or gone. Either way bubblewrap runs as the sandbox's user (the
+    server's own unless the server is root), in its own session, with an empty
+    environment, in the cgroups and the namespace that Staging enters and prepares in
+    the child."""
+    if settings.SYMPOSIUM_PROCESS_SPAWNER:
+        helper = spawner.spawner()
+        if helper is not None:
+            plan, report_fd = staging.plan()
+            try:
+                return helper.spawn(command, plan=plan, report_fd=report_fd, pass_fds=passed,
+                                    stdin_data=request.stdin is not None, timeout=SANDBOX_LIMITS["startup_seconds"])
+            except spawner.SpawnerGone as e:
+                logger.warning("The process spawner is gone (%s); this command forks the server", e)
+    return subprocess.Popen(
+        command,
+        stdin=subprocess.PIPE if request.stdin is not None else subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        pass_fds=passed,
+        env={},
+        start_new_session=True,  # its own process group, killed as one
+        close_fds=True,
+        preexec_fn=staging,
+    )
 
 
 def _hand_pipes_to(process, staging):
