@@ -81,7 +81,7 @@ class Spawned:
         except OSError:
             message = b""
         finally:
-            if not self.channel._closed:
+            if self.channel.fileno() != -1:
                 self.channel.settimeout(None)
         if message.startswith(b"X"):
             self.returncode = os.waitstatus_to_exitcode(int(message[1:]))
@@ -265,12 +265,20 @@ def serve(control_fd):
             for fd in fds[1:]:
                 os.close(fd)
             return
-        pid = os.fork()
+        try:
+            pid = os.fork()
+        except OSError as e:
+            pid = None
+            _send(channel, f"F{e.errno}:{e.strerror}".encode())
+            channel.close()
         if pid == 0:
             _child(request, fds[1:], write_failure, staging)
         for fd in fds[1:]:
             os.close(fd)
         os.close(write_failure)
+        if pid is None:
+            os.close(read_failure)
+            return
         # EOF once bubblewrap was exec'd (the pipe is close-on-exec), a reason otherwise.
         chunks = []
         while True:
