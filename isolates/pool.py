@@ -672,7 +672,7 @@ class IsolatePool:
         elif self._loop is not loop:
             raise RuntimeError("an IsolatePool belongs to the event loop that first used it; make one per loop")
 
-    def _command(self, memory_mb, cpu_seconds):
+    def _command(self, memory_mb, cpu_seconds, spare):
         port = self.broker_port
         deno_flags = [
             "run",
@@ -689,6 +689,8 @@ class IsolatePool:
             f"--v8-flags=--max-old-space-size={memory_mb},--max-semi-space-size={semi_space_mb(memory_mb)}",
             str(MAIN_JS),
             str(port),
+            # A warm spare prepares more before it is ready than a run waiting for it can.
+            "spare" if spare else "for-run",
         ]
         return [
             self.python,
@@ -706,10 +708,10 @@ class IsolatePool:
             *deno_flags,
         ]
 
-    async def _spawn(self, memory_mb, cpu_seconds):
+    async def _spawn(self, memory_mb, cpu_seconds, spare=False):
         started = time.monotonic()
         process = await asyncio.create_subprocess_exec(
-            *self._command(memory_mb, cpu_seconds),
+            *self._command(memory_mb, cpu_seconds, spare),
             stdin=asyncio.subprocess.PIPE,
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.PIPE,
@@ -759,7 +761,7 @@ class IsolatePool:
             else:
                 return
             try:
-                isolate = await self._spawn(memory_mb, cpu_seconds)
+                isolate = await self._spawn(memory_mb, cpu_seconds, spare=True)
             except IsolateStartError as exc:
                 logger.error("could not warm an isolate: %s", exc)
                 await asyncio.sleep(1)

@@ -70,6 +70,33 @@ async def test_it_starts_a_cold_isolate_when_none_is_warm(broker):
         assert done["result"] == "cold"
 
 
+def main_js_role(pid):
+    """What the pool told an isolate's runtime it is (its last argument)."""
+    return Path(f"/proc/{pid}/cmdline").read_bytes().rstrip(b"\0").split(b"\0")[-1].decode()
+
+
+TYPESCRIPT = "const twice = (n: number): number => n * 2; export default (): number => twice(21);"
+
+
+async def test_it_prepares_typescript_on_warm_spares_only_and_both_run_it(broker):
+    # A warm spare starts TypeScript's transpiler before it is ready (it waits in the pool
+    # anyway); an isolate started for a waiting run does not (it would cost the run about
+    # 150 ms): both run TypeScript blocks.
+    async with IsolatePool(broker.port, warm_size=1, warm_limits=[(64, 10)]) as pool:
+        await pool.fill()
+        spare = await pool.acquire(memory_mb=64, cpu_seconds=10)
+        assert main_js_role(spare.pid) == "spare"
+        run = broker.add_run(TYPESCRIPT, name="spare.ts")
+        await spare.assign(broker.url, run.token)
+        assert (await run.finished())["result"] == 42
+    async with IsolatePool(broker.port, warm_size=0) as pool:
+        cold = await pool.acquire(memory_mb=64, cpu_seconds=10)
+        assert main_js_role(cold.pid) == "for-run"
+        run = broker.add_run(TYPESCRIPT, name="cold.ts")
+        await cold.assign(broker.url, run.token)
+        assert (await run.finished())["result"] == 42
+
+
 async def test_it_keeps_warm_isolates_per_memory_and_cpu_limits(broker):
     async with IsolatePool(broker.port, warm_size=1, warm_limits=[(64, 10), (128, 60)]) as pool:
         await pool.fill()

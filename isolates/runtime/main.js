@@ -66,7 +66,10 @@ function decodeFrame(text) {
 
 // -- the worker --------------------------------------------------------------------------
 
-const workerSource = await Deno.readTextFile(new URL("./worker.js", import.meta.url));
+// A warm spare (the pool's "spare" argument) also starts TypeScript's transpiler before
+// it says ready (worker.js, primeLazyParts).
+const primeTypeScript = Deno.args[1] === "spare";
+const workerSource = `const primeTypeScript = ${primeTypeScript};\n` + await Deno.readTextFile(new URL("./worker.js", import.meta.url));
 const worker = new Worker(URL.createObjectURL(new Blob([workerSource], { type: "text/javascript" })), {
   type: "module",
   name: "block",

@@ -778,12 +778,16 @@ addListener("message", (event) => {
 });
 
 // What nearly every run uses is loaded and compiled lazily by Deno on first use: the
-// module loader (JavaScript and TypeScript), Request, Response and Headers. Using each
-// once here, while the isolate waits in the warm pool, takes that cost (a tenth of a
-// second on a loaded machine) off every run's start and every HTTP request's answer.
+// module loader, Request, Response and Headers. Using each once here, before "ready",
+// takes that cost off every run's start and every HTTP request's answer. TypeScript's
+// transpiler costs far more (about 150 ms): only a warm spare, which waits in the pool
+// for its run, starts it too (main.js sets primeTypeScript); an isolate started for a
+// run that is waiting leaves it to the TypeScript block that needs it.
 async function primeLazyParts() {
-  for (const type of ["text/javascript", "application/typescript"]) {
-    const url = URL.createObjectURL(new Blob(["export default (x: number = 1) => x;".replace(type === "text/javascript" ? ": number" : "", "")], { type }));
+  const sources = { "text/javascript": "export default (x = 1) => x;" };
+  if (primeTypeScript) sources["application/typescript"] = "export default (x: number = 1) => x;";
+  for (const [type, source] of Object.entries(sources)) {
+    const url = URL.createObjectURL(new Blob([source], { type }));
     await import(url);
     URL.revokeObjectURL(url);
   }
