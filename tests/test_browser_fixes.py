@@ -365,9 +365,11 @@ def test_it_shows_when_each_line_of_a_past_run_was_printed(browser, base_url, pe
         page.wait_for_selector("#console .line .t")
         shot(page, "fix-past-console-times")
         return page.evaluate("""() => [...document.querySelectorAll('#console .line')].map((row) => [
-            row.querySelector('.t').textContent, row.querySelector('.x').textContent, row.title])""")
+            row.querySelector('.t').textContent, row.querySelector('.x').textContent, row.title])"""), \
+            page.locator("#block-count").is_visible()
 
-    rows = browser.run(steps)
+    rows, block_count_shown = browser.run(steps)
+    assert not block_count_shown  # unsaved code: the "Saved block" tab shows no empty count
     texts = [text for _, text, _ in rows]
     assert "first" in texts and "second\nof two lines" in texts, rows
     times = {text: float(t.strip("+s")) for t, text, _ in rows if text in ("first", "second\nof two lines")}
