@@ -331,7 +331,9 @@ class BlockRunAdmin(ReadOnlyAdmin):
     # Code, console, input, result and error are shown as code (monospaced, as written);
     # the rest as the admin shows any read-only field.
     CODE_FIELDS = RUN_CODE_FIELDS
-    fields = readonly_fields = [f"{f.name}_shown" if f.name in RUN_CODE_FIELDS else f.name for f in BlockRun._meta.fields]
+    # console_times is shown with the console it dates.
+    fields = readonly_fields = [f"{f.name}_shown" if f.name in RUN_CODE_FIELDS else f.name
+                                for f in BlockRun._meta.fields if f.name != "console_times"]
 
     class Media:
         css = {"all": ["symposium/admin.css"]}
@@ -362,4 +364,13 @@ class BlockRunAdmin(ReadOnlyAdmin):
 
     @admin.display(description="Console")
     def console_shown(self, obj):
-        return self.shown(obj, "console")
+        entries = obj.console_entries()
+        if not any(entry["ms"] is not None for entry in entries):
+            return self.shown(obj, "console")
+        # Each entry with when it was printed (from the run's start), as the runner shows it.
+        lines = []
+        for entry in entries:
+            stamp = f"+{entry['ms'] / 1000:.3f}s" if entry["ms"] is not None else ""
+            level = f"[{entry['level']}] " if entry["level"] != "log" else ""
+            lines.append(f"{stamp:>9}  {level}{entry['text']}")
+        return format_html('<pre class="sym-pre console">{}</pre>', "\n".join(lines))

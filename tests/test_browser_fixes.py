@@ -134,7 +134,8 @@ def test_it_fits_the_audit_list_at_1440_px_with_seconds_and_a_user_column_and_fi
 
 def test_it_shows_a_runs_code_and_console_monospaced_in_the_admin(browser, base_url, admin_link, people):
     run = BlockRun.objects.create(tenant=people["acme"], user=people["alice"], status="succeeded", source="runner",
-                                  code="console.log('x');\nexport default () => 1;", console="x\n[warn] careful", result=1)
+                                  code="console.log('x');\nexport default () => 1;", console="x\n[warn] careful", result=1,
+                                  console_times=[4, 1250])
 
     def steps(context):
         page = context.new_page()
@@ -143,11 +144,13 @@ def test_it_shows_a_runs_code_and_console_monospaced_in_the_admin(browser, base_
         shot(page, "fix-05-run-admin", full_page=True)
         fonts = {name: page.evaluate(f"getComputedStyle(document.querySelector('.field-{name}_shown pre')).fontFamily")
                  for name in ("code", "console")}
-        return fonts, page.locator(".field-code_shown pre").inner_text()
+        return fonts, page.locator(".field-code_shown pre").inner_text(), page.locator(".field-console_shown pre").inner_text()
 
-    fonts, code = browser.run(steps)
+    fonts, code, console = browser.run(steps)
     assert all("mono" in font.lower() for font in fonts.values()), fonts
     assert code == "console.log('x');\nexport default () => 1;"
+    # Each console entry with when it was printed, from the run's start.
+    assert console.splitlines() == ["  +0.004s  x", "  +1.250s  [warn] careful"], console
 
 
 def test_it_titles_the_admin_as_symposiums(browser, base_url, admin_link):
