@@ -539,13 +539,12 @@ class BlockRunnerConsumer(AsyncWebsocketConsumer):
         if final is None or final["status"] not in BlockRun.FINISHED:
             watched.finished = False
             return
-        console = final.pop("console")
-        final["console_complete"] = len(console) == watched.console_chars
+        run = final.pop("run")
+        final["console_complete"] = len(run.console) == watched.console_chars
         if not final["console_complete"]:
             # Some lines never reached the page: it shows the stored console instead.
-            final["console"] = console
-        else:
-            final.pop("console_entries")
+            final["console"] = run.console
+            final["console_entries"] = run.console_entries()
         await self.send_json({"type": "finished", "run": watched.id, **final})
         await self.channel_layer.group_discard(run_group(watched.id), self.channel_name)
 
@@ -558,7 +557,7 @@ class BlockRunnerConsumer(AsyncWebsocketConsumer):
         run = BlockRun.objects.select_related("tenant", "user").filter(pk=run_id).first()
         if run is None:
             return None
-        return {**run_final(run), "console": run.console, "console_entries": run.console_entries()}
+        return {**run_final(run), "run": run}
 
     async def disconnect(self, code):
         if self.log_flusher is not None:

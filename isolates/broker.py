@@ -200,6 +200,7 @@ class IsolateBrokerConsumer(AsyncWebsocketConsumer):
         self.console_parts = []
         self.console_times = []  # BlockRun.console_times: ms since the run's start, per entry
         self.console_since = time.time() * 1000  # the run's start (claim_run), epoch ms
+        self.console_last = 0  # the last entry's time, ms since the start
         self.console_truncated = False
         self.console_rate = LineRate()
         self.refusals = RefusalLog()
@@ -478,10 +479,8 @@ class IsolateBrokerConsumer(AsyncWebsocketConsumer):
         (its frame's `t`, ms) held between the previous entry's time and now, so a block
         cannot date its lines before its start, after their arrival or out of order."""
         now = time.time() * 1000 - self.console_since
-        last = self.console_times[-1] if self.console_times else 0
-        last = last if isinstance(last, int) else last[0]
         at = printed - self.console_since if isinstance(printed, (int, float)) and math.isfinite(printed) else now
-        ms = int(min(max(at, last), max(now, last)))
+        ms = self.console_last = int(min(max(at, self.console_last), max(now, self.console_last)))
         self.console_times.append(ms if lines == 1 else [ms, lines])
 
     async def done(self, frame):

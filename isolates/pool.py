@@ -365,28 +365,36 @@ class Isolate:
 
     # -- memory and CPU figures -----------------------------------------------------------
 
-    def _status_field(self, name):
+    def _status_fields(self, *names):
+        """These fields of /proc/PID/status, in bytes (None for each once the process is
+        gone), from one read of the file."""
+        found = dict.fromkeys(names)
         try:
             with open(f"/proc/{self.pid}/status") as f:
                 for line in f:
-                    if line.startswith(name + ":"):
-                        return int(line.split()[1]) * 1024
+                    name, _, value = line.partition(":")
+                    if name in found:
+                        found[name] = int(value.split()[0]) * 1024
         except (OSError, ValueError, IndexError):
-            return None
-        return None
+            pass
+        return found
 
     def rss(self):
         """Resident memory now, in bytes (None once the process is gone)."""
-        return self._status_field("VmRSS")
+        return self._status_fields("VmRSS")["VmRSS"]
 
     @property
     def peak_rss(self):
         """The highest resident memory seen, in bytes: the kernel's high-water mark while
         the process lives, the last sample of it afterwards."""
-        current = self._status_field("VmHWM")
-        if current is not None:
-            self._peak_rss = max(current, self._peak_rss or 0)
+        self._note_peaks(self._status_fields("VmHWM"))
         return self._peak_rss
+
+    def _note_peaks(self, fields):
+        if fields.get("VmHWM") is not None:
+            self._peak_rss = max(fields["VmHWM"], self._peak_rss or 0)
+        if fields.get("VmData") is not None:
+            self._peak_data = max(fields["VmData"], self._peak_data)
 
     @property
     def cpu_seconds(self):
@@ -422,8 +430,7 @@ class Isolate:
         # disappears; a run that grows in its last SAMPLE_INTERVAL is under-reported by
         # that last growth at most.
         while self.process.returncode is None:
-            self.peak_rss
-            self._peak_data = max(self._peak_data, self._status_field("VmData") or 0)
+            self._note_peaks(self._status_fields("VmHWM", "VmData"))
             self.cpu_time()
             await asyncio.sleep(SAMPLE_INTERVAL)
 

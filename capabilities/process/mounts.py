@@ -68,6 +68,7 @@ from capabilities.process.staging import (  # noqa: F401  (the places, as the re
 )
 from capabilities.process.staging import check as _check
 
+
 class MountAttr(ctypes.Structure):
     _fields_ = [("attr_set", ctypes.c_uint64), ("attr_clr", ctypes.c_uint64), ("propagation", ctypes.c_uint64), ("userns_fd", ctypes.c_uint64)]
 
@@ -175,7 +176,8 @@ class Staging:
 
     def __call__(self):
         try:
-            staging.stage(SimpleNamespace(**vars(self), report=self._report[1] if self._report is not None else None))
+            fields, _ = self.plan()
+            staging.stage(SimpleNamespace(**fields, report=self._report[1] if self._report is not None else None))
         except OSError as e:
             # Reported by subprocess as the child's failure; the message names no path.
             raise OSError(e.errno, "the command's namespace could not be prepared") from None

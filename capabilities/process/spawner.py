@@ -32,6 +32,7 @@ import socket
 import subprocess
 import sys
 import threading
+from types import SimpleNamespace
 
 MAX_MESSAGE = 1 << 20
 MAX_FDS = 200
@@ -229,9 +230,7 @@ def _child(request, fds, failure, staging):
         plan = request["plan"]
         if plan is not None:
             report = socket.socket(fileno=targets[-1]) if plan.get("overlay_bytes") is not None else None
-            namespace = type("Plan", (), {})()
-            namespace.__dict__.update(plan, report=report)
-            staging.stage(namespace)
+            staging.stage(SimpleNamespace(**plan, report=report))
             if report is not None:
                 report.close()  # bubblewrap is not given it
         argv = request["argv"]

@@ -569,20 +569,11 @@ function showOutcome(f) {
   box.hidden = false;
 }
 
-function parseStoredConsole(text) {
-  // The record keeps one line per console call; levels other than log/info are prefixed.
-  return text.split("\n").map((line) => {
-    const m = /^\[(warn|error|debug)\] ([\s\S]*)$/.exec(line);
-    return m ? { level: m[1], text: m[2] } : { level: "log", text: line };
-  });
-}
-
-function storedConsole(entries, text, startedIso) {
-  // The record's entries (one per console call, with when it was printed: ms from the
-  // run's start), or its text alone for runs recorded without times.
-  if (!Array.isArray(entries)) return text ? parseStoredConsole(text) : [];
+function storedConsole(entries, startedIso) {
+  // The record's entries: one per console call, with when it was printed (ms from the
+  // run's start; null for runs recorded before times were kept).
   const started = startedIso ? Date.parse(startedIso) : NaN;
-  return entries.map((entry) => {
+  return (entries || []).map((entry) => {
     const line = { level: entry.level, text: entry.text };
     if (typeof entry.ms === "number") {
       line.time = `+${(entry.ms / 1000).toFixed(3)}s`;
@@ -608,7 +599,7 @@ function showFinished(f) {
   if (f.console_complete === false && typeof f.console === "string") {
     consoleView.clear();
     consoleNotes.push("Some lines did not reach the page live; this is the console as stored with the run.");
-    for (const line of storedConsole(f.console_entries, f.console, run.startedIso ?? (run.startedServer ? new Date(run.startedServer).toISOString() : null))) consoleView.push(line);
+    for (const line of storedConsole(f.console_entries, run.startedIso ?? (run.startedServer ? new Date(run.startedServer).toISOString() : null))) consoleView.push(line);
     // The record keeps what was printed, not the platform's notice about the cap.
     if (f.console_truncated) consoleView.push({ level: "warn", text: "Console output reached this tenant's cap; the rest of what the block printed was dropped." });
   }
@@ -851,7 +842,7 @@ function showDetail(detail, { live }) {
   consoleView.clear();
   callsView.clear();
   run.startedIso = detail.started;
-  for (const line of storedConsole(detail.console_entries, detail.console, detail.started)) consoleView.push(line);
+  for (const line of storedConsole(detail.console_entries, detail.started)) consoleView.push(line);
   for (const call of detail.call_log || []) callsView.push({ ...call, time: new Date(call.t).toLocaleTimeString() });
   for (const file of detail.files || []) addFile(file.path, file.url);
   if (detail.status === "running" || detail.status === "queued") {
