@@ -14,7 +14,7 @@ from django.core.exceptions import ValidationError
 from django.db import IntegrityError, transaction
 
 from blocks.models import LANGUAGES, MAX_CODE_BYTES, Block, BlockVersion, code_sha256, slug_validator
-from isolates.broker import control_group, run_group
+from isolates.runevents import control_group, run_group
 from isolates.errors import run_error
 from isolates.runs import service_for_port
 from tenants import audit

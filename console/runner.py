@@ -37,7 +37,7 @@ from django.http.request import split_domain_port, validate_host
 from django.urls import reverse
 
 from blocks.models import Block, code_sha256
-from isolates.broker import control_group, run_group
+from isolates.runevents import control_group, run_group
 from isolates.errors import run_error
 from isolates.runs import RunRefused, service_for_port
 from tenants import audit

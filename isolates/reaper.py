@@ -30,7 +30,7 @@ from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
-from isolates.broker import run_group
+from isolates.runevents import run_group
 from isolates.errors import run_error
 from isolates.models import ServerProcess
 from tenants.models import BlockRun

@@ -34,7 +34,9 @@ from django.utils import timezone
 
 from isolates import reaper
 from isolates.pool import IsolatePool
-from isolates.broker import MAX_START_HOLD_SECONDS, control_group, hold_start, prepare_connection, run_group, token_hash, wait_closed
+from isolates.broker import MAX_START_HOLD_SECONDS, hold_start, wait_closed
+from isolates.runevents import control_group, run_group
+from isolates.session import prepare_connection, token_hash
 from tenants import audit
 from tenants.models import BlockRun, PermissionProfile, Tenant
 from tenants.policy import effective_policy

@@ -67,7 +67,7 @@ class Runner:
 
         from channels.layers import get_channel_layer
 
-        from isolates.broker import run_group
+        from isolates.runevents import run_group
         from isolates.runs import service_for_port
 
         service = service_for_port(self.server.port)

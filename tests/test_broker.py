@@ -13,7 +13,7 @@ from channels.db import database_sync_to_async
 from channels.testing import WebsocketCommunicator
 from django.conf import settings
 
-from isolates.broker import token_hash
+from isolates.session import token_hash
 from symposium.asgi import application
 from tenants import audit
 from tenants.models import AuditLog, BlockRun, PolicyOverride, TenantSecret

@@ -364,3 +364,37 @@ def test_cant_hide_refusals_by_spreading_them_over_windows(acme):
     summaries = audit_rows(tenant_slug=acme.slug)
     assert [int(r.message.split()[0]) for r in summaries] == [100 - floods.REFUSAL_ROWS_PER_WINDOW] * 3
     assert all("more refusals of files.writeFile (PERMISSION_DENIED)" in r.message for r in summaries)
+
+
+def test_cant_hold_the_platform_with_events_faster_than_they_are_sent():
+    """A run's events wait in memory until the channel layer takes them: a burst of
+    console lines faster than that keeps at most EVENT_BACKLOG of them (watchers get one
+    notice; the record keeps every line), and its end is never dropped."""
+    from channels.layers import InMemoryChannelLayer
+
+    from isolates.runevents import EVENT_BACKLOG, RunEvents, run_group
+
+    async def main():
+        layer = InMemoryChannelLayer(capacity=100_000)
+        watcher = await layer.new_channel()
+        await layer.group_add(run_group("r1"), watcher)
+        events = RunEvents(layer, "r1")
+        for i in range(20_000):  # all before the sender runs once
+            events.publish({"event": "log", "level": "log", "text": str(i), "t": 0})
+        events.publish({"event": "done", "ok": True, "result": 1})
+        waiting = events.queue.qsize()
+        await asyncio.wait_for(events.flush(), 10)
+        received = []
+        while True:
+            try:
+                received.append(await asyncio.wait_for(layer.receive(watcher), 0.05))
+            except asyncio.TimeoutError:
+                break
+        events.close()
+        return waiting, received
+
+    waiting, received = asyncio.run(main())
+    assert waiting == EVENT_BACKLOG + 2  # the backlog, the one notice, the end
+    assert [e["text"] for e in received[:3]] == ["0", "1", "2"]
+    assert "faster than they can be shown live" in received[-2]["text"]
+    assert received[-1]["event"] == "done"

@@ -326,7 +326,7 @@ def test_it_ignores_channel_messages_it_does_not_handle(pages, tenants):
     async def publish():
         from channels.layers import get_channel_layer
 
-        from isolates.broker import run_group
+        from isolates.runevents import run_group
 
         # Types that would name methods of the consumer under Channels' default dispatch.
         for kind in ("send.finished", "run.stop", "disconnect"):

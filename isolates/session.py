@@ -1,0 +1,187 @@
+"""One run as its broker connection holds it: the run, claimed once with its one-time
+token; the tenant's context (policy, storage root, hosts, sealed secrets), re-read at
+most every POLICY_TTL; the run's counters; and the one place its audit rows are made.
+
+Nothing here comes from a frame: the run, its tenant and its policy are the database's.
+"""
+
+import asyncio
+import hashlib
+import time
+from dataclasses import replace
+from pathlib import Path
+
+from channels.db import database_sync_to_async
+from django.conf import settings
+from django.db import InterfaceError, OperationalError
+from django.utils import timezone
+
+from capabilities.base import CallContext
+from capabilities.network.sealed import placeholders_in, run_env, run_seals
+from isolates.floods import RefusalLog
+from tenants import audit
+from tenants.models import BlockRun, Tenant
+from tenants.policy import effective_policy
+
+# The platform's database being unreachable (restarting), as opposed to a bug.
+DATABASE_UNAVAILABLE = (OperationalError, InterfaceError)
+# How long a tenant's policy and state are reused between calls of one run. A
+# suspension or a changed limit reaches running blocks within this time.
+POLICY_TTL = 1.0
+
+
+def token_hash(token):
+    return hashlib.sha256(token.encode()).hexdigest()
+
+
+# Runs whose isolates connect to this process's broker, prepared by the run service
+# (which has just read the tenant), by token hash.
+_prepared = {}
+
+
+def prepare_connection(run, tenant, policy, run_secrets):
+    """Keep what the broker needs at hello, so it need not read it again."""
+    _prepared[run.token_hash] = (run, tenant, policy, run_secrets, time.monotonic())
+    if len(_prepared) > 10000:
+        # Runs whose isolate never said hello (it died first): forget the oldest.
+        for key in sorted(_prepared, key=lambda k: _prepared[k][4])[:1000]:
+            _prepared.pop(key, None)
+
+
+class RunSession:
+    def __init__(self):
+        self.run = None
+        self.ctx = None
+        self.env = {}
+        self.tenant_active = True
+        self.policy_loaded = 0.0
+        self.prepared = None
+        self.started_ms = time.time() * 1000  # the run's start, epoch ms (set by claim)
+        # The run's placeholders of its sealed secrets, made once (at hello) and kept.
+        self.placeholders = {}
+        self.sealed_noted = set()
+        self.refusals = RefusalLog()
+        self.calls = 0  # every call the block made, refused ones included
+        self.bytes_in = 0
+        self.bytes_out = 0
+        self.finished = False
+
+    async def claim(self, token):
+        """The run this token was made for, if it is unused (the token is used up), and
+        its context; None for any other token."""
+        run = await database_sync_to_async(self._claim)(token)
+        if run is not None:
+            self.run = run
+            try:
+                await self.refresh(force=True)
+            except BaseException:
+                self.run = None
+                raise
+            self.refusals.bind(tenant_id=self.ctx.tenant_id, tenant_slug=self.ctx.tenant_slug, run_id=run.id,
+                               user_id=run.user_id)
+        return run
+
+    def _claim(self, token):
+        digest = token_hash(token)
+        started = timezone.now()
+        claimed = BlockRun.objects.filter(token_hash=digest, token_used=False, status__in=("queued", "running")).update(
+            token_used=True, status="running", started=started)
+        self.started_ms = started.timestamp() * 1000
+        if claimed != 1:
+            return None
+        self.prepared = _prepared.pop(digest, None)
+        if self.prepared is not None:
+            return self.prepared[0]
+        return BlockRun.objects.select_related("tenant").get(token_hash=digest)
+
+    async def refresh(self, force=False):
+        """Re-read the tenant's context when it is older than POLICY_TTL."""
+        if not force and time.monotonic() - self.policy_loaded < POLICY_TTL:
+            return
+        if self.prepared is not None:
+            _, tenant, policy, run_secrets, read_at = self.prepared
+            self.prepared = None
+        else:
+            (tenant, policy, run_secrets), read_at = await read_tenant_shared(self.run.tenant_id)
+        self.tenant_active = tenant.is_active
+        # process.env: plain secrets' values, sealed ones' placeholders (sent at hello).
+        self.env = run_env(run_secrets, self.placeholders)
+        self.ctx = CallContext(
+            tenant_id=tenant.pk, tenant_slug=tenant.slug, run_id=self.run.id, policy=policy,
+            storage_root=Path(settings.TENANT_STORAGE_ROOT) / tenant.slug,
+            allowed_hosts=[h.strip().lower() for h in tenant.network_allowed_hosts.split() if h.strip()],
+            webhook_secret=tenant.webhook_secret,
+            sealed=run_seals(run_secrets, self.placeholders),
+        )
+        # The age of the data, not of this copy: no call acts on a policy read more than
+        # POLICY_TTL ago, however it was shared.
+        self.policy_loaded = read_at
+
+    def ctx_with_deadline(self, deadline):
+        return replace(self.ctx, deadline=deadline)
+
+    def record(self, **row):
+        """An audit row of this run (or of a connection that never became one)."""
+        audit.record(
+            tenant_id=self.ctx.tenant_id if self.ctx else None, tenant_slug=self.ctx.tenant_slug if self.ctx else "",
+            run_id=self.run.id if self.run else None, user_id=self.run.user_id if self.run else None, **row,
+        )
+
+    def note_placeholders(self, where, target, value):
+        """An audit row when the block passes a sealed secret's placeholder somewhere other
+        than a network request (a file, the database, an email, the console): there it
+        stays a placeholder, which is worth nothing outside this run. Once per secret
+        and operation per run, so that a loop cannot flood the log."""
+        for name in placeholders_in(self.ctx.sealed, value):
+            if (name, where) in self.sealed_noted or len(self.sealed_noted) >= 100:
+                continue
+            self.sealed_noted.add((name, where))
+            self.record(
+                capability="broker", operation=f"{where}.sealed", target=str(target)[:200],
+                outcome="denied", error_code="PERMISSION_DENIED",
+                message=f"The block passed the placeholder of the sealed secret {name} to {where}; it stays a placeholder there "
+                        "(the value is sent only by network requests to the secret's hosts).",
+            )
+
+    @database_sync_to_async
+    def save(self, console):
+        """The run's console and counters, into its record."""
+        BlockRun.objects.filter(pk=self.run.id).update(
+            **console.record_fields(), calls=self.calls, bytes_in=self.bytes_in, bytes_out=self.bytes_out,
+        )
+
+    @database_sync_to_async
+    def finish(self, status, result=None, error_code="", error="", error_detail=None):
+        """The run's outcome, once: a run already ended (stopped, timed out) keeps its own."""
+        audit.flush()
+        BlockRun.objects.filter(pk=self.run.id, status="running").update(
+            status=status, result=result, error_code=error_code, error=error, error_detail=error_detail,
+            finished=timezone.now())
+
+
+def read_tenant(tenant_id):
+    tenant = Tenant.objects.select_related("profile").prefetch_related("overrides").get(pk=tenant_id)
+    return tenant, effective_policy(tenant), [s.for_run() for s in tenant.secrets.all()]
+
+
+# Tenant reads in progress or recent, per event loop and tenant: (started, future). The
+# runs of one tenant on one server share one read per POLICY_TTL, instead of each making
+# its own (100 runs in flight re-read their policy 100 times a second otherwise, the
+# largest share of the server's database work under load).
+_tenant_reads = {}
+
+
+async def read_tenant_shared(tenant_id):
+    """The tenant, its effective policy and secrets, and when they were read (monotonic):
+    a read started less than POLICY_TTL ago is shared, else a new one is made."""
+    now = time.monotonic()
+    loop = asyncio.get_running_loop()
+    key = (id(loop), tenant_id)
+    entry = _tenant_reads.get(key)
+    if (entry is None or entry[2] is not loop or now - entry[0] >= POLICY_TTL
+            or (entry[1].done() and entry[1].exception() is not None)):
+        if len(_tenant_reads) > 10000:
+            for stale in [k for k, (started, _, _) in _tenant_reads.items() if now - started >= POLICY_TTL]:
+                del _tenant_reads[stale]
+        entry = _tenant_reads[key] = (now, asyncio.ensure_future(database_sync_to_async(read_tenant)(tenant_id)), loop)
+    return await asyncio.shield(entry[1]), entry[0]
