@@ -7,7 +7,9 @@
    POST /api/v1/blocks/{slug}/runs {"wait": 30}; p50/p99 of the round trip.
 2. HTTP endpoint: a block answering `new Response("ok")`, hit by 1, 10 and 50
    concurrent clients for --seconds each, starting each level from a full warm pool;
-   requests/s, p50/p99, errors.
+   requests/s, p50/p99, errors; next to the floor measured first in the same run: the
+   same request to a block that does not exist (Daphne, Django, the endpoint's lookup,
+   a 404, no run), one client.
 3. Schedules: --schedules schedules due every minute, fired by the scheduler for
    --schedule-minutes minutes of a clock running 60 times faster than the real one;
    p50/p99 of the real time from a due time to the block's first statement.
@@ -21,6 +23,7 @@ they do not share this process's interpreter with the server.
 import argparse
 import asyncio
 import json
+import logging
 import os
 import statistics
 import subprocess
@@ -46,7 +49,7 @@ def percentile(values, p):
 # -- the client process ------------------------------------------------------------------
 
 
-async def hammer(url, clients, seconds, headers):
+async def hammer(url, clients, seconds, headers, expect=200):
     import httpx
 
     latencies, errors = [], []
@@ -58,7 +61,7 @@ async def hammer(url, clients, seconds, headers):
                 t0 = time.perf_counter()
                 try:
                     response = await client.get(url)
-                    if response.status_code != 200 or response.text != "ok":
+                    if response.status_code != expect or (expect == 200 and response.text != "ok"):
                         errors.append(f"{response.status_code} {response.text[:100]}")
                         continue
                 except httpx.HTTPError as e:
@@ -74,7 +77,7 @@ async def hammer(url, clients, seconds, headers):
 
 
 def client_main(args):
-    print(json.dumps(asyncio.run(hammer(args.url, args.clients_n, args.seconds, {}))))
+    print(json.dumps(asyncio.run(hammer(args.url, args.clients_n, args.seconds, {}, args.expect))))
 
 
 # -- the server process ------------------------------------------------------------------
@@ -128,24 +131,41 @@ def server_main(args):
     print(f"API run with wait (trivial block, {args.runs} runs one at a time): "
           f"p50 {percentile(round_trips, 50):.1f} ms, p99 {percentile(round_trips, 99):.1f} ms\n")
 
-    print("HTTP endpoint (GET /b/bench/hello/, answers 'ok'):")
-    print("| clients | requests | requests/s | p50 | p99 | errors |")
-    print("| --- | --- | --- | --- | --- | --- |")
-    for clients in [int(c) for c in args.clients.split(",")]:
-        wait_for_pool(args.warm)
+    def hammer_from_child(path, clients, expect=200):
         child = subprocess.run(
-            [sys.executable, __file__, "--client", f"{base}/b/bench/hello/", "--clients-n", str(clients),
-             "--seconds", str(args.seconds)], capture_output=True, text=True, timeout=args.seconds + 120)
+            [sys.executable, __file__, "--client", f"{base}{path}", "--clients-n", str(clients),
+             "--seconds", str(args.seconds), "--expect", str(expect)], capture_output=True, text=True,
+            timeout=args.seconds + 120)
         if child.returncode != 0:
             print(child.stderr[-2000:])
             raise SystemExit(1)
-        result = json.loads(child.stdout)
+        return json.loads(child.stdout)
+
+    def row(label, result):
         lat = result["latencies"]
-        print(f"| {clients} | {result['requests']} | {result['requests'] / result['seconds']:.1f} | "
+        print(f"| {label} | {result['requests']} | {result['requests'] / result['seconds']:.1f} | "
               f"{percentile(lat, 50):.1f} ms | {percentile(lat, 99):.1f} ms | {result['error_count']} |")
         if result["errors"]:
             print("  errors:", result["errors"])
+        return percentile(lat, 50)
+
+    print("HTTP endpoint (GET /b/bench/hello/, answers 'ok'):")
+    print("| clients | requests | requests/s | p50 | p99 | errors |")
+    print("| --- | --- | --- | --- | --- | --- |")
+    # The floor, in the same server and run: the same request to a block that does not
+    # exist (Daphne, Django, the endpoint's one lookup, a 404; no run).
+    logging.getLogger("django.request").setLevel(logging.ERROR)  # each 404 would be a line
+    floor = row("floor: 1, no block", hammer_from_child("/b/bench/no-such-block/", 1, expect=404))
+    single = None
+    for clients in [int(c) for c in args.clients.split(",")]:
+        wait_for_pool(args.warm)
+        p50 = row(str(clients), hammer_from_child("/b/bench/hello/", clients))
+        if clients == 1:
+            single = p50
     print()
+    if single is not None:
+        print(f"One client's request costs {single - floor:.1f} ms more than the floor: the run "
+              f"(a warm isolate's start, the block, its outcome).\n")
 
     lateness = measure_schedules(server, tenant, args)
     print(f"Schedule due time to the block's first statement ({len(lateness)} firings of {args.schedules} "
@@ -210,6 +230,7 @@ def main():
     parser.add_argument("--schedule-minutes", type=int, default=10)
     parser.add_argument("--client", dest="url", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--clients-n", type=int, default=1, help=argparse.SUPPRESS)
+    parser.add_argument("--expect", type=int, default=200, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.url:
         client_main(args)
