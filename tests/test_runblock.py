@@ -73,6 +73,17 @@ def test_json_mode_prints_one_object(platform):
     assert report["stats"]["durationMs"] > 0 and report["stats"]["peakMemoryBytes"] > 0
 
 
+def test_json_mode_logs_every_line_of_a_burst_with_when_it_was_printed(platform):
+    # 3,000 lines at once come faster than the live events go out; the record, and so
+    # --json's logs, keep every one, each with its time (ms from the run's start).
+    result = platform("runblock", "-", "--tenant", "acme", "--json",
+                      stdin="for (let i = 0; i < 3000; i++) console.log(String(i)); export default () => 1;")
+    report = json.loads(result.stdout)
+    assert report["status"] == "succeeded", report["error"]
+    assert [entry["text"] for entry in report["logs"]] == [str(i) for i in range(3000)]
+    assert all(entry["level"] == "log" and isinstance(entry["ms"], int) and entry["ms"] >= 0 for entry in report["logs"])
+
+
 def test_a_failing_block_exits_1_with_its_error(platform):
     result = platform("runblock", "-", "--tenant", "acme", stdin="throw new TypeError('bad input');")
     assert result.returncode == 1

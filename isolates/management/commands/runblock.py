@@ -55,10 +55,9 @@ class Command(BaseCommand):
             raise UsageError(f"--input is not valid JSON: {e}") from None
 
         server = local_server()
-        logs = []
         started = time.monotonic()
         try:
-            run = server.call(self.run_block(server, tenant_obj, code, name, block_input, logs, record))
+            run = server.call(self.run_block(server, tenant_obj, code, name, block_input, record))
         except RunRefused as e:
             self.stderr.write(f"Run refused [{e.code}]: {e.message}")
             self.exit(1)
@@ -73,7 +72,11 @@ class Command(BaseCommand):
                 "status": run.status,
                 "result": run.result,
                 "error": error,
-                "logs": logs,
+                # From the run's record, complete: the live lines (on stderr) are shown
+                # as they come, and a run printing faster than they can be sent skips
+                # some there (isolates/runevents.py). Each is {level, text, ms}, as the
+                # API's logs are.
+                "logs": run.console_entries(),
                 "stats": {
                     "run": run.id,
                     "durationMs": round((run.duration or (time.monotonic() - started)) * 1000, 1),
@@ -144,7 +147,7 @@ class Command(BaseCommand):
         code, name = self.read_block(file)
         return code, name, {}
 
-    async def run_block(self, server, tenant, code, name, block_input, logs, record):
+    async def run_block(self, server, tenant, code, name, block_input, record):
         service = service_for_port(server.port)
         layer = get_channel_layer()
         channel = await layer.new_channel()
@@ -157,7 +160,6 @@ class Command(BaseCommand):
                 if message.get("type") != "run.event":
                     continue
                 if message["event"] == "log":
-                    logs.append({"level": message["level"], "text": message["text"], "t": message.get("t")})
                     self.stderr.write(message["text"], ending="\n")
                     self.stderr.flush()
                 elif message["event"] == "finished":
