@@ -9,7 +9,13 @@ Prints, as p50 / p99 in milliseconds:
   (a real `rqworker` process is started);
 - a call with 8 KB of arguments (realtime.publish of an 8 KB message), inline: frames
   over ~1 KB once waited 40 ms for a delayed ACK (isolates/quickack.py);
-- the floor: a bare Deno Worker postMessage round trip, measured in the same run.
+- two floors measured in the same run: a bare Deno Worker postMessage round trip, and a
+  websocket echo through the same server (Daphne + Channels, an echo consumer that does
+  nothing else) relayed by a Worker as a block's calls are: what a call costs with no
+  broker at all.
+and, for the inline calls, the server's CPU per call (this process's user + system time
+over the calls, divided by their number: the isolate is another process) and the calls a
+second from one block with 20 in flight.
 
 It uses a throwaway SQLite database and storage folder, never the project's own.
 """
@@ -84,14 +90,96 @@ worker.terminate();
 """
 
 
-def deno_floor(n):
+# The same relay as an isolate's (Worker -> main -> websocket -> main -> Worker), to an
+# echo consumer on the benchmark's own server: the floor a call through the broker has.
+ECHO_FLOOR_SCRIPT = """
+const src = `
+  const n = %d;
+  const times = [];
+  let resolve;
+  self.onmessage = () => resolve();
+  for (let i = 0; i < n + 50; i++) {
+    const t0 = performance.now();
+    await new Promise((r) => { resolve = r; self.postMessage({ type: "call", id: i, op: "fileExists", args: { path: "bench.txt" } }); });
+    if (i >= 50) times.push(performance.now() - t0);
+  }
+  self.postMessage({ type: "done", times });
+`;
+const url = URL.createObjectURL(new Blob([src], { type: "application/javascript" }));
+const ws = new WebSocket("ws://127.0.0.1:%d/bench/echo/");
+await new Promise((r) => (ws.onopen = r));
+const worker = new Worker(url, { type: "module" });
+ws.onmessage = (event) => worker.postMessage(JSON.parse(event.data));
+worker.onmessage = (event) => {
+  if (event.data.type === "done") {
+    console.log(JSON.stringify(event.data.times));
+    Deno.exit(0);
+  }
+  ws.send(JSON.stringify(event.data));
+};
+"""
+
+# Twenty calls in flight from one block, for as long as it takes to make `n` of them.
+THROUGHPUT_BLOCK = """
+const n = %d;
+for (let i = 0; i < 20; i++) await symposium.fileExists('warmup.txt');
+let left = n;
+const t0 = performance.now();
+await Promise.all(Array.from({ length: 20 }, async () => {
+  while (left-- > 0) await symposium.fileExists('bench.txt');
+}));
+export default () => ({ calls: n, ms: performance.now() - t0 });
+"""
+
+
+def run_deno(script, *flags):
     import deno
 
     with tempfile.NamedTemporaryFile("w", suffix=".js", delete=False) as f:
-        f.write(FLOOR_SCRIPT % n)
-    out = subprocess.run([deno.find_deno_bin(), "run", "--quiet", "--no-config", f.name], capture_output=True, text=True, timeout=120)
-    os.unlink(f.name)
+        f.write(script)
+    try:
+        out = subprocess.run([deno.find_deno_bin(), "run", "--quiet", "--no-config", *flags, f.name], capture_output=True, text=True, timeout=300)
+    finally:
+        os.unlink(f.name)
+    if out.returncode:
+        raise SystemExit(f"the floor's script failed: {out.stderr[-2000:]}")
     return json.loads(out.stdout)
+
+
+def deno_floor(n):
+    return run_deno(FLOOR_SCRIPT % n)
+
+
+def echo_floor(n, port):
+    return run_deno(ECHO_FLOOR_SCRIPT % (n, port), f"--allow-net=127.0.0.1:{port}")
+
+
+def bench_application():
+    """The project's application with one more route, /bench/echo/: a Channels consumer
+    that sends back each text frame it is given."""
+    from channels.generic.websocket import AsyncWebsocketConsumer
+    from channels.routing import URLRouter
+    from django.urls import path
+
+    from symposium.asgi import application
+
+    class Echo(AsyncWebsocketConsumer):
+        async def receive(self, text_data=None, bytes_data=None):
+            await self.send(text_data=text_data)
+
+    echo = URLRouter([path("bench/echo/", Echo.as_asgi())])
+
+    async def app(scope, receive, send):
+        if scope["type"] == "websocket" and scope["path"] == "/bench/echo/":
+            return await echo(scope, receive, send)
+        return await application(scope, receive, send)
+
+    return app
+
+
+def cpu_seconds():
+    usage = os.times()
+    return usage.user + usage.system
 
 
 async def start_times(service, tenant, runs):
@@ -126,9 +214,9 @@ def main():
     from django.conf import settings
 
     from isolates.runs import RunService
-    from isolates.server import local_server
+    from isolates.server import LocalServer
 
-    server = local_server()
+    server = LocalServer(bench_application()).start()
     print(f"Symposium isolate benchmark: {options.runs} runs per start measurement, {options.calls} calls per path")
 
     async def make_service(warm):
@@ -155,8 +243,16 @@ def main():
     print(f"warm start to first statement      {percentiles(warm)}")
 
     settings.SYMPOSIUM_RQ_CAPABILITIES = []
+    cpu = cpu_seconds()
     inline = server.call(call_times(warm_service, tenant, options.calls), 3600)
+    cpu = cpu_seconds() - cpu
     print(f"fileExists round trip, inline      {percentiles(inline)}")
+    print(f"  server CPU per call (one at a time)    {1000 * cpu / (options.calls + 20):.3f} ms")
+    cpu = cpu_seconds()
+    throughput = server.call(call_times(warm_service, tenant, options.calls, THROUGHPUT_BLOCK), 3600)
+    cpu = cpu_seconds() - cpu
+    print(f"  20 in flight from one block            {1000 * throughput['calls'] / throughput['ms']:.0f} calls/s, "
+          f"server CPU per call {1000 * cpu / (options.calls + 20):.3f} ms")
     large = server.call(call_times(warm_service, tenant, max(100, options.calls // 10), LARGE_CALLS_BLOCK), 3600)
     print(f"8 KB-argument call, inline         {percentiles(large)}")
 
@@ -179,6 +275,11 @@ def main():
 
     floor = deno_floor(options.calls)
     print(f"floor: Deno Worker postMessage     {percentiles(floor)}")
+    cpu = cpu_seconds()
+    floor = echo_floor(options.calls, server.port)
+    cpu = cpu_seconds() - cpu
+    print(f"floor: websocket echo via Worker   {percentiles(floor)}")
+    print(f"  server CPU per echo                    {1000 * cpu / (options.calls + 50):.3f} ms")
 
     server.call(cold_service.shutdown(), 60)
     server.call(warm_service.shutdown(), 60)
