@@ -120,7 +120,7 @@ class IsolateBrokerConsumer(ResilientConsumer):
         token = frame.get("token")
         session = self.session
         try:
-            run = await session.claim(token) if isinstance(token, str) and len(token) < 200 else None
+            run = await session.claim(token, self.ended_before_start) if isinstance(token, str) and len(token) < 200 else None
             if run is not None:
                 self.closed = _open[run.id] = asyncio.Event()
                 self.events = RunEvents(self.channel_layer, run.id)
@@ -148,6 +148,8 @@ class IsolateBrokerConsumer(ResilientConsumer):
         hold = min(_start_at.pop(run.id, 0) - time.time(), MAX_START_HOLD_SECONDS)
         if hold > 0:
             await asyncio.sleep(hold)
+        if session.finished:
+            return  # ended before its start (ended_before_start): the block never starts
         await self.send(encode_frame({
             "type": "start",
             "code": code,
@@ -165,6 +167,11 @@ class IsolateBrokerConsumer(ResilientConsumer):
             # the block's `symposium` API from them.
             "operations": OPERATION_CAPABILITIES,
         }))
+
+    async def ended_before_start(self):
+        """The run was ended (stopped, reaped) between its creation and its claim."""
+        self.session.finished = True
+        await self.run_stop({"reason": "The run was ended before its block started."})
 
     async def log(self, frame):
         if not self.console.rate.admit():

@@ -36,10 +36,9 @@ from isolates import reaper
 from isolates.pool import IsolatePool
 from isolates.broker import MAX_START_HOLD_SECONDS, hold_start, wait_closed
 from isolates.runevents import control_group, run_group
-from isolates.session import prepare_connection, token_hash
+from isolates.session import prepare_connection, read_tenant, read_tenant_shared, token_hash
 from tenants import audit
 from tenants.models import BlockRun, PermissionProfile, Tenant
-from tenants.policy import effective_policy
 
 logger = logging.getLogger(__name__)
 
@@ -129,7 +128,10 @@ class RunService:
                 await database_sync_to_async(reaper.beat)(self.server_name, len(self.supervisors))
                 self.beating = True
             token = secrets.token_urlsafe(32)
-            run, policy = await self._create_run(tenant, code, user, name, input, source, token, block, version)
+            # The tenant's policy and secrets as the broker reads them for every call:
+            # one read a POLICY_TTL shared by the tenant's runs and calls on this server.
+            context = await read_tenant_shared(tenant.pk)
+            run, policy = await self._create_run(tenant, code, user, name, input, source, token, block, version, context)
         except UNAVAILABLE_ERRORS:
             logger.exception("starting a run failed")
             raise RunRefused("UNAVAILABLE", "The platform's database is unavailable; retry in a few seconds.", retry_after=5) from None
@@ -248,9 +250,9 @@ class RunService:
     # -- internals -------------------------------------------------------------------
 
     @database_sync_to_async
-    def _create_run(self, tenant, code, user, name, input, source, token, block=None, version=None):
+    def _create_run(self, tenant, code, user, name, input, source, token, block=None, version=None, context=None):
         return create_run(tenant, code, user=user, name=name, input=input, source=source,
-                          token=token, server=self.server_name, block=block, version=version)
+                          token=token, server=self.server_name, block=block, version=version, context=context)
 
     async def _supervise(self, run, token, policy, not_before=None):
         isolate = None
@@ -453,30 +455,41 @@ def describe_exit(exit_info, policy):
     return "CRASHED", exit_info.reason
 
 
-def create_run(tenant, code, *, user=None, name="", input=None, source="runblock", token, server, block=None, version=None):
+def create_run(tenant, code, *, user=None, name="", input=None, source="runblock", token, server, block=None, version=None,
+               context=None):
     """Create a run of the tenant unless it is suspended or at its concurrency limit.
 
-    The count and the insert must be one step, or two servers starting runs for the same
-    tenant at the same moment would both see room for one more. On PostgreSQL the
-    tenant's row is locked (SELECT ... FOR UPDATE) for the duration, which serialises
-    run creation per tenant across every server process of the platform; on SQLite,
-    which has one server process, a lock in the process does it."""
+    `context` is ((tenant, policy, run secrets), read at) as isolates.session's
+    read_tenant_shared gives it: the policy a new run is held to is at most POLICY_TTL
+    old, as the policy of every call is. Without it the tenant is read here.
+
+    The transaction makes three small queries: the tenant's row (locked, and its
+    is_active read fresh, so a suspension stops new runs at once), the count of its runs
+    in progress, and the insert. The count and the insert must be one step, or two
+    servers starting runs for the same tenant at the same moment would both see room
+    for one more. On PostgreSQL the tenant's row is locked (SELECT ... FOR UPDATE) for
+    the duration, which serialises run creation per tenant across every server process
+    of the platform; on SQLite, which has one server process, a lock in the process does
+    it."""
+    if context is None:
+        context = (read_tenant(tenant.pk), time.monotonic())
+    (tenant, policy, run_secrets), read_at = context
     with _create_lock, transaction.atomic():
-        tenant = Tenant.objects.select_for_update().select_related("profile").get(pk=tenant.pk)
-        if not tenant.is_active:
+        active = list(Tenant.objects.select_for_update().filter(pk=tenant.pk).order_by().values_list("is_active", flat=True))
+        if active != [True]:
             raise RunRefused("PERMISSION_DENIED", "This tenant is suspended; it can start no run.")
-        policy = effective_policy(tenant)
-        running = BlockRun.objects.filter(tenant=tenant, status__in=("queued", "running")).count()
+        running = BlockRun.objects.filter(tenant_id=tenant.pk, status__in=("queued", "running")).count()
         if running >= policy.concurrent_runs:
             raise RunRefused("RATE_LIMITED", f"This tenant already has {running} runs in progress, its limit; retry when one ends.",
                              retry_after=1)
         run = BlockRun.objects.create(
             tenant=tenant, user=user, source=source, name=name[:200], code=code, input=input,
-            token_hash=token_hash(token), server=server, block=block, version=version,
+            token_hash=token_hash(token), token_used=True, server=server, block=block, version=version,
         )
-    # The isolate connects back to this process's broker: hand it what it would read
-    # from the database again when the isolate says hello.
-    prepare_connection(run, tenant, policy, [s.for_run() for s in tenant.secrets.all()])
+    # The isolate connects back to this process's broker: hand it the run and what it
+    # would read from the database again when the isolate says hello. The row is made
+    # claimed (token_used): the token is good for this process's broker only, once.
+    prepare_connection(run, tenant, policy, run_secrets, read_at)
     return run, policy
 
 

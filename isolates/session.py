@@ -35,13 +35,15 @@ def token_hash(token):
 
 
 # Runs whose isolates connect to this process's broker, prepared by the run service
-# (which has just read the tenant), by token hash.
+# (which has just read the tenant), by token hash. Their rows are created claimed
+# (token_used): such a run is claimed here, in memory, and nowhere else.
 _prepared = {}
 
 
-def prepare_connection(run, tenant, policy, run_secrets):
-    """Keep what the broker needs at hello, so it need not read it again."""
-    _prepared[run.token_hash] = (run, tenant, policy, run_secrets, time.monotonic())
+def prepare_connection(run, tenant, policy, run_secrets, read_at=None):
+    """Keep what the broker needs at hello, so it need not read it again. `read_at`
+    (monotonic): when the tenant was read, for the policy's age."""
+    _prepared[run.token_hash] = (run, tenant, policy, run_secrets, time.monotonic() if read_at is None else read_at)
     if len(_prepared) > 10000:
         # Runs whose isolate never said hello (it died first): forget the oldest.
         for key in sorted(_prepared, key=lambda k: _prepared[k][4])[:1000]:
@@ -65,11 +67,21 @@ class RunSession:
         self.bytes_in = 0
         self.bytes_out = 0
         self.finished = False
+        # A run claimed in memory: its row says `running` (and when it started) once
+        # this write is done; every later write of the run makes it first if it is not.
+        self.started_write = None
+        self.started_written = True
 
-    async def claim(self, token):
+    async def claim(self, token, on_ended=None):
         """The run this token was made for, if it is unused (the token is used up), and
-        its context; None for any other token."""
-        run = await database_sync_to_async(self._claim)(token)
+        its context; None for any other token.
+
+        A run prepared in this process is claimed in memory, with no query: its start is
+        written to its row off the start's path, and `on_ended()` is called should that
+        write find the run ended meanwhile (stopped before its block started)."""
+        run = self._claim_prepared(token, on_ended)
+        if run is None:
+            run = await database_sync_to_async(self._claim)(token)
         if run is not None:
             self.run = run
             try:
@@ -80,6 +92,37 @@ class RunSession:
             self.refusals.bind(tenant_id=self.ctx.tenant_id, tenant_slug=self.ctx.tenant_slug, run_id=run.id,
                                user_id=run.user_id)
         return run
+
+    def _claim_prepared(self, token, on_ended):
+        if not isinstance(token, str):
+            return None
+        prepared = _prepared.pop(token_hash(token), None)  # one claim: the entry is gone
+        if prepared is None:
+            return None
+        run = prepared[0]
+        self.prepared = prepared
+        run.status, run.started = "running", timezone.now()
+        self.started_ms = run.started.timestamp() * 1000
+        self.started_written = False
+
+        async def write():
+            try:
+                if not await database_sync_to_async(self._write_started)(run) and on_ended is not None:
+                    await on_ended()
+            except DATABASE_UNAVAILABLE:
+                pass  # written by the run's next write (save, finish), which retries
+
+        self.started_write = asyncio.ensure_future(write())
+        return run
+
+    def _write_started(self, run=None):
+        """The in-memory claim, in the run's row: False if the run has ended meanwhile."""
+        run = run or self.run
+        if self.started_written or run is None:
+            return True
+        started = BlockRun.objects.filter(pk=run.id, status="queued").update(status="running", started=run.started)
+        self.started_written = True
+        return started == 1
 
     def _claim(self, token):
         digest = token_hash(token)
@@ -146,6 +189,7 @@ class RunSession:
     @database_sync_to_async
     def save(self, console):
         """The run's console and counters, into its record."""
+        self._write_started()
         BlockRun.objects.filter(pk=self.run.id).update(
             **console.record_fields(), calls=self.calls, bytes_in=self.bytes_in, bytes_out=self.bytes_out,
         )
@@ -153,6 +197,7 @@ class RunSession:
     @database_sync_to_async
     def finish(self, status, result=None, error_code="", error="", error_detail=None):
         """The run's outcome, once: a run already ended (stopped, timed out) keeps its own."""
+        self._write_started()
         audit.flush()
         BlockRun.objects.filter(pk=self.run.id, status="running").update(
             status=status, result=result, error_code=error_code, error=error, error_detail=error_detail,

@@ -118,6 +118,63 @@ async def test_cant_use_a_token_twice_or_guess_one(acme):
     assert len(rows) == 3
 
 
+def make_service_run(tenant, code="export default () => 1"):
+    """A run as the run service makes it: created claimed, and prepared in this process."""
+    from isolates.runs import create_run
+
+    token = secrets.token_urlsafe(32)
+    run, _ = create_run(tenant, code, token=token, server="test:1-a")
+    return run, token
+
+
+async def test_it_claims_a_run_of_this_process_in_memory_and_records_its_start(acme):
+    run, token = await database_sync_to_async(make_service_run)(acme, "export default () => 2")
+    row = await database_sync_to_async(BlockRun.objects.get)(pk=run.pk)
+    assert row.token_used and row.status == "queued"  # created claimed: no other hello can have it
+    async with Isolate(token) as isolate:
+        start = await isolate.hello()
+        assert start["type"] == "start" and start["code"] == "export default () => 2"
+        await isolate.ws.send_to(text_data=json.dumps({"type": "done", "ok": True, "result": 2}))
+        await asyncio.sleep(0.5)
+    row = await database_sync_to_async(BlockRun.objects.get)(pk=run.pk)
+    # The start, written off the start's path, is in the row before the outcome.
+    assert row.status == "succeeded" and row.result == 2
+    assert row.started is not None and row.started <= row.finished
+
+
+async def test_cant_claim_a_run_of_this_process_twice_or_from_another(acme):
+    from isolates import session as sessions
+
+    run, token = await database_sync_to_async(make_service_run)(acme)
+    other, other_token = await database_sync_to_async(make_service_run)(acme)
+    # Another process's broker has no prepared entry: the database refuses its claim too.
+    sessions._prepared.pop(token_hash(other_token))
+    async with Isolate(token) as first:
+        assert (await first.hello())["type"] == "start"
+        for forged in (token, other_token):
+            second = WebsocketCommunicator(application, "/ws/isolate/")
+            await second.connect()
+            await second.send_to(text_data=json.dumps({"type": "hello", "token": forged}))
+            assert await second.receive_output(timeout=5) == {"type": "websocket.close", "code": 4403}
+    row = await database_sync_to_async(BlockRun.objects.get)(pk=other.pk)
+    assert row.status == "queued" and row.started is None
+
+
+async def test_cant_start_a_block_whose_run_was_stopped_before_its_isolate_said_hello(acme):
+    run, token = await database_sync_to_async(make_service_run)(acme)
+    # Stopped from another server process (the admin, say) before the isolate's hello.
+    await database_sync_to_async(BlockRun.objects.filter(pk=run.pk).update)(status="killed", error_code="KILLED")
+    async with Isolate(token) as isolate:
+        await isolate.ws.send_to(text_data=json.dumps({"type": "hello", "token": token}))
+        frames = []
+        while (output := await isolate.ws.receive_output(timeout=5))["type"] == "websocket.send":
+            frames.append(json.loads(output["text"])["type"])
+        # The stop comes before the start or right after it (its block is not started).
+        assert frames in (["stop"], ["start", "stop"]) and output == {"type": "websocket.close"}
+    row = await database_sync_to_async(BlockRun.objects.get)(pk=run.pk)
+    assert row.status == "killed" and row.started is None
+
+
 async def test_it_answers_file_calls_inline(acme, settings):
     settings.SYMPOSIUM_RQ_CAPABILITIES = []
     run, token = await database_sync_to_async(make_run)(acme)
