@@ -75,6 +75,7 @@ UNTRUSTED_PREFIX = b"[isolate] "
 MAX_NOTED = 64
 # How often a running isolate's memory is sampled for its peak.
 SAMPLE_INTERVAL = 0.1
+CLOCK_TICKS = os.sysconf("SC_CLK_TCK")  # the unit of /proc/PID/stat's CPU times
 # A crashed isolate whose sampled VmData came this close to its RLIMIT_DATA ran out of
 # memory (the sampler sees the last SAMPLE_INTERVAL's growth late, hence the slack).
 DATA_LIMIT_SLACK = 16 * 1024 * 1024
@@ -368,13 +369,18 @@ class Isolate:
     def _status_fields(self, *names):
         """These fields of /proc/PID/status, in bytes (None for each once the process is
         gone), from one read of the file."""
+        # Read whole and searched, not split into lines: the memory sampler reads this
+        # for every running isolate ten times a second, on the server's event loop.
         found = dict.fromkeys(names)
         try:
-            with open(f"/proc/{self.pid}/status") as f:
-                for line in f:
-                    name, _, value = line.partition(":")
-                    if name in found:
-                        found[name] = int(value.split()[0]) * 1024
+            with open(f"/proc/{self.pid}/status", "rb") as f:
+                status = f.read()
+            for name in names:
+                key = b"\n" + name.encode() + b":"
+                start = status.find(key)
+                if start >= 0:
+                    start += len(key)
+                    found[name] = int(status[start:status.index(b"kB", start)]) * 1024
         except (OSError, ValueError, IndexError):
             pass
         return found
@@ -419,7 +425,7 @@ class Isolate:
         try:
             with open(f"/proc/{self.pid}/stat") as f:
                 fields = f.read().rsplit(")", 1)[1].split()
-            used = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+            used = (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
         except (OSError, ValueError, IndexError):
             return self._cpu_used
         self._cpu_used = used
