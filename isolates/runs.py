@@ -33,8 +33,8 @@ from django.db import DatabaseError, InterfaceError, OperationalError, transacti
 from django.utils import timezone
 
 from isolates import reaper
-from isolates.pool import IsolatePool
 from isolates.broker import MAX_START_HOLD_SECONDS, hold_start, wait_closed
+from isolates.pool import IsolatePool
 from isolates.runevents import control_group, run_group
 from isolates.session import prepare_connection, read_tenant, read_tenant_shared, token_hash
 from tenants import audit

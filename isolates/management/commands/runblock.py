@@ -8,9 +8,9 @@ from pathlib import Path
 from channels.layers import get_channel_layer
 from django.core.management.base import BaseCommand, CommandError
 
-from isolates.runevents import run_group
 from isolates.containment import announce_active_layers
 from isolates.errors import code_frame, format_error, run_error
+from isolates.runevents import run_group
 from isolates.runs import RunRefused, service_for_port
 from isolates.server import local_server
 from isolates.typecheck import TypeCheckError, check_types, format_diagnostic, is_typescript
