@@ -36,7 +36,7 @@ from isolates import reaper
 from isolates.broker import MAX_START_HOLD_SECONDS, hold_start, wait_closed
 from isolates.pool import IsolatePool
 from isolates.runevents import control_group, run_group
-from isolates.session import prepare_connection, read_tenant, read_tenant_shared, token_hash
+from isolates.session import forget_prepared, prepare_connection, read_tenant, read_tenant_shared, token_hash
 from tenants import audit
 from tenants.models import BlockRun, PermissionProfile, Tenant
 
@@ -300,6 +300,7 @@ class RunService:
             except UNAVAILABLE_ERRORS:
                 pass  # logged; the keeper fails the run once the database is back
         finally:
+            forget_prepared(run)
             self.isolates.pop(run.id, None)
             self.stopping.pop(run.id, None)
             self.supervisors.pop(run.id, None)

@@ -50,6 +50,12 @@ def prepare_connection(run, tenant, policy, run_secrets, read_at=None):
             _prepared.pop(key, None)
 
 
+def forget_prepared(run):
+    """The run is over: what was kept for its hello goes (an isolate that died before it
+    said hello would otherwise leave its run's code and secrets here)."""
+    _prepared.pop(run.token_hash, None)
+
+
 class RunSession:
     def __init__(self):
         self.run = None

@@ -132,6 +132,22 @@ def test_a_stopped_run_is_killed(run_block, acme):
     assert run.status == "killed" and run.error_code == "KILLED"
 
 
+def test_cant_leave_a_runs_code_and_secrets_in_the_server_when_its_isolate_never_said_hello(acme, server):
+    from isolates import session
+    from isolates.runs import service_for_port
+
+    async def start_and_stop():
+        service = service_for_port(server.port)
+        run = await service.start(acme, "export default () => 1")
+        kept = run.token_hash in session._prepared  # kept for the isolate's hello
+        await service.stop(run.id)  # before the run has an isolate: none will say hello
+        return kept, await service.wait(run.id)
+
+    kept, run = server.call(start_and_stop(), 30)
+    assert kept and run.status == "killed"
+    assert run.token_hash not in session._prepared
+
+
 def test_an_isolate_killed_from_outside_fails_its_run(run_block, acme, server):
     import signal
 
