@@ -6,7 +6,8 @@ Prints, as p50 / p99 in milliseconds:
 - cold start: from asking for a run to the block's first statement, with no warm isolate;
 - warm start: the same with the pool's warm isolates;
 - fileExists round trip from inside a block, inline, and through RQ when --redis is given
-  (a real `rqworker` process is started);
+  (a real `rqworker` process is started), the latter next to RQ's own floor: an empty
+  job enqueued from here that only tells it ran (a Redis list the bench waits on);
 - a call with 8 KB of arguments (realtime.publish of an 8 KB message), inline: frames
   over ~1 KB once waited 40 ms for a delayed ACK (isolates/quickack.py);
 - two floors measured in the same run: a bare Deno Worker postMessage round trip, and a
@@ -130,6 +131,28 @@ await Promise.all(Array.from({ length: 20 }, async () => {
 }));
 export default () => ({ calls: n, ms: performance.now() - t0 });
 """
+
+
+def empty_job(key):
+    """RQ's floor: a job that only says it ran (the RQ worker imports it from here)."""
+    from rq import get_current_job
+
+    get_current_job().connection.rpush(key, b"1")
+
+
+def rq_floor(queue, n):
+    """Enqueue an empty job and wait for it to say it ran, n times: RQ's own round trip
+    (enqueue, a worker taking and running it, one Redis write back)."""
+    times = []
+    for i in range(n + 20):
+        key = f"bench:rq-floor:{i}"
+        t0 = time.perf_counter()
+        queue.enqueue("bench.isolates.empty_job", key)  # by name: this file runs as __main__
+        if queue.connection.blpop([key], timeout=10) is None:
+            raise SystemExit("the RQ worker ran no empty job within 10 s")
+        if i >= 20:
+            times.append((time.perf_counter() - t0) * 1000)
+    return times
 
 
 def run_deno(script, *flags):
@@ -269,6 +292,8 @@ def main():
             settings.SYMPOSIUM_RQ_CAPABILITIES = ["files"]
             rq_times = server.call(call_times(warm_service, tenant, options.calls), 3600)
             print(f"fileExists round trip, RQ          {percentiles(rq_times)}")
+            floor = rq_floor(django_rq.get_queue("capabilities"), max(100, options.calls // 4))
+            print(f"floor: an empty RQ job             {percentiles(floor)}")
         finally:
             worker.terminate()
             worker.wait(10)
