@@ -219,8 +219,8 @@ class AuditWriter:
             if self.columns is None:
                 self.columns = _columns(database)
             sql, columns = self.columns
-            values = [[prepare(row[name], database) if name in row else default.value() if type(default) is _Default else default
-                       for name, prepare, default in columns] for row in rows]
+            values = [[prepare(row[name], database) if name in row else default for name, prepare, default in columns]
+                      for row in rows]
             with transaction.atomic(), database.cursor() as cursor:
                 cursor.executemany(sql, values)
             return True
@@ -354,31 +354,22 @@ def row_fields(row):
 AS_GIVEN = {"CharField", "TextField", "FloatField", "BigIntegerField", "IntegerField", "ForeignKey"}
 
 
-class _Default:
-    """A column's default made per row (the time's, should a row come without one)."""
-
-    def __init__(self, value):
-        self.value = value
-
-
 def _as_given(value, _database):
     return value if value is None or type(value) in (str, int, float) else str(value)
 
 
 def _columns(database):
     """The audit table's INSERT, and for each column its attname, how a value is made
-    ready for the database and the column's default."""
+    ready for the database and the column's default. The one default made per row, the
+    time, is never needed: record() stamps every row with it."""
     fields = [field for field in AuditLog._meta.concrete_fields if not field.primary_key]
     names = ", ".join(database.ops.quote_name(field.column) for field in fields)
     sql = f"INSERT INTO {database.ops.quote_name(AuditLog._meta.db_table)} ({names}) VALUES ({', '.join(['%s'] * len(fields))})"
     columns = []
     for field in fields:
         prepare = _as_given if field.get_internal_type() in AS_GIVEN else field.get_db_prep_save
-        if field.has_default() and callable(field.default):
-            default = _Default(lambda field=field: field.get_db_prep_save(field.get_default(), database))
-        else:
-            default = field.get_db_prep_save(field.get_default(), database) if field.has_default() or not field.null else None
-        columns.append((field.attname, prepare, default))
+        constant = not (field.has_default() and callable(field.default)) and (field.has_default() or not field.null)
+        columns.append((field.attname, prepare, field.get_db_prep_save(field.get_default(), database) if constant else None))
     return sql, columns
 
 
