@@ -22,6 +22,7 @@ except ImproperlyConfigured as refusal:
 
 from channels.routing import ProtocolTypeRouter, URLRouter  # noqa: E402
 
+from blocks.endpoints import EndpointHandler  # noqa: E402
 from isolates import quickack  # noqa: E402
 from symposium.routing import websocket_urlpatterns  # noqa: E402
 
@@ -29,4 +30,19 @@ from symposium.routing import websocket_urlpatterns  # noqa: E402
 # protocol: the isolates' websocket acknowledges each read at once (isolates/quickack.py).
 quickack.install()
 
-application = ProtocolTypeRouter({"http": django_asgi_app, "websocket": URLRouter(websocket_urlpatterns)})
+# A block's endpoint (/b/...) is served without the site's session, authentication, CSRF
+# and messages middleware, which it does not use (blocks/endpoints.py, EndpointHandler).
+endpoint_asgi_app = EndpointHandler()
+ENDPOINT_PREFIX = "/b/"
+
+
+async def http_application(scope, receive, send):
+    path = scope["path"]
+    root = scope.get("root_path", "")
+    if root and path.startswith(root):
+        path = path[len(root):]
+    handler = endpoint_asgi_app if path.startswith(ENDPOINT_PREFIX) else django_asgi_app
+    await handler(scope, receive, send)
+
+
+application = ProtocolTypeRouter({"http": http_application, "websocket": URLRouter(websocket_urlpatterns)})

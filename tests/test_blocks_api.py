@@ -388,3 +388,46 @@ def test_requests_to_one_endpoint_run_at_once(api, server, tokens):
     ordered = sorted(runs, key=lambda r: r.started)
     overlapping = sum(1 for a, b in zip(ordered, ordered[1:]) if b.started < a.finished)
     assert overlapping >= 2, "the requests ran one after another"
+
+
+def test_an_endpoint_answers_with_the_sites_security_headers_and_no_session(api, server):
+    # Endpoints are served without the site's session and authentication middleware
+    # (blocks/endpoints.py, EndpointHandler); the headers every page carries remain.
+    endpoint_block(api, "echo", ENDPOINT, public=True)
+    base = f"http://127.0.0.1:{server.port}"
+    answer = httpx.get(f"{base}/b/acme/echo/", headers={"Cookie": "sessionid=abc"})
+    assert answer.status_code == 200
+    assert answer.headers["x-content-type-options"] == "nosniff"
+    assert answer.headers["x-frame-options"] == "DENY"
+    assert answer.headers["referrer-policy"] == "same-origin"
+    assert answer.headers["content-length"] == str(len(answer.content))
+    assert "set-cookie" not in answer.headers and "cookie" not in answer.headers.get("vary", "").lower()
+    # A block's own X-Frame-Options is kept, as on every page.
+    endpoint_block(api, "framed", "export default { fetch: () => new Response('ok', { headers: { 'x-frame-options': 'SAMEORIGIN' } }) };",
+                   public=True)
+    assert httpx.get(f"{base}/b/acme/framed/").headers["x-frame-options"] == "SAMEORIGIN"
+    # Without its trailing slash, an endpoint's address redirects to it, as pages do.
+    moved = httpx.get(f"{base}/b/acme/echo")
+    assert moved.status_code == 301 and moved.headers["location"] == "/b/acme/echo/"
+
+
+def test_cant_reach_a_page_of_the_site_through_the_endpoint_handler():
+    # The handler without the site's middleware serves block endpoints and nothing
+    # else, whatever path reaches it: the admin's login is not served without CSRF.
+    from asgiref.testing import ApplicationCommunicator
+    from asgiref.sync import async_to_sync
+
+    from blocks.endpoints import EndpointHandler
+
+    async def get(path):
+        scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "GET", "path": path,
+                 "raw_path": path.encode(), "query_string": b"", "root_path": "", "scheme": "http",
+                 "headers": [(b"host", b"127.0.0.1")], "client": ("127.0.0.1", 1), "server": ("127.0.0.1", 80)}
+        app = ApplicationCommunicator(EndpointHandler(), scope)
+        await app.send_input({"type": "http.request", "body": b""})
+        start = await app.receive_output(10)
+        await app.receive_output(10)
+        return start["status"]
+
+    assert async_to_sync(get)("/admin/login/") == 404
+    assert async_to_sync(get)("/runner/") == 404
