@@ -29,7 +29,7 @@ from django.views.decorators.csrf import csrf_exempt
 from blocks.models import ApiToken, Block, token_digest
 from blocks.service import RunWatcher, finished_record, start_block_run, wait_for_run
 from isolates.runs import RunRefused
-from tenants.policy import effective_policy
+from isolates.session import read_tenant_shared
 
 # Per RFC 9110 section 7.6.1, plus what only the platform's own transport may decide.
 HOP_BY_HOP = {"connection", "keep-alive", "proxy-connection", "proxy-authenticate", "proxy-authorization", "te",
@@ -63,8 +63,8 @@ def bearer(request):
 
 
 def find_endpoint(tenant_slug, block_slug, presented):
-    """(block, version, policy) or an error response."""
-    block = (Block.objects.select_related("tenant__profile", "deployed_version")
+    """The block (its deployed version with it), or an error response."""
+    block = (Block.objects.select_related("deployed_version")
              .filter(tenant__slug=tenant_slug, slug=block_slug).first())
     if block is None or block.deployed_version_id is None:
         return error(404, "There is no such endpoint.")
@@ -77,9 +77,7 @@ def find_endpoint(tenant_slug, block_slug, presented):
         if token.tenant_id != block.tenant_id:
             # Said as for a missing block: a token must not learn another tenant's blocks.
             return error(404, "There is no such endpoint.")
-    if not block.tenant.is_active:
-        return error(403, "This tenant is suspended.")
-    return block, block.deployed_version, effective_policy(block.tenant)
+    return block
 
 
 def request_headers(request):
@@ -159,10 +157,18 @@ def block_response(result, run_id):
 
 @csrf_exempt
 async def endpoint(request, tenant, block, path=""):
-    found = await database_sync_to_async(find_endpoint)(tenant, block, bearer(request))
-    if not isinstance(found, tuple):
+    # Off the request's own thread (Django gives each request a new one under ASGI, and
+    # with it a new database connection): the pool's threads keep theirs.
+    found = await database_sync_to_async(find_endpoint, thread_sensitive=False)(tenant, block, bearer(request))
+    if not isinstance(found, Block):
         return found
-    block, version, policy = found
+    block, version = found, found.deployed_version
+    # The tenant and its policy as the broker reads them for every call, shared by the
+    # tenant's runs on this server (at most POLICY_TTL old; the run's creation reads
+    # is_active afresh, so a suspension refuses new runs at once either way).
+    (block.tenant, policy, _), _ = await read_tenant_shared(block.tenant_id)
+    if not block.tenant.is_active:
+        return error(403, "This tenant is suspended.")
     length = request.META.get("CONTENT_LENGTH") or "0"
     limit = policy.endpoint_max_body_bytes
     if (length.isdigit() and int(length) > limit) or len(request.body) > limit:

@@ -249,10 +249,12 @@ class RunService:
 
     # -- internals -------------------------------------------------------------------
 
-    @database_sync_to_async
-    def _create_run(self, tenant, code, user, name, input, source, token, block=None, version=None, context=None):
-        return create_run(tenant, code, user=user, name=name, input=input, source=source,
-                          token=token, server=self.server_name, block=block, version=version, context=context)
+    async def _create_run(self, tenant, code, user, name, input, source, token, block=None, version=None, context=None):
+        # On a thread of the pool, which keeps its database connection: a request's own
+        # thread (Django's per request under ASGI) would open one for each run.
+        return await database_sync_to_async(create_run, thread_sensitive=False)(
+            tenant, code, user=user, name=name, input=input, source=source, token=token, server=self.server_name,
+            block=block, version=version, context=context)
 
     async def _supervise(self, run, token, policy, not_before=None):
         isolate = None

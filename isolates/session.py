@@ -234,5 +234,6 @@ async def read_tenant_shared(tenant_id):
         if len(_tenant_reads) > 10000:
             for stale in [k for k, (started, _, _) in _tenant_reads.items() if now - started >= POLICY_TTL]:
                 del _tenant_reads[stale]
-        entry = _tenant_reads[key] = (now, asyncio.ensure_future(database_sync_to_async(read_tenant)(tenant_id)), loop)
+        read = database_sync_to_async(read_tenant, thread_sensitive=False)(tenant_id)
+        entry = _tenant_reads[key] = (now, asyncio.ensure_future(read), loop)
     return await asyncio.shield(entry[1]), entry[0]
