@@ -18,6 +18,7 @@ from channels.db import database_sync_to_async
 from capabilities import dispatch
 from capabilities.canvas.store import discard_run
 from capabilities.registry import OPERATION_CAPABILITIES
+from isolates import waiting
 from isolates.calls import CallPipeline
 from isolates.errors import error_detail
 from isolates.floods import CONSOLE_FLOOD
@@ -73,7 +74,7 @@ class IsolateBrokerConsumer(ResilientConsumer):
 
     async def connect(self):
         self.session = RunSession()
-        self.events = self.calls = self.console = self.closed = None
+        self.events = self.calls = self.console = self.closed = self.waiting_key = None
         await self.accept()
 
     @property
@@ -100,6 +101,8 @@ class IsolateBrokerConsumer(ResilientConsumer):
         if session.finished and kind in ("call", "log"):
             return  # the run is over (ended for flooding, say): nothing more is served
         if session.run is None:
+            if kind == "wait":
+                return self.wait_for_run(frame)
             if kind != "hello":
                 return await self.refuse_frame("The isolate spoke before saying which run it is.")
             return await self.hello(frame)
@@ -115,6 +118,20 @@ class IsolateBrokerConsumer(ResilientConsumer):
         if kind == "done":
             return await self.done(frame)
         return await self.refuse_frame("The isolate said hello twice.")
+
+    def wait_for_run(self, frame):
+        """A warm isolate's connection, open before its run is known: the pool binds a
+        run to it (bind) when it assigns the isolate one. A key the pool did not issue, or
+        one already waiting, is ignored: the connection can still say hello."""
+        if self.waiting_key is None and waiting.connection_waits(frame.get("key"), self.bind):
+            self.waiting_key = frame["key"]
+
+    async def bind(self, token):
+        """The run of `token`, assigned to this connection's isolate by the pool of this
+        process (isolates/pool.py, Isolate.assign): claimed and started as at a hello."""
+        self.waiting_key = None
+        if self.session.run is None:
+            await self.hello({"type": "hello", "token": token})
 
     async def hello(self, frame):
         token = frame.get("token")
@@ -275,6 +292,8 @@ class IsolateBrokerConsumer(ResilientConsumer):
             logger.warning("joining the control group of run %s failed", self.run.id)
 
     async def disconnect(self, code):
+        if self.waiting_key is not None:
+            waiting.connection_gone(self.waiting_key, self.bind)
         if self.calls is not None:
             self.calls.cancel_all()
         if not self.run:

@@ -9,7 +9,9 @@
 
 An isolate is `python -I isolates/sandbox.py ... -- deno run ... runtime/main.js PORT`: the
 launcher locks the process down and execs Deno, whose bootstrap creates the block's Worker
-and prints "ready". It is then *warm*: waiting on stdin for its one assignment. The V8 heap
+and prints "ready". It is then *warm*: waiting for its one assignment, which reaches it
+on the connection to the broker that it opened at once (the run bound to that connection
+in memory, isolates/waiting.py) or, when that connection is not waiting, on stdin. The V8 heap
 limit is a per-process flag and RLIMIT_CPU is set by the launcher (changing it from
 outside needs CAP_SYS_RESOURCE, which the server does not have and should not need), so
 warm isolates are kept per (memory, CPU) pair: in practice one set per permission
@@ -39,7 +41,7 @@ from pathlib import Path
 
 import deno
 
-from isolates import sandbox
+from isolates import sandbox, waiting
 
 logger = logging.getLogger(__name__)
 
@@ -296,6 +298,9 @@ class Isolate:
     _stderr_trusted_until: int | None = None  # stderr offset at assignment (None before)
     _stderr_flooded: bool = False
     _mark: str = field(default_factory=lambda: secrets.token_hex(12))
+    # What a connection of this isolate says to be bound its run in memory (isolates/waiting.py).
+    _key: str = field(default_factory=lambda: secrets.token_urlsafe(24))
+    _binding: asyncio.Task | None = None
     _sampler: asyncio.Task | None = None
     _peak_rss: int | None = None
     _peak_data: int = 0  # the highest VmData sampled (what RLIMIT_DATA counts)
@@ -314,19 +319,33 @@ class Isolate:
     # -- lifecycle ----------------------------------------------------------------------
 
     async def assign(self, url, token):
-        """Hand the isolate its run: it connects to `url` and says hello with `token`."""
+        """Hand the isolate its run: bound in memory to the isolate's connection when it
+        waits on one to this process's broker (isolates/waiting.py), else told on stdin
+        to connect to `url` and say hello with `token`."""
         if self.assigned_at is not None:
             raise RuntimeError("an isolate runs exactly one block")
         self.assigned_at = time.monotonic()
         self._stderr_trusted_until = self._stderr_written()
-        line = json.dumps({"url": url, "token": token, "mark": self._mark}).encode() + b"\n"
-        try:
-            self.process.stdin.write(line)
-            await self.process.stdin.drain()
-            self.process.stdin.close()
-        except (BrokenPipeError, ConnectionResetError) as exc:
-            raise IsolateStartError("the isolate exited before it was assigned its run") from exc
+        bind = waiting.take(self._key)
+        if bind is not None:
+            # Its stdin stays open: closed now, it could reach the isolate before the
+            # start does on the connection, and a warm isolate whose stdin closes exits.
+            self._binding = asyncio.ensure_future(self._bind(bind, token))
+        else:
+            try:
+                self.process.stdin.write(json.dumps({"url": url, "token": token}).encode() + b"\n")
+                await self.process.stdin.drain()
+                self.process.stdin.close()
+            except (BrokenPipeError, ConnectionResetError) as exc:
+                raise IsolateStartError("the isolate exited before it was assigned its run") from exc
         self._sampler = asyncio.ensure_future(self._sample_memory())
+
+    async def _bind(self, bind, token):
+        try:
+            await bind(token)
+        except Exception:
+            logger.exception("starting a run on its isolate's waiting connection failed")
+            self.kill()
 
     def kill(self):
         """SIGKILL the isolate's whole process group. Reaping is asyncio's (see wait())."""
@@ -740,8 +759,11 @@ class IsolatePool:
         )
         isolate = Isolate(process=process, memory_mb=memory_mb, cpu_limit_seconds=cpu_seconds, spawned_at=started)
         self._all.add(isolate)
+        # The isolate's first line: its key (for its waiting connection) and its mark.
+        waiting.expect(isolate._key)
+        process.stdin.write(json.dumps({"key": isolate._key, "mark": isolate._mark}).encode() + b"\n")
         process_done = asyncio.ensure_future(process.wait())
-        process_done.add_done_callback(lambda _: self._all.discard(isolate))
+        process_done.add_done_callback(lambda _: (self._all.discard(isolate), waiting.forget(isolate._key)))
         isolate._stderr_task = asyncio.ensure_future(isolate._read_stderr(self))
         try:
             line = await asyncio.wait_for(process.stdout.readline(), READY_TIMEOUT)

@@ -1,6 +1,7 @@
 """The frames isolates and the broker exchange, as JSON text over the websocket.
 
-isolate -> broker: hello {token}, started, call {id, op, args}, log {level, text, t},
+isolate -> broker: wait {key} (a warm isolate's connection, before its run is known),
+                   hello {token}, started, call {id, op, args}, log {level, text, t},
                    done {ok, result | error}
 broker -> isolate: start {code, name, input, env, callTimeoutMs, maxInFlight, consoleCap,
                           maxFrameBytes, operations {name: capability}},
@@ -37,6 +38,7 @@ LIMITS = {
 }
 
 FRAME_KEYS = {
+    "wait": {"type", "key"},
     "hello": {"type", "token"},
     "started": {"type"},
     "call": {"type", "id", "op", "args"},

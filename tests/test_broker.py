@@ -175,6 +175,69 @@ async def test_cant_start_a_block_whose_run_was_stopped_before_its_isolate_said_
     assert row.status == "killed" and row.started is None
 
 
+async def waiting_connection(key):
+    ws = WebsocketCommunicator(application, "/ws/isolate/")
+    assert (await ws.connect())[0]
+    await ws.send_to(text_data=json.dumps({"type": "wait", "key": key}))
+    await asyncio.sleep(0.1)  # the frame is handled
+    return ws
+
+
+async def test_it_starts_a_run_bound_to_its_isolates_waiting_connection(acme):
+    from isolates import waiting
+
+    run, token = await database_sync_to_async(make_service_run)(acme, "export default () => 3")
+    key = secrets.token_urlsafe(24)
+    waiting.expect(key)  # as the pool does at spawn
+    ws = await waiting_connection(key)
+    bind = waiting.take(key)
+    assert bind is not None and waiting.take(key) is None  # bound once
+    await bind(token)
+    start = json.loads(await ws.receive_from(timeout=5))
+    assert start["type"] == "start" and start["code"] == "export default () => 3"
+    await ws.send_to(text_data=json.dumps({"type": "done", "ok": True, "result": 3}))
+    await asyncio.sleep(0.5)
+    await ws.disconnect()
+    row = await database_sync_to_async(BlockRun.objects.get)(pk=run.pk)
+    assert row.status == "succeeded" and row.result == 3 and row.started is not None
+
+
+async def test_cant_wait_with_a_key_the_pool_did_not_issue_or_another_connection_holds(acme):
+    from isolates import waiting
+
+    # A key the pool never issued parks nothing: the pool has nothing to bind.
+    made_up = secrets.token_urlsafe(24)
+    stranger = await waiting_connection(made_up)
+    assert made_up not in waiting._waiting and waiting.take(made_up) is None
+    # A second connection with an issued key does not take it from the first one.
+    key = secrets.token_urlsafe(24)
+    waiting.expect(key)
+    first = await waiting_connection(key)
+    second = await waiting_connection(key)
+    run, token = await database_sync_to_async(make_service_run)(acme)
+    await waiting.take(key)(token)
+    assert json.loads(await first.receive_from(timeout=5))["type"] == "start"
+    assert await second.receive_nothing(timeout=0.3)
+    # Neither is closed for it: such a connection can still say hello with a token.
+    other, other_token = await database_sync_to_async(make_service_run)(acme)
+    await stranger.send_to(text_data=json.dumps({"type": "hello", "token": other_token}))
+    assert json.loads(await stranger.receive_from(timeout=5))["type"] == "start"
+    for ws in (stranger, first, second):
+        await ws.disconnect()
+
+
+async def test_a_waiting_connection_that_closes_binds_nothing(acme):
+    from isolates import waiting
+
+    key = secrets.token_urlsafe(24)
+    waiting.expect(key)
+    ws = await waiting_connection(key)
+    await ws.disconnect()
+    await asyncio.sleep(0.1)
+    # The pool then assigns the isolate its run on stdin instead.
+    assert waiting.take(key) is None
+
+
 async def test_it_answers_file_calls_inline(acme, settings):
     settings.SYMPOSIUM_RQ_CAPABILITIES = []
     run, token = await database_sync_to_async(make_run)(acme)

@@ -2,6 +2,7 @@
 a real Daphne server, on the embedded path (SQLite, inline) and, in the suite's second
 run, on PostgreSQL with RQ workers."""
 
+import asyncio
 import json
 import os
 import subprocess
@@ -146,6 +147,28 @@ def test_cant_leave_a_runs_code_and_secrets_in_the_server_when_its_isolate_never
     kept, run = server.call(start_and_stop(), 30)
     assert kept and run.status == "killed"
     assert run.token_hash not in session._prepared
+
+
+def test_a_warm_isolate_is_started_on_its_waiting_connection(run_block, acme, server):
+    # A warm isolate's connection is open and waiting before its run exists: the run is
+    # bound to it in memory (isolates/waiting.py), not told to the isolate on stdin.
+    from isolates.runs import service_for_port
+
+    run_block(acme, "export default () => 1")  # the pool is warming
+
+    async def warm_and_run():
+        service = service_for_port(server.port)
+        await service.pool.fill()
+        await asyncio.sleep(0.5)  # the warm isolates' connections are open
+        run = await service.start(acme, "export default () => 'bound'")
+        while run.id in service.supervisors and run.id not in service.isolates:
+            await asyncio.sleep(0.01)
+        isolate = service.isolates.get(run.id)
+        return await service.wait(run.id), isolate
+
+    run, isolate = server.call(warm_and_run(), 60)
+    assert run.status == "succeeded" and run.result == "bound"
+    assert isolate is not None and isolate._binding is not None
 
 
 def test_an_isolate_killed_from_outside_fails_its_run(run_block, acme, server):

@@ -5,10 +5,13 @@
 //
 // 1. Creates the block's Web Worker (zero Deno permissions) with worker.js loaded, and
 //    prints "ready" on stdout: the isolate is now warm.
-// 2. Opens its connection to the broker at once (ws://127.0.0.1:PORT/ws/isolate/), then
-//    reads its assignment, one JSON line on stdin: {"url": "ws://127.0.0.1:PORT/...",
-//    "token": "...", "mark": "..."} (the mark signs its own lines on stderr, see fatal()),
-//    and says hello with the token on that connection.
+// 2. Reads its first line on stdin, {"key": "...", "mark": "..."} (the mark signs its own
+//    lines on stderr, see fatal()), opens its connection to the broker at once
+//    (ws://127.0.0.1:PORT/ws/isolate/) and says there that it waits, with its key. Its
+//    run then comes one of two ways: bound by the pool to that connection, the run's
+//    "start" is the first frame on it; or as an assignment, one more JSON line on stdin,
+//    {"url": "ws://127.0.0.1:PORT/...", "token": "..."}, after which it says hello with
+//    the token on that connection (or a new one).
 // 3. Relays frames: "start" to the worker (with the operations the broker serves, from
 //    which the worker builds the block's `symposium` API); the worker's calls, logs and result to the
 //    broker; the broker's replies back to the worker; "stop" ends the process at once.
@@ -337,23 +340,42 @@ function onBrokerFrame(event) {
   }
 }
 
-async function readAssignment() {
-  const reader = Deno.stdin.readable.getReader();
-  let buffered = new Uint8Array(0);
+// The pool's lines on stdin: at spawn {"key", "mark"}; then, unless the run is bound to
+// this isolate's waiting connection, the assignment {"url", "token"}.
+const stdinReader = Deno.stdin.readable.getReader();
+let stdinBuffered = new Uint8Array(0);
+
+async function readLine() {
+  // The next line, or null once stdin is closed.
   while (true) {
-    const { value, done } = await reader.read();
-    if (done) Deno.exit(EXIT_NO_ASSIGNMENT);
-    const joined = new Uint8Array(buffered.length + value.length);
-    joined.set(buffered);
-    joined.set(value, buffered.length);
-    buffered = joined;
-    const newline = buffered.indexOf(10);
+    const newline = stdinBuffered.indexOf(10);
     if (newline >= 0) {
-      reader.releaseLock();
-      return new TextDecoder().decode(buffered.subarray(0, newline));
+      const line = new TextDecoder().decode(stdinBuffered.subarray(0, newline));
+      stdinBuffered = stdinBuffered.slice(newline + 1);
+      return line;
     }
-    if (buffered.length > MAX_ASSIGNMENT_BYTES) fatal(EXIT_BAD_ASSIGNMENT, "the assignment line is too long");
+    if (stdinBuffered.length > MAX_ASSIGNMENT_BYTES) fatal(EXIT_BAD_ASSIGNMENT, "the assignment line is too long");
+    const { value, done } = await stdinReader.read();
+    if (done) return null;
+    const joined = new Uint8Array(stdinBuffered.length + value.length);
+    joined.set(stdinBuffered);
+    joined.set(value, stdinBuffered.length);
+    stdinBuffered = joined;
   }
+}
+
+function parseIdentity(line) {
+  // The isolate's key (for its waiting connection) and mark (for its stderr lines).
+  if (line === null) Deno.exit(EXIT_NO_ASSIGNMENT);
+  let identity;
+  try {
+    identity = JSON.parse(line);
+  } catch {
+    fatal(EXIT_BAD_ASSIGNMENT, "the isolate's first line is not JSON");
+  }
+  const { key, mark } = identity ?? {};
+  if (typeof mark === "string" && /^[0-9a-f]{16,64}$/.test(mark)) stderrMark = mark;
+  return typeof key === "string" && /^[A-Za-z0-9_-]{16,100}$/.test(key) ? key : null;
 }
 
 function parseAssignment(line) {
@@ -363,8 +385,7 @@ function parseAssignment(line) {
   } catch {
     fatal(EXIT_BAD_ASSIGNMENT, "the assignment is not JSON");
   }
-  const { url, token, mark } = assignment ?? {};
-  if (typeof mark === "string" && /^[0-9a-f]{16,64}$/.test(mark)) stderrMark = mark;
+  const { url, token } = assignment ?? {};
   if (typeof token !== "string" || !token || token.length > 1024) fatal(EXIT_BAD_ASSIGNMENT, "the assignment has no token");
   let parsed;
   try {
@@ -379,16 +400,27 @@ function parseAssignment(line) {
   return { url: parsed.href, token };
 }
 
-// The connection to the broker is opened while the isolate waits in the warm pool, so
-// that an assigned run starts with a hello on an open socket instead of a TCP and
-// websocket handshake (and the broker's consumer being made). Until the hello, the
-// broker knows nothing of this isolate and gives it nothing. If that socket is gone
-// when the assignment comes (the server restarted its listener, say), a new one is
-// opened then.
+// The connection to the broker is opened while the isolate waits in the warm pool, and
+// the isolate says on it that it waits ("wait" with its key): the pool then binds the
+// run to this connection in memory, and the run's start is the first frame that comes
+// on it, with no assignment on stdin and no hello (isolates/waiting.py). Until then the
+// broker gives it nothing. When the pool assigns the run before that (the connection
+// not open yet, or gone: the server restarted its listener, say), the assignment comes
+// on stdin, and the isolate says hello on this connection, or on a new one.
 const brokerUrl = `ws://127.0.0.1:${port}/ws/isolate/`;
+const key = parseIdentity(await readLine());
+let assigned = false;
 let early = null;
+let bindRun;
+const bound = new Promise((resolve) => (bindRun = resolve));
 function openEarly() {
   const socket = new WebSocket(brokerUrl);
+  socket.onopen = () => {
+    if (key !== null && early === socket && !assigned) socket.send(JSON.stringify({ type: "wait", key }));
+  };
+  socket.onmessage = (event) => {
+    if (early === socket && !assigned) bindRun(event);
+  };
   socket.onclose = () => {
     if (early === socket) early = null;
   };
@@ -402,20 +434,28 @@ early = openEarly();
 // "done" (finishAndExit sets one, and the done frame leaves only after that returns).
 clearTimeout(setTimeout(() => {}, 0));
 
-const assignmentLine = readAssignment();
+const assignmentLine = readLine();
 await ready;
 await Deno.stdout.write(encoder.encode("ready\n"));
-const { url, token } = parseAssignment(await assignmentLine);
-
-const reusable = early !== null && url === brokerUrl && early.readyState <= WebSocket.OPEN;
-ws = reusable ? early : new WebSocket(url);
-if (!reusable) early?.close();
+const first = await Promise.race([assignmentLine.then((line) => ({ line })), bound.then((event) => ({ event }))]);
+assigned = true;
+if (first.event !== undefined) {
+  // Bound: this frame is the run's start.
+  ws = early;
+} else {
+  if (first.line === null) Deno.exit(EXIT_NO_ASSIGNMENT);
+  const { url, token } = parseAssignment(first.line);
+  const reusable = early !== null && url === brokerUrl && early.readyState <= WebSocket.OPEN;
+  ws = reusable ? early : new WebSocket(url);
+  if (!reusable) early?.close();
+  const sayHello = () => ws.send(JSON.stringify({ type: "hello", token }));
+  if (ws.readyState === WebSocket.OPEN) sayHello();
+  else ws.onopen = sayHello;
+}
 early = null;
-const sayHello = () => ws.send(JSON.stringify({ type: "hello", token }));
-if (ws.readyState === WebSocket.OPEN) sayHello();
-else ws.onopen = sayHello;
 ws.onmessage = onBrokerFrame;
 ws.onclose = () => Deno.exit(doneSent ? EXIT_DONE : EXIT_BROKER_GONE);
 ws.onerror = () => {
   if (!doneSent) Deno.exit(EXIT_BROKER_GONE);
 };
+if (first.event !== undefined) onBrokerFrame(first.event);

@@ -150,11 +150,17 @@ class StubBroker:
         self.connections.add(connection)
         run = None
         try:
-            hello = await connection.receive()
-            try:
-                frame = parse_frame(hello) if hello else {}
-            except FrameError:
-                frame = {}
+            while True:
+                hello = await connection.receive()
+                try:
+                    frame = parse_frame(hello) if hello else {}
+                except FrameError:
+                    frame = {}
+                # A warm isolate says it waits on its connection: this broker binds no
+                # run to one (the platform's does, isolates/waiting.py), and waits for
+                # the hello that follows the isolate's assignment on stdin.
+                if frame.get("type") != "wait":
+                    break
             run = self.runs.get(frame.get("token")) if frame.get("type") == "hello" else None
             if run is None or run.protocol is not None:
                 self.refused += 1
