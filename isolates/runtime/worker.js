@@ -798,6 +798,7 @@ async function primeLazyParts() {
   [...response.headers];
   await response.arrayBuffer();
   clearTimeout(setTimeout(() => {}, 0));
+  buildApi({ readFile: "files", "canvas.draw": "canvas" }); // not the block's: a run builds its own
 }
 
 primeLazyParts().catch(() => {}).finally(() => post({ type: "ready" }));
