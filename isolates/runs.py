@@ -19,6 +19,7 @@ exits normally fails its unfinished runs on the way out.
 
 import asyncio
 import atexit
+import contextvars
 import logging
 import math
 import secrets
@@ -139,7 +140,12 @@ class RunService:
             self.starting -= 1
         if not_before is not None:
             hold_start(run.id, not_before)
-        self.supervisors[run.id] = asyncio.ensure_future(self._supervise(run, token, policy, not_before))
+        # In a context of its own, not the caller's: a run started from an HTTP request
+        # would otherwise carry that request's thread-sensitive context (asgiref's), and
+        # each database call of the run (its start, its outcome, its figures) would get
+        # a new thread, and with it a new database connection, once the request ended.
+        self.supervisors[run.id] = asyncio.get_running_loop().create_task(
+            self._supervise(run, token, policy, not_before), context=contextvars.Context())
         return run
 
     async def wait(self, run_id):

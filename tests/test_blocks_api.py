@@ -431,3 +431,33 @@ def test_cant_reach_a_page_of_the_site_through_the_endpoint_handler():
 
     assert async_to_sync(get)("/admin/login/") == 404
     assert async_to_sync(get)("/runner/") == 404
+
+
+def test_cant_make_the_server_open_a_database_connection_per_request(api, server):
+    # Under ASGI each request has a thread of its own for thread-sensitive work; an
+    # endpoint's lookup, its run's creation, or the run's later writes (its start, its
+    # outcome, its figures) on such a thread opened a new database connection for each
+    # request: on PostgreSQL, a new server process a request.
+    from django.db.backends.signals import connection_created
+
+    endpoint_block(api, "echo", ENDPOINT, public=True)
+    url = f"http://127.0.0.1:{server.port}/b/acme/echo/"
+
+    def settle(n):
+        for _ in range(n):
+            answer = httpx.get(url)
+            assert answer.status_code == 200
+            run_id = answer.headers["X-Symposium-Run"]
+            deadline = time.monotonic() + 10
+            while BlockRun.objects.get(pk=run_id).cpu_ms is None and time.monotonic() < deadline:
+                time.sleep(0.02)
+
+    settle(4)  # the threads that keep connections have made theirs
+    opened = []
+    receiver = lambda **kwargs: opened.append(kwargs["connection"].alias)  # noqa: E731
+    connection_created.connect(receiver)
+    try:
+        settle(8)
+    finally:
+        connection_created.disconnect(receiver)
+    assert len(opened) <= 2, f"{len(opened)} connections opened for 8 requests"
