@@ -5,8 +5,9 @@
 
 1. API run with `wait`: a trivial block, run one request at a time through
    POST /api/v1/blocks/{slug}/runs {"wait": 30}; p50/p99 of the round trip.
-2. HTTP endpoint: a block answering `new Response("ok")`, hit by 1, 10 and 50
-   concurrent clients for --seconds each, starting each level from a full warm pool;
+2. HTTP endpoint: a block answering `new Response("ok")`, hit by one client for half as
+   many requests as the warm pool holds (the latency from the warm pool), then by 1, 10
+   and 50 concurrent clients for --seconds each, starting each level from a full pool;
    requests/s, p50/p99, errors; next to the floor measured first in the same run: the
    same request to a block that does not exist (Daphne, Django, the endpoint's lookup,
    a 404, no run), one client.
@@ -49,7 +50,7 @@ def percentile(values, p):
 # -- the client process ------------------------------------------------------------------
 
 
-async def hammer(url, clients, seconds, headers, expect=200):
+async def hammer(url, clients, seconds, headers, expect=200, count=0):
     import httpx
 
     latencies, errors = [], []
@@ -57,7 +58,7 @@ async def hammer(url, clients, seconds, headers, expect=200):
     limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
     async with httpx.AsyncClient(timeout=60, limits=limits, headers=headers) as client:
         async def one_client():
-            while time.monotonic() < deadline:
+            while time.monotonic() < deadline and not (count and len(latencies) + len(errors) >= count):
                 t0 = time.perf_counter()
                 try:
                     response = await client.get(url)
@@ -77,7 +78,7 @@ async def hammer(url, clients, seconds, headers, expect=200):
 
 
 def client_main(args):
-    print(json.dumps(asyncio.run(hammer(args.url, args.clients_n, args.seconds, {}, args.expect))))
+    print(json.dumps(asyncio.run(hammer(args.url, args.clients_n, args.seconds, {}, args.expect, args.count))))
 
 
 # -- the server process ------------------------------------------------------------------
@@ -131,10 +132,10 @@ def server_main(args):
     print(f"API run with wait (trivial block, {args.runs} runs one at a time): "
           f"p50 {percentile(round_trips, 50):.1f} ms, p99 {percentile(round_trips, 99):.1f} ms\n")
 
-    def hammer_from_child(path, clients, expect=200):
+    def hammer_from_child(path, clients, expect=200, count=0):
         child = subprocess.run(
             [sys.executable, __file__, "--client", f"{base}{path}", "--clients-n", str(clients),
-             "--seconds", str(args.seconds), "--expect", str(expect)], capture_output=True, text=True,
+             "--seconds", str(args.seconds), "--expect", str(expect), "--count", str(count)], capture_output=True, text=True,
             timeout=args.seconds + 120)
         if child.returncode != 0:
             print(child.stderr[-2000:])
@@ -156,16 +157,27 @@ def server_main(args):
     # exist (Daphne, Django, the endpoint's one lookup, a 404; no run).
     logging.getLogger("django.request").setLevel(logging.ERROR)  # each 404 would be a line
     floor = row("floor: 1, no block", hammer_from_child("/b/bench/no-such-block/", 1, expect=404))
-    single = None
-    for clients in [int(c) for c in args.clients.split(",")]:
+    single = from_pool = None
+    levels = [int(c) for c in args.clients.split(",")]
+    if 1 in levels:
+        # One client served by warm isolates only: fewer requests than the pool holds
+        # (its refill runs meanwhile, as it would). The rows below last --seconds, longer
+        # than a pool serves back-to-back requests: their pace is then the refill's.
+        wait_for_pool(args.warm)
+        from_pool = row(f"1, first {args.warm // 2} from a full pool",
+                        hammer_from_child("/b/bench/hello/", 1, count=args.warm // 2))
+    for clients in levels:
         wait_for_pool(args.warm)
         p50 = row(str(clients), hammer_from_child("/b/bench/hello/", clients))
         if clients == 1:
             single = p50
     print()
+    if from_pool is not None:
+        print(f"One client's request from the warm pool costs {from_pool - floor:.1f} ms more than the floor: "
+              f"the run (a warm isolate's start, the block, its outcome).")
     if single is not None:
-        print(f"One client's request costs {single - floor:.1f} ms more than the floor: the run "
-              f"(a warm isolate's start, the block, its outcome).\n")
+        print(f"Sustained for {args.seconds:g} s, one client's requests are paced by the pool's refill: an isolate per "
+              f"request, {single:.1f} ms p50.\n")
 
     lateness = measure_schedules(server, tenant, args) if args.schedules > 0 else []
     if lateness:
@@ -234,6 +246,7 @@ def main():
     parser.add_argument("--client", dest="url", default=None, help=argparse.SUPPRESS)
     parser.add_argument("--clients-n", type=int, default=1, help=argparse.SUPPRESS)
     parser.add_argument("--expect", type=int, default=200, help=argparse.SUPPRESS)
+    parser.add_argument("--count", type=int, default=0, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.url:
         client_main(args)
