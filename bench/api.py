@@ -179,6 +179,8 @@ def server_main(args):
         print(f"Sustained for {args.seconds:g} s, one client's requests are paced by the pool's refill: an isolate per "
               f"request, {single:.1f} ms p50.\n")
 
+    if args.schedules > 0:
+        wait_for_pool(args.warm)  # the firings start from a full pool, as the other figures do
     lateness = measure_schedules(server, tenant, args) if args.schedules > 0 else []
     if lateness:
         print(f"Schedule due time to the block's first statement ({len(lateness)} firings of {args.schedules} "
