@@ -73,6 +73,13 @@ class ApiError(Exception):
         self.retry_after = retry_after
 
 
+def on_pool_thread(function):
+    """`function` (database work) run on a thread of the pool, which keeps its database
+    connection: a request's own thread, which Django makes for each under ASGI, would
+    open a new connection for every API request."""
+    return database_sync_to_async(function, thread_sensitive=False)
+
+
 api = NinjaAPI(
     title="Symposium API",
     version="1",
@@ -164,7 +171,7 @@ class TokenAuth(HttpBearer):
         if length.isdigit() and int(length) > MAX_BODY_BYTES:
             raise ApiError("TOO_LARGE", f"The request body is {length} bytes; the API reads at most {MAX_BODY_BYTES}.")
         # One trip to the database thread for the token, its policy and its last use.
-        token, policy = await database_sync_to_async(authenticated)(presented)
+        token, policy = await on_pool_thread(authenticated)(presented)
         rate = check_rate(f"token-{token.pk}", "api", policy.api_rate_per_minute)
         if not rate.allowed:
             raise ApiError("RATE_LIMITED", f"This token's limit of {policy.api_rate_per_minute} API requests per minute "
@@ -396,12 +403,12 @@ async def list_blocks(request):
         blocks = Block.objects.select_related("tenant", "deployed_version").filter(tenant=request.auth.tenant)
         return [block_document(b) for b in blocks]
 
-    return await database_sync_to_async(read)()
+    return await on_pool_thread(read)()
 
 
 @api.get("/blocks/{slug}", auth=auth, response={200: BlockOut, **ERRORS}, tags=["blocks"])
 async def get_block_view(request, slug: str):
-    return await database_sync_to_async(lambda: block_document(get_block(request.auth, slug)))()
+    return await on_pool_thread(lambda: block_document(get_block(request.auth, slug)))()
 
 
 @api.put("/blocks/{slug}", auth=auth, response={200: BlockSaved, 201: BlockSaved, **ERRORS}, tags=["blocks"])
@@ -423,7 +430,7 @@ async def put_block(request, slug: str, payload: BlockIn):
         block = Block.objects.select_related("tenant", "deployed_version").get(pk=block.pk)
         return Status(200 if existed else 201, {**block_document(block), "version": version_document(version), "createdVersion": created})
 
-    return await database_sync_to_async(write)()
+    return await on_pool_thread(write)()
 
 
 @api.get("/blocks/{slug}/versions", auth=auth, response={200: List[VersionWithCode], **ERRORS}, tags=["blocks"])
@@ -433,7 +440,7 @@ async def list_versions(request, slug: str):
         block = get_block(request.auth, slug)
         return [version_document(v, with_code=True) for v in block.versions.select_related("author").order_by("-number")]
 
-    return await database_sync_to_async(read)()
+    return await on_pool_thread(read)()
 
 
 @api.post("/blocks/{slug}/deploy", auth=auth, response={200: BlockOut, **ERRORS}, tags=["blocks"])
@@ -446,7 +453,7 @@ async def deploy_block(request, slug: str, payload: DeployIn):
         deploy(block, payload.version, token=token)
         return block_document(Block.objects.select_related("tenant", "deployed_version").get(pk=block.pk))
 
-    return await database_sync_to_async(write)()
+    return await on_pool_thread(write)()
 
 
 # -- runs ------------------------------------------------------------------------------
@@ -462,14 +469,14 @@ async def start_run(request, slug: str, payload: RunIn):
         block = get_block(token, slug)
         return block, version_to_run(block, payload.version)
 
-    block, version = await database_sync_to_async(prepare)()
+    block, version = await on_pool_thread(prepare)()
     run = await start_block_run(port_of(request), block, version, input=payload.input, source="api")
     if not payload.wait:
         return Status(202, {"id": run.id, "status": run.status})
     async with RunWatcher(run.id) as watcher:
         done = await watcher.outcome(payload.wait)
     if done is not None:
-        finished = await database_sync_to_async(finished_record)(run.id)
+        finished = await on_pool_thread(finished_record)(run.id)
     else:
         # Ended without the block's own outcome (time limit, crash, stop), or still going.
         finished = await wait_for_run(port_of(request), run.id, 1.0)
@@ -479,14 +486,14 @@ async def start_run(request, slug: str, payload: RunIn):
 @api.get("/runs/{run_id}", auth=auth, response={200: RunOut, **ERRORS}, tags=["runs"])
 async def get_run_view(request, run_id: str):
     """A run of the token's tenant: status, result, error, logs, stats, block, version."""
-    return await database_sync_to_async(lambda: run_document(get_run(request.auth, run_id)))()
+    return await on_pool_thread(lambda: run_document(get_run(request.auth, run_id)))()
 
 
 @api.post("/runs/{run_id}/stop", auth=auth, response={200: RunOut, **ERRORS}, tags=["runs"])
 async def stop_run_view(request, run_id: str):
     """Stop a run; it ends `killed` (a run that ended already stays as it was)."""
     token = need(request, "run")
-    run = await database_sync_to_async(get_run)(token, run_id)
+    run = await on_pool_thread(get_run)(token, run_id)
     if run.status not in BlockRun.FINISHED:
         await stop_run(port_of(request), run.id, f"Stopped through the API (token {token.name}).")
         run = await wait_for_run(port_of(request), run.id, 5)
@@ -506,7 +513,7 @@ async def list_schedules(request, slug: str):
         block = get_block(request.auth, slug)
         return [schedule_document(s) for s in block.schedules.select_related("block", "last_run")]
 
-    return await database_sync_to_async(read)()
+    return await on_pool_thread(read)()
 
 
 @api.post("/blocks/{slug}/schedules", auth=auth, response={201: ScheduleOut, **ERRORS}, tags=["schedules"])
@@ -528,7 +535,7 @@ async def add_schedule(request, slug: str, payload: ScheduleIn):
         audit_schedule(token, schedule, "schedule.add")
         return Status(201, schedule_document(schedule))
 
-    return await database_sync_to_async(write)()
+    return await on_pool_thread(write)()
 
 
 @api.patch("/schedules/{schedule_id}", auth=auth, response={200: ScheduleOut, **ERRORS}, tags=["schedules"])
@@ -556,7 +563,7 @@ async def change_schedule(request, schedule_id: int, payload: ScheduleChange):
         audit_schedule(token, schedule, "schedule.change")
         return schedule_document(schedule)
 
-    return await database_sync_to_async(write)()
+    return await on_pool_thread(write)()
 
 
 @api.delete("/schedules/{schedule_id}", auth=auth, response={204: None, **ERRORS}, tags=["schedules"])
@@ -569,7 +576,7 @@ async def delete_schedule(request, schedule_id: int):
         schedule.delete()
         return Status(204, None)
 
-    return await database_sync_to_async(write)()
+    return await on_pool_thread(write)()
 
 
 def audit_schedule(token, schedule, operation):

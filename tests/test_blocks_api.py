@@ -438,8 +438,6 @@ def test_cant_make_the_server_open_a_database_connection_per_request(api, server
     # endpoint's lookup, its run's creation, or the run's later writes (its start, its
     # outcome, its figures) on such a thread opened a new database connection for each
     # request: on PostgreSQL, a new server process a request.
-    from django.db.backends.signals import connection_created
-
     endpoint_block(api, "echo", ENDPOINT, public=True)
     url = f"http://127.0.0.1:{server.port}/b/acme/echo/"
 
@@ -453,11 +451,29 @@ def test_cant_make_the_server_open_a_database_connection_per_request(api, server
                 time.sleep(0.02)
 
     settle(4)  # the threads that keep connections have made theirs
+    assert connections_opened(lambda: settle(8)) <= 2
+
+
+def connections_opened(work):
+    from django.db.backends.signals import connection_created
+
     opened = []
     receiver = lambda **kwargs: opened.append(kwargs["connection"].alias)  # noqa: E731
     connection_created.connect(receiver)
     try:
-        settle(8)
+        work()
     finally:
         connection_created.disconnect(receiver)
-    assert len(opened) <= 2, f"{len(opened)} connections opened for 8 requests"
+    return len(opened)
+
+
+def test_cant_make_the_server_open_a_database_connection_per_api_request(api):
+    endpoint_block(api, "hello", HELLO, public=False)
+
+    def requests(n):
+        for _ in range(n):
+            assert api["deploy"].get("/api/v1/blocks/hello").status_code == 200
+            assert api["deploy"].get("/api/v1/blocks").status_code == 200
+
+    requests(4)
+    assert connections_opened(lambda: requests(8)) <= 2
