@@ -107,7 +107,8 @@ class RunService:
             self.warming = True
             self.pool.keep_warm(await database_sync_to_async(profile_limits)())
         if self.keeper is None:
-            self.keeper = asyncio.ensure_future(self._keep())
+            # A context of its own, as each run's supervisor has (see start()).
+            self.keeper = asyncio.get_running_loop().create_task(self._keep(), context=contextvars.Context())
 
     async def start(self, tenant, code, *, user=None, name="", input=None, source="runblock", block=None, version=None,
                     not_before=None):
