@@ -69,10 +69,11 @@ function decodeFrame(text) {
 
 // -- the worker --------------------------------------------------------------------------
 
-// A warm spare (the pool's "spare" argument) also starts TypeScript's transpiler before
-// it says ready (worker.js, primeLazyParts).
-const primeTypeScript = Deno.args[1] === "spare";
-const workerSource = `const primeTypeScript = ${primeTypeScript};\n` + await Deno.readTextFile(new URL("./worker.js", import.meta.url));
+// A warm spare (the pool's "spare" argument) waits in the pool for its run, and prepares
+// more before it says ready than an isolate started for a run that is waiting should:
+// TypeScript's transpiler and the timers (worker.js, primeLazyParts; primeTimers below).
+const spare = Deno.args[1] === "spare";
+const workerSource = `const spare = ${spare};\n` + await Deno.readTextFile(new URL("./worker.js", import.meta.url));
 const worker = new Worker(URL.createObjectURL(new Blob([workerSource], { type: "text/javascript" })), {
   type: "module",
   name: "block",
@@ -300,6 +301,7 @@ function onStart(frame) {
     maxInFlight: run.maxInFlight,
     consoleCap: run.consoleCap,
   });
+  if (!spare) primeTimers();
 }
 
 // A reply larger than one websocket message may carry (Deno's client drops messages
@@ -432,7 +434,12 @@ early = openEarly();
 // Deno loads its timers (Node's, some twenty modules) on the first use of setTimeout:
 // about 20 ms, which every run would otherwise pay at its first call's timer or at its
 // "done" (finishAndExit sets one, and the done frame leaves only after that returns).
-clearTimeout(setTimeout(() => {}, 0));
+// A spare loads them while it waits; an isolate started for a waiting run, once the
+// block's start is with the worker, while the block begins.
+function primeTimers() {
+  clearTimeout(setTimeout(() => {}, 0));
+}
+if (spare) primeTimers();
 // The start's path, compiled before the run needs it: a frame decoded and encoded, an
 // operation table read, a message cloned to the worker (which ignores its type).
 decodeFrame(JSON.stringify({ type: "start", code: "x", operations: { "a.b": "c" }, input: { a: [1, { $bytes: "AA==" }] } }));

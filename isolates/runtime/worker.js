@@ -778,15 +778,15 @@ addListener("message", (event) => {
 });
 
 // What nearly every run uses is loaded and compiled lazily by Deno on first use: the
-// module loader, Request, Response and Headers, and the timers (Node's, which Deno loads
-// on the first setTimeout: 10-20 ms; every call of the proxy API sets one). Using each once here, before "ready",
-// takes that cost off every run's start and every HTTP request's answer. TypeScript's
-// transpiler costs far more (about 150 ms): only a warm spare, which waits in the pool
-// for its run, starts it too (main.js sets primeTypeScript); an isolate started for a
-// run that is waiting leaves it to the TypeScript block that needs it.
+// module loader, Request, Response and Headers. Using each once here, before "ready",
+// takes that cost off every run's start and every HTTP request's answer. A warm spare,
+// which waits in the pool for its run (main.js sets `spare`), also starts TypeScript's
+// transpiler and the timers (Node's, which Deno loads on the first setTimeout: 10-20 ms;
+// every call of the proxy API sets one); an isolate started for a run that is waiting
+// leaves them to the block that needs them.
 async function primeLazyParts() {
   const sources = { "text/javascript": "export default (x = 1) => x;" };
-  if (primeTypeScript) sources["application/typescript"] = "export default (x: number = 1) => x;";
+  if (spare) sources["application/typescript"] = "export default (x: number = 1) => x;";
   for (const [type, source] of Object.entries(sources)) {
     const url = URL.createObjectURL(new Blob([source], { type }));
     await import(url);
@@ -797,7 +797,7 @@ async function primeLazyParts() {
   const response = new Response("warm", { status: 200, headers: [["x-warm", "1"]] });
   [...response.headers];
   await response.arrayBuffer();
-  clearTimeout(setTimeout(() => {}, 0));
+  if (spare) clearTimeout(setTimeout(() => {}, 0));
   buildApi({ readFile: "files", "canvas.draw": "canvas" }); // not the block's: a run builds its own
 }
 
