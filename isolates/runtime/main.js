@@ -366,28 +366,25 @@ async function readLine() {
   }
 }
 
+// A line from the pool on stdin, as JSON; anything else ends the isolate.
+function parseLine(line, what) {
+  try {
+    return JSON.parse(line);
+  } catch {
+    fatal(EXIT_BAD_ASSIGNMENT, `${what} is not JSON`);
+  }
+}
+
 function parseIdentity(line) {
   // The isolate's key (for its waiting connection) and mark (for its stderr lines).
   if (line === null) Deno.exit(EXIT_NO_ASSIGNMENT);
-  let identity;
-  try {
-    identity = JSON.parse(line);
-  } catch {
-    fatal(EXIT_BAD_ASSIGNMENT, "the isolate's first line is not JSON");
-  }
-  const { key, mark } = identity ?? {};
+  const { key, mark } = parseLine(line, "the isolate's first line") ?? {};
   if (typeof mark === "string" && /^[0-9a-f]{16,64}$/.test(mark)) stderrMark = mark;
   return typeof key === "string" && /^[A-Za-z0-9_-]{16,100}$/.test(key) ? key : null;
 }
 
 function parseAssignment(line) {
-  let assignment;
-  try {
-    assignment = JSON.parse(line);
-  } catch {
-    fatal(EXIT_BAD_ASSIGNMENT, "the assignment is not JSON");
-  }
-  const { url, token } = assignment ?? {};
+  const { url, token } = parseLine(line, "the assignment") ?? {};
   if (typeof token !== "string" || !token || token.length > 1024) fatal(EXIT_BAD_ASSIGNMENT, "the assignment has no token");
   let parsed;
   try {
