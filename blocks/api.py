@@ -15,7 +15,6 @@ import json
 from datetime import datetime
 from typing import Any, List, Literal, Optional
 
-from channels.db import database_sync_to_async
 from django.conf import settings
 from django.utils import timezone
 from ninja import NinjaAPI, Schema, Status
@@ -39,6 +38,7 @@ from blocks.service import (
     wait_for_run,
 )
 from isolates.runs import RunRefused
+from isolates.session import on_pool_thread
 from tenants import audit
 from tenants.models import BlockRun
 from tenants.policy import effective_policy
@@ -71,13 +71,6 @@ class ApiError(Exception):
         self.code = code
         self.message = message
         self.retry_after = retry_after
-
-
-def on_pool_thread(function):
-    """`function` (database work) run on a thread of the pool, which keeps its database
-    connection: a request's own thread, which Django makes for each under ASGI, would
-    open a new connection for every API request."""
-    return database_sync_to_async(function, thread_sensitive=False)
 
 
 api = NinjaAPI(

@@ -29,7 +29,7 @@ from django.views.decorators.csrf import csrf_exempt
 from blocks.models import ApiToken, Block, token_digest
 from blocks.service import RunWatcher, finished_record, start_block_run, wait_for_run
 from isolates.runs import RunRefused
-from isolates.session import read_tenant_shared
+from isolates.session import on_pool_thread, read_tenant_shared
 
 # Per RFC 9110 section 7.6.1, plus what only the platform's own transport may decide.
 HOP_BY_HOP = {"connection", "keep-alive", "proxy-connection", "proxy-authenticate", "proxy-authorization", "te",
@@ -157,9 +157,7 @@ def block_response(result, run_id):
 
 @csrf_exempt
 async def endpoint(request, tenant, block, path=""):
-    # Off the request's own thread (Django gives each request a new one under ASGI, and
-    # with it a new database connection): the pool's threads keep theirs.
-    found = await database_sync_to_async(find_endpoint, thread_sensitive=False)(tenant, block, bearer(request))
+    found = await on_pool_thread(find_endpoint)(tenant, block, bearer(request))
     if not isinstance(found, Block):
         return found
     block, version = found, found.deployed_version

@@ -13,7 +13,6 @@ import asyncio
 import logging
 import time
 
-from channels.db import database_sync_to_async
 
 from capabilities import dispatch
 from capabilities.canvas.store import discard_run
@@ -25,7 +24,7 @@ from isolates.floods import CONSOLE_FLOOD
 from isolates.packages import link_block_async
 from isolates.protocol import LIMITS, FrameError, encode_frame, frame_limit, parse_frame
 from isolates.runevents import Console, RunEvents, control_group
-from isolates.session import DATABASE_UNAVAILABLE, RunSession
+from isolates.session import DATABASE_UNAVAILABLE, RunSession, on_pool_thread
 from isolates.transport import ResilientConsumer
 from tenants import audit
 
@@ -312,7 +311,7 @@ class IsolateBrokerConsumer(ResilientConsumer):
         self.closed.set()
         _open.pop(self.run.id, None)
         # A run's canvases die with it (they would expire on their own later).
-        await database_sync_to_async(discard_canvases, thread_sensitive=False)(self.session.ctx)
+        await on_pool_thread(discard_canvases)(self.session.ctx)
 
 
 def discard_canvases(ctx):

@@ -300,6 +300,6 @@ async def link_block_async(tenant_id, code):
     without "npm:" in it costs nothing."""
     if "npm:" not in code:
         return code
-    from channels.db import database_sync_to_async
+    from isolates.session import on_pool_thread
 
-    return await database_sync_to_async(link_block, thread_sensitive=False)(tenant_id, code)
+    return await on_pool_thread(link_block)(tenant_id, code)

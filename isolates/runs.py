@@ -37,7 +37,7 @@ from isolates import reaper
 from isolates.broker import MAX_START_HOLD_SECONDS, hold_start, wait_closed
 from isolates.pool import IsolatePool
 from isolates.runevents import control_group, run_group
-from isolates.session import forget_prepared, prepare_connection, read_tenant, read_tenant_shared, token_hash
+from isolates.session import forget_prepared, on_pool_thread, prepare_connection, read_tenant, read_tenant_shared, token_hash
 from tenants import audit
 from tenants.models import BlockRun, PermissionProfile, Tenant
 
@@ -257,9 +257,7 @@ class RunService:
     # -- internals -------------------------------------------------------------------
 
     async def _create_run(self, tenant, code, user, name, input, source, token, block=None, version=None, context=None):
-        # On a thread of the pool, which keeps its database connection: a request's own
-        # thread (Django's per request under ASGI) would open one for each run.
-        return await database_sync_to_async(create_run, thread_sensitive=False)(
+        return await on_pool_thread(create_run)(
             tenant, code, user=user, name=name, input=input, source=source, token=token, server=self.server_name,
             block=block, version=version, context=context)
 

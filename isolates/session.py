@@ -30,6 +30,14 @@ DATABASE_UNAVAILABLE = (OperationalError, InterfaceError)
 POLICY_TTL = 1.0
 
 
+def on_pool_thread(function):
+    """`function` (database work) run on a thread of the pool, which keeps its database
+    connection. Django gives each ASGI request a thread of its own for thread-sensitive
+    work, and with it a new connection: the application paths (the API, endpoints, runs
+    and their broker) never use it."""
+    return database_sync_to_async(function, thread_sensitive=False)
+
+
 def token_hash(token):
     return hashlib.sha256(token.encode()).hexdigest()
 
@@ -234,6 +242,6 @@ async def read_tenant_shared(tenant_id):
         if len(_tenant_reads) > 10000:
             for stale in [k for k, (started, _, _) in _tenant_reads.items() if now - started >= POLICY_TTL]:
                 del _tenant_reads[stale]
-        read = database_sync_to_async(read_tenant, thread_sensitive=False)(tenant_id)
+        read = on_pool_thread(read_tenant)(tenant_id)
         entry = _tenant_reads[key] = (now, asyncio.ensure_future(read), loop)
     return await asyncio.shield(entry[1]), entry[0]
