@@ -30,7 +30,7 @@ from datetime import timedelta
 from channels.db import database_sync_to_async
 from channels.layers import get_channel_layer
 from django.conf import settings
-from django.db import DatabaseError, InterfaceError, OperationalError, transaction
+from django.db import DatabaseError, InterfaceError, OperationalError, connections, router, transaction
 from django.utils import timezone
 
 from isolates import reaper
@@ -471,34 +471,62 @@ def create_run(tenant, code, *, user=None, name="", input=None, source="runblock
     read_tenant_shared gives it: the policy a new run is held to is at most POLICY_TTL
     old, as the policy of every call is. Without it the tenant is read here.
 
-    The transaction makes three small queries: the tenant's row (locked, and its
-    is_active read fresh, so a suspension stops new runs at once), the count of its runs
-    in progress, and the insert. The count and the insert must be one step, or two
-    servers starting runs for the same tenant at the same moment would both see room
-    for one more. On PostgreSQL the tenant's row is locked (SELECT ... FOR UPDATE) for
-    the duration, which serialises run creation per tenant across every server process
-    of the platform; on SQLite, which has one server process, a lock in the process does
-    it."""
+    Two queries in one transaction: the tenant's is_active, read fresh (a suspension
+    stops new runs at once), and the run's insert, made only if the tenant has fewer runs
+    in progress than its limit (insert_with_room). The count and the insert are one
+    statement, or two servers starting runs for the same tenant at the same moment could
+    both see room for one more. On PostgreSQL the first query locks the tenant's row
+    (SELECT ... FOR UPDATE) until the commit, which serialises run creation per tenant
+    across every server process of the platform, and the insert's count, a statement of
+    its own, sees every run committed before the lock was had; on SQLite, which has one
+    server process, a lock in the process does it. A refusal reads the count once more,
+    for its message."""
     if context is None:
         context = (read_tenant(tenant.pk), time.monotonic())
     (tenant, policy, run_secrets), read_at = context
+    run = BlockRun(
+        tenant=tenant, user=user, source=source, name=name[:200], code=code, input=input,
+        token_hash=token_hash(token), token_used=True, server=server, block=block, version=version,
+    )
     with _create_lock, transaction.atomic():
         active = list(Tenant.objects.select_for_update().filter(pk=tenant.pk).order_by().values_list("is_active", flat=True))
         if active != [True]:
             raise RunRefused("PERMISSION_DENIED", "This tenant is suspended; it can start no run.")
-        running = BlockRun.objects.filter(tenant_id=tenant.pk, status__in=("queued", "running")).count()
-        if running >= policy.concurrent_runs:
+        if not insert_with_room(run, policy.concurrent_runs):
+            running = BlockRun.objects.filter(tenant_id=tenant.pk, status__in=IN_PROGRESS).count()
             raise RunRefused("RATE_LIMITED", f"This tenant already has {running} runs in progress, its limit; retry when one ends.",
                              retry_after=1)
-        run = BlockRun.objects.create(
-            tenant=tenant, user=user, source=source, name=name[:200], code=code, input=input,
-            token_hash=token_hash(token), token_used=True, server=server, block=block, version=version,
-        )
     # The isolate connects back to this process's broker: hand it the run and what it
     # would read from the database again when the isolate says hello. The row is made
     # claimed (token_used): the token is good for this process's broker only, once.
     prepare_connection(run, tenant, policy, run_secrets, read_at)
     return run, policy
+
+
+IN_PROGRESS = ("queued", "running")
+
+
+def insert_with_room(run, limit):
+    """Insert the unsaved `run` (its id is made in Python) if its tenant has fewer than
+    `limit` runs in progress, in one statement: INSERT ... SELECT <values> WHERE (SELECT
+    COUNT(*) ...) < limit. True if it was inserted. Each value is prepared for the
+    database by its field, as Model.save() would."""
+    connection = connections[router.db_for_write(BlockRun)]
+    quote = connection.ops.quote_name
+    fields = BlockRun._meta.local_concrete_fields
+    values = [field.get_db_prep_save(field.pre_save(run, True), connection) for field in fields]
+    table = quote(BlockRun._meta.db_table)
+    statement = (
+        f"INSERT INTO {table} ({', '.join(quote(field.column) for field in fields)}) "
+        f"SELECT {', '.join(['%s'] * len(fields))} "
+        f"WHERE (SELECT COUNT(*) FROM {table} WHERE {quote('tenant_id')} = %s AND {quote('status')} IN (%s, %s)) < %s"
+    )
+    with connection.cursor() as cursor:
+        cursor.execute(statement, [*values, run.tenant_id, *IN_PROGRESS, limit])
+        inserted = cursor.rowcount == 1
+    if inserted:
+        run._state.adding, run._state.db = False, connection.alias
+    return inserted
 
 
 _services = {}

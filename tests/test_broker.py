@@ -127,6 +127,42 @@ def make_service_run(tenant, code="export default () => 1"):
     return run, token
 
 
+def test_a_run_is_created_in_two_queries_and_refused_at_the_tenants_limit(acme):
+    """The tenant's is_active, then the insert that counts the runs in progress itself; a
+    refusal loses nothing and names the count."""
+    import time
+
+    from django.db import connection
+    from django.test.utils import CaptureQueriesContext
+
+    from isolates.runs import RunRefused, create_run
+    from isolates.session import forget_prepared, read_tenant
+
+    PolicyOverride.objects.create(tenant=acme, setting="concurrent_runs", value="2")
+    context = (read_tenant(acme.pk), time.monotonic())
+    made = []
+    with CaptureQueriesContext(connection) as queries:
+        made.append(create_run(acme, "export default () => 1", token="one", server="test:1-a", context=context)[0])
+    statements = [q["sql"] for q in queries if q["sql"].split()[0] not in ("BEGIN", "COMMIT", "SAVEPOINT", "RELEASE")]
+    assert len(statements) == 2, statements
+    made.append(create_run(acme, "export default (x) => x", input={"a": [1, "é"]}, source="api", name="b.js",
+                           token="two", server="test:1-a", context=context)[0])
+    with pytest.raises(RunRefused) as refused:
+        create_run(acme, "export default () => 3", token="three", server="test:1-a", context=context)
+    assert refused.value.code == "RATE_LIMITED" and "already has 2 runs in progress" in refused.value.message
+    rows = {row.pk: row for row in BlockRun.objects.filter(tenant=acme)}
+    assert sorted(rows) == sorted(run.pk for run in made)
+    second = rows[made[1].pk]
+    assert (second.status, second.token_used, second.input, second.source, second.name, second.code) == (
+        "queued", True, {"a": [1, "é"]}, "api", "b.js", "export default (x) => x")
+    assert second.token_hash == token_hash("two") and second.created is not None
+    BlockRun.objects.filter(pk=made[0].pk).update(status="succeeded")
+    made.append(create_run(acme, "export default () => 4", token="four", server="test:1-a", context=context)[0])
+    assert BlockRun.objects.filter(tenant=acme).count() == 3
+    for run in made:
+        forget_prepared(run)
+
+
 async def test_it_claims_a_run_of_this_process_in_memory_and_records_its_start(acme):
     run, token = await database_sync_to_async(make_service_run)(acme, "export default () => 2")
     row = await database_sync_to_async(BlockRun.objects.get)(pk=run.pk)
