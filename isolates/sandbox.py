@@ -23,7 +23,8 @@ It runs as a brand-new, single-threaded process and, in this order:
 
 1. starts its own session and process group, so the pool can kill the whole tree;
 2. closes every inherited file descriptor except stdin/stdout/stderr and moves to `/`;
-3. sets the resource limits of POLICY["rlimits"];
+3. sets the resource limits of POLICY["rlimits"] and lowers its CPU priority
+   (POLICY["nice"]);
 4. when started as root: locks the securebits, empties the capability bounding set,
    and switches to a user id of its own (POLICY["identity"]), so that it holds no
    capability and owns nothing on this machine;
@@ -97,6 +98,11 @@ PERSONALITY_QUERY = 0xFFFFFFFF
 # The whole policy. Values that depend on the run (memory, CPU seconds, the broker's
 # port) are functions of the launch's Limits; everything else is fixed.
 POLICY = {
+    # The isolate's CPU priority below the server's (added to the server's nice value):
+    # when both want the cores, the server that answers every tenant's requests and calls
+    # comes first, and a busy block, or the pool starting isolates, only gets what it
+    # leaves. Isolates share what is left alike, whoever's they are.
+    "nice": 10,
     "rlimits": {
         # CPU seconds of all the process's threads (V8's compiler and GC threads count
         # too). At the soft limit the kernel sends SIGXCPU, which terminates Deno; the
@@ -772,6 +778,7 @@ def main(argv=None):
 
     detach()
     apply_rlimits(limits)
+    os.nice(POLICY["nice"])
     path_buffer = ctypes.create_string_buffer(os.fsencode(target))
     if args.seccomp_program:
         # Read before the uid switch and Landlock, with the launcher's own rights.

@@ -110,6 +110,26 @@ async def test_it_keeps_warm_isolates_per_memory_and_cpu_limits(broker):
             assert "Max cpu time              61                   62" in f.read()
 
 
+async def test_cant_outrank_the_server_for_the_cpu(broker):
+    """Every thread of an isolate (Deno's, V8's, the block's worker) runs at a nice value
+    10 above the server's: a busy block cannot take the cores from the server."""
+    from isolates.sandbox import POLICY
+
+    expected = min(19, os.getpriority(os.PRIO_PROCESS, 0) + POLICY["nice"])
+    async with IsolatePool(broker.port, warm_size=0) as pool:
+        isolate = await pool.acquire(memory_mb=64, cpu_seconds=10)
+        run = broker.add_run("export default () => { const end = Date.now() + 300; while (Date.now() < end); return 1; }")
+        await isolate.assign(broker.url, run.token)
+        await asyncio.sleep(0.1)
+        tasks = os.listdir(f"/proc/{isolate.pid}/task")
+        nice = set()
+        for task in tasks:
+            with open(f"/proc/{isolate.pid}/task/{task}/stat") as f:
+                nice.add(int(f.read().rsplit(")", 1)[1].split()[16]))
+        assert len(tasks) > 2 and nice == {expected}, (tasks, nice)
+        assert (await run.finished())["result"] == 1
+
+
 async def test_it_gives_each_isolate_a_user_of_its_own(broker):
     async with IsolatePool(broker.port, warm_size=0) as pool:
         first = await pool.acquire(memory_mb=64, cpu_seconds=10)
