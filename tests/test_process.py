@@ -109,6 +109,19 @@ def test_it_runs_the_seeds_ls_example(advanced):
     assert run(advanced, "pwd", cwd="/home/user")["stdout"] == "/home/user\n"
 
 
+@pytest.mark.parametrize("spawner", [True, False], ids=["spawner", "server"])
+def test_cant_outrank_the_server_for_the_cpu_with_a_command(advanced, settings, spawner):
+    """A command runs 10 nice levels below the server, forked by the spawner or by the
+    server itself: `nice` without arguments prints its own niceness."""
+    from capabilities.process.limits import SANDBOX_LIMITS
+
+    settings.SYMPOSIUM_PROCESS_SPAWNER = spawner
+    override(advanced, "process_commands", ADVANCED_COMMANDS + " nice")
+    result = run(advanced, "nice")
+    expected = min(19, os.getpriority(os.PRIO_PROCESS, 0) + SANDBOX_LIMITS["nice"])
+    assert (result["exitCode"], result["stdout"]) == (0, f"{expected}\n"), result
+
+
 def test_it_runs_the_seeds_echo_example_without_a_shell(advanced):
     result = run(advanced, "echo", ["$HOME"], env={"CUSTOM_VAR": "value"})
     assert result["exitCode"] == 0

@@ -22,6 +22,10 @@ SANDBOX_LIMITS = {
     # CPU seconds beyond the wall-clock timeout (RLIMIT_CPU): a second wall, in the kernel,
     # in case the wall clock's kill were ever late.
     "cpu_grace_seconds": 1,
+    # The command's CPU priority below the server's (added to its nice value), as an
+    # isolate's (isolates/sandbox.py): when both want the cores, the server that answers
+    # every tenant comes first.
+    "nice": 10,
     # The private /tmp lives in memory (tmpfs); this is its size.
     "tmp_bytes": 64 * MB,
     # What a block can hand over in one call: arguments and environment are copied to

@@ -49,6 +49,7 @@ from django.conf import settings
 
 from capabilities.files.paths import PLATFORM_FOLDER
 from capabilities.process import staging
+from capabilities.process.limits import SANDBOX_LIMITS
 from capabilities.process.staging import (  # noqa: F401  (the places, as the rest of the package names them)
     AT_EMPTY_PATH,
     AT_RECURSIVE,
@@ -162,6 +163,7 @@ class Staging:
         self.cgroup_procs = [os.fsencode(path) for path in cgroup_procs]
         self.system_folders, self.system_binds = _plan_system(tuple(system_files), tuple(system_trees))
         self.overlay_bytes = overlay_bytes
+        self.nice = SANDBOX_LIMITS["nice"]
         self.overlay_options = (
             f"lowerdir={STAGED_LOWER},upperdir={STAGED_WRITES}/upper,workdir={STAGED_WRITES}/work,userxattr".encode()
         )

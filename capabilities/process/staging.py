@@ -68,6 +68,7 @@ def stage(plan):
     capabilities.process.mounts.Staging (`plan` holds its fields, `plan.report` the
     socket the writes folder goes back on): system calls only."""
     pid = str(os.getpid()).encode()
+    os.nice(plan.nice)  # inherited by bubblewrap and everything the command starts
     for procs in plan.cgroup_procs:
         # Every process bubblewrap and the command will make is born in here.
         fd = os.open(procs, os.O_WRONLY)
