@@ -13,7 +13,6 @@ import asyncio
 import logging
 import time
 
-
 from capabilities import dispatch
 from capabilities.canvas.store import discard_run
 from capabilities.registry import OPERATION_CAPABILITIES

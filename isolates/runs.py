@@ -378,7 +378,7 @@ class RunService:
 
     def _finish_sync(self, run_id, status, code, message, figures):
         audit.flush()
-        BlockRun.objects.filter(pk=run_id, status__in=("queued", "running")).update(
+        BlockRun.objects.filter(pk=run_id, status__in=reaper.UNFINISHED).update(
             status=status, error_code=code, error=message, finished=timezone.now())
         if figures:
             BlockRun.objects.filter(pk=run_id).update(**figures)
@@ -493,7 +493,7 @@ def create_run(tenant, code, *, user=None, name="", input=None, source="runblock
         if active != [True]:
             raise RunRefused("PERMISSION_DENIED", "This tenant is suspended; it can start no run.")
         if not insert_with_room(run, policy.concurrent_runs):
-            running = BlockRun.objects.filter(tenant_id=tenant.pk, status__in=IN_PROGRESS).count()
+            running = BlockRun.objects.filter(tenant_id=tenant.pk, status__in=reaper.UNFINISHED).count()
             raise RunRefused("RATE_LIMITED", f"This tenant already has {running} runs in progress, its limit; retry when one ends.",
                              retry_after=1)
     # The isolate connects back to this process's broker: hand it the run and what it
@@ -501,9 +501,6 @@ def create_run(tenant, code, *, user=None, name="", input=None, source="runblock
     # claimed (token_used): the token is good for this process's broker only, once.
     prepare_connection(run, tenant, policy, run_secrets, read_at)
     return run, policy
-
-
-IN_PROGRESS = ("queued", "running")
 
 
 def insert_with_room(run, limit):
@@ -519,10 +516,11 @@ def insert_with_room(run, limit):
     statement = (
         f"INSERT INTO {table} ({', '.join(quote(field.column) for field in fields)}) "
         f"SELECT {', '.join(['%s'] * len(fields))} "
-        f"WHERE (SELECT COUNT(*) FROM {table} WHERE {quote('tenant_id')} = %s AND {quote('status')} IN (%s, %s)) < %s"
+        f"WHERE (SELECT COUNT(*) FROM {table} WHERE {quote('tenant_id')} = %s "
+        f"AND {quote('status')} IN ({', '.join(['%s'] * len(reaper.UNFINISHED))})) < %s"
     )
     with connection.cursor() as cursor:
-        cursor.execute(statement, [*values, run.tenant_id, *IN_PROGRESS, limit])
+        cursor.execute(statement, [*values, run.tenant_id, *reaper.UNFINISHED, limit])
         inserted = cursor.rowcount == 1
     if inserted:
         run._state.adding, run._state.db = False, connection.alias
