@@ -327,7 +327,7 @@ for (let i = 1; ; i++) {
 async def test_a_server_killed_after_its_replies_loses_at_most_the_audit_writers_window(platform):
     # A block makes a call every 10 ms and says how many replies it has had. The server
     # is killed (SIGKILL: no atexit flush) after the page saw a few hundred: every call
-    # whose reply the block had more than the writer's window (5 ms of linger plus one
+    # whose reply the block had more than the writer's window (20 ms of linger plus one
     # insert, docs/broker.md) before the kill has its audit row, and the run does not
     # stay `running`.
     server = platform.start_server()
