@@ -305,6 +305,8 @@ class Isolate:
     _peak_rss: int | None = None
     _peak_data: int = 0  # the highest VmData sampled (what RLIMIT_DATA counts)
     _cpu_used: float | None = None
+    # /proc/PID files the sampler reads, kept open while the process lives (name -> fd).
+    _proc_fds: dict = field(default_factory=dict)
     _killed: bool = False
     _exit: IsolateExit | None = None
 
@@ -381,19 +383,38 @@ class Isolate:
         if self._sampler is not None:
             self._sampler.cancel()
         self._exit = self._describe_exit(returncode)
+        self._close_proc()
         return self._exit
 
     # -- memory and CPU figures -----------------------------------------------------------
 
+    def _proc(self, name):
+        """/proc/PID/<name> as it reads now, through a descriptor opened while the process
+        lived and kept: re-read with one pread (an open() each time cost ten times as
+        much, for every running isolate ten times a second), and never another
+        process's file once this one is reaped and its pid is given again (b"" then)."""
+        fd = self._proc_fds.get(name)
+        if fd is None:
+            if self.process.returncode is not None:
+                return b""
+            fd = self._proc_fds[name] = os.open(f"/proc/{self.pid}/{name}", os.O_RDONLY | os.O_CLOEXEC)
+        return os.pread(fd, 16384, 0)
+
+    def _close_proc(self):
+        for fd in self._proc_fds.values():
+            os.close(fd)
+        self._proc_fds.clear()
+
+    def __del__(self):
+        # An isolate dropped without being waited for (the pool waits for every one).
+        self._close_proc()
+
     def _status_fields(self, *names):
         """These fields of /proc/PID/status, in bytes (None for each once the process is
         gone), from one read of the file."""
-        # Read whole and searched, not split into lines: the memory sampler reads this
-        # for every running isolate ten times a second, on the server's event loop.
         found = dict.fromkeys(names)
         try:
-            with open(f"/proc/{self.pid}/status", "rb") as f:
-                status = f.read()
+            status = b"\n" + self._proc("status")
             for name in names:
                 key = b"\n" + name.encode() + b":"
                 start = status.find(key)
@@ -442,8 +463,7 @@ class Isolate:
     def cpu_time(self):
         """CPU seconds used so far by all of the process's threads."""
         try:
-            with open(f"/proc/{self.pid}/stat") as f:
-                fields = f.read().rsplit(")", 1)[1].split()
+            fields = self._proc("stat").rsplit(b")", 1)[1].split()
             used = (int(fields[11]) + int(fields[12])) / CLOCK_TICKS
         except (OSError, ValueError, IndexError):
             return self._cpu_used
@@ -454,10 +474,12 @@ class Isolate:
         # VmHWM is already a peak, so sampling it only has to happen before the process
         # disappears; a run that grows in its last SAMPLE_INTERVAL is under-reported by
         # that last growth at most.
-        # Past half its RLIMIT_DATA a process is sampled ten times as often: a crash at the
-        # limit is told from other crashes by the last sample (_crashed_at_data_limit),
-        # which a busy machine would otherwise take too late.
-        near = sandbox.data_limit_bytes(self.memory_mb) // 2
+        # Past half its heap budget (VmData within half the budget of RLIMIT_DATA) a
+        # process is sampled ten times as often: a crash at the limit is told from other
+        # crashes by the last sample (_crashed_at_data_limit), which a busy machine would
+        # otherwise take too late. (Half of RLIMIT_DATA itself is always passed: V8's
+        # reserved code ranges alone are most of it.)
+        near = sandbox.data_limit_bytes(self.memory_mb) - sandbox.heap_budget_mb(self.memory_mb) * sandbox.MB // 2
         while self.process.returncode is None:
             self._note_peaks(self._status_fields("VmHWM", "VmData"))
             self.cpu_time()
