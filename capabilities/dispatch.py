@@ -134,7 +134,10 @@ def timeout_reply(op_name, seconds):
 
 
 async def _call_inline(op, ctx, args):
-    """On this process's thread pool, within the tenant's share of its threads."""
+    """On this process's thread pool, within the tenant's share of its threads; an
+    operation marked `on_loop` right here (it holds no thread, so no share either)."""
+    if op.on_loop and settings.SYMPOSIUM_CALLS_ON_LOOP:
+        return execute_operation(op.name, ctx, args)
     slots = fairness.slots_for("inline", ctx.tenant_id)
     await slots.acquire(fairness.share(ctx.policy.concurrent_calls, settings.SYMPOSIUM_INLINE_THREADS))
     # Submitted only with a slot in hand, so the pool's own queue never holds more than a

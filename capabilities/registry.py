@@ -57,6 +57,12 @@ class Operation:
     # An event for whoever watches the run, made from a successful call's envelope (or
     # None for no event), published after the call's own event.
     watch_event: Callable[[dict], dict | None] | None = None
+    # Answered on the server's event loop rather than a handler thread, when the call runs
+    # inline and settings.SYMPOSIUM_CALLS_ON_LOOP: only for handlers that never wait on
+    # anything but a few metadata system calls on the local disk (no data read, no
+    # database, no network, bounded work), for which the thread hop cost more than the
+    # handler (docs/broker.md).
+    on_loop: bool = False
 
 
 OPERATIONS = {
@@ -66,8 +72,10 @@ OPERATIONS = {
         Operation("writeFile", "files", files.write_file, writes=True, audit_target=argument("path"),
                   policy_checks=(policy.check_file_write,)),
         Operation("listDirectory", "files", files.list_directory, idempotent=True, audit_target=argument("path")),
-        Operation("getFileInfo", "files", files.get_file_info, idempotent=True, audit_target=argument("path")),
-        Operation("fileExists", "files", files.file_exists, idempotent=True, audit_target=argument("path")),
+        Operation("getFileInfo", "files", files.get_file_info, idempotent=True, audit_target=argument("path"),
+                  on_loop=True),
+        Operation("fileExists", "files", files.file_exists, idempotent=True, audit_target=argument("path"),
+                  on_loop=True),
         Operation("deleteFile", "files", files.delete_file, writes=True, audit_target=argument("path")),
         Operation("network.fetch", "network", network.fetch, audit_target=network.url_host),
         Operation("network.sendWebhook", "network", network.send_webhook, audit_target=network.url_host,

@@ -350,6 +350,11 @@ SYMPOSIUM_AUDIT_SPILL_DIR = Path(os.environ.get("SYMPOSIUM_AUDIT_SPILL_DIR") or 
 # Threads of one server process that run capability calls inline (those not sent to RQ):
 # how many handler calls it runs at once; more wait their turn.
 SYMPOSIUM_INLINE_THREADS = envint("SYMPOSIUM_INLINE_THREADS", 16)
+# The operations marked `on_loop` in capabilities/registry.py (fileExists, getFileInfo: a
+# few metadata system calls on the local storage disk) are answered on the server's event
+# loop, with no thread hop. Turn it off when the storage folder is on a network file
+# system, where a stat can block for long.
+SYMPOSIUM_CALLS_ON_LOOP = envbool("SYMPOSIUM_CALLS_ON_LOOP", "true")
 # Memory the memory-heavy calls of one process (canvas exports, image transforms) may hold
 # at once, by their estimates (capabilities/memory_budget.py); a call that does not fit
 # waits its turn, up to 10 s, then is refused. At least the largest export's 640 MB.

@@ -34,18 +34,39 @@ console.log('in flight');
 export default async () => (await Promise.all(calls)).length;
 """ % SLEEP_SECONDS
 
+# A quick call that takes a handler thread (fileExists is answered on the event loop,
+# holding none: QUICK_ON_LOOP_BLOCK).
 QUICK_BLOCK = """
 const times = [];
 let ok = true;
 for (let i = 0; i < 5; i++) {
   const t0 = performance.now();
-  const found = await symposium.fileExists('anything.txt');
+  const found = await symposium.listDirectory('');
   times.push(performance.now() - t0);
   ok = ok && found.success;
 }
 times.sort((a, b) => a - b);
 export default () => ({ median: times[2], slowest: times[4], ok });
 """
+
+# The hog's own lookups, with its share of the threads full of its sleeps (60 of them:
+# a block has at most 64 calls in flight).
+QUICK_ON_LOOP_BLOCK = """
+const calls = [];
+for (let i = 0; i < 60; i++) calls.push(symposium.process.execute('sleep', ['%s']).catch((e) => e.code));
+await new Promise((r) => setTimeout(r, 500));
+const times = [];
+let ok = true;
+for (let i = 0; i < 5; i++) {
+  const t0 = performance.now();
+  const found = await symposium.fileExists('anything.txt');
+  const info = await symposium.getFileInfo('').catch((e) => e);
+  times.push(performance.now() - t0);
+  ok = ok && found.success && found.data === false && info.success && info.type === 'directory';
+}
+times.sort((a, b) => a - b);
+export default () => ({ median: times[2], slowest: times[4], ok });
+""" % SLEEP_SECONDS
 
 
 @pytest.fixture(autouse=True)
@@ -123,6 +144,20 @@ def test_cant_one_tenant_starve_anothers_calls(run_block, hog, make_tenant, sett
     assert quick.result["median"] < 1000, quick.result
     assert quick.result["slowest"] < 2500, quick.result
     assert most == share
+    wait_for_no_sleeps()
+
+
+def test_a_lookup_is_answered_at_once_with_the_tenants_threads_all_busy(run_block, hog, settings):
+    # fileExists and getFileInfo are answered on the event loop (capabilities/registry.py,
+    # on_loop): they wait for no thread, so not behind the block's own slow calls either.
+    # On a thread, each would wait for one of the hog's sleeps to end (4 s).
+    settings.SYMPOSIUM_RQ_CAPABILITIES = []
+    wait_for_no_sleeps()
+    run = run_block(hog, QUICK_ON_LOOP_BLOCK, timeout=60)
+    assert run.status == "succeeded", (run.error_code, run.error)
+    assert run.result["ok"] is True, run.result
+    assert run.result["median"] < 1000, run.result
+    assert run.result["slowest"] < 2500, run.result
     wait_for_no_sleeps()
 
 
