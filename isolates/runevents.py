@@ -2,8 +2,14 @@
 
 `RunEvents` publishes a run's events (started, call, log, image, done) to the run's
 channel group, in order and off the reply's path: the broker queues an event and goes
-on, one task per run sends them. `Console` keeps the block's console as its record
-stores it: entries up to the tenant's cap, each with the time it was printed.
+on, one task per run sends them. Its calls and console lines (an event per call, the
+most of them by far) are published only while someone watches the run: the group has a
+member, as the channel layer says, asked at most every WATCH_CHECK_SECONDS and off the
+call's path (and all of them in the run's first second, for the watcher that started
+it). Its start, images and end always are (the API's wait reads the end).
+
+`Console` keeps the block's console as its record stores it: entries up to the tenant's
+cap, each with the time it was printed.
 """
 
 import asyncio
@@ -35,6 +41,28 @@ def control_group(run_id):
 # one notice; the run's record keeps them all); its start, images and end always are.
 EVENT_BACKLOG = 256
 DROPPABLE = {"log", "call"}
+# How often a run asks whether anyone watches it: a watcher that joins while the run is
+# going sees its calls and lines from at most this long after it joined.
+WATCH_CHECK_SECONDS = 0.5
+# For its first second a run publishes everything whatever the answer: whoever starts a
+# run joins its group right after (the runner page, runblock, the API's wait), which may
+# be after its first events; they miss none.
+WATCH_GRACE_SECONDS = 1.0
+
+
+async def group_has_members(layer, group):
+    """Whether the channel-layer group has a member now: True, False, or None when the
+    layer cannot tell (a layer of another kind), which counts as watched."""
+    groups = getattr(layer, "groups", None)
+    if isinstance(groups, dict):  # channels' InMemoryChannelLayer, this process's groups
+        expiry = getattr(layer, "group_expiry", 86400)
+        members = groups.get(group) or {}
+        now = time.time()
+        return any(joined > now - expiry for joined in members.values())
+    if hasattr(layer, "_group_key") and hasattr(layer, "consistent_hash"):  # channels_redis
+        connection = layer.connection(layer.consistent_hash(group))
+        return await connection.zcount(layer._group_key(group), time.time() - layer.group_expiry, "+inf") > 0
+    return None
 
 
 class RunEvents:
@@ -44,9 +72,16 @@ class RunEvents:
         self.queue = None
         self.sender = None
         self.dropped = 0
+        self.watched = None  # the last answer of group_has_members (None: not known)
+        self.checked_at = None
+        self.checking = None
+        self.since = time.monotonic()
 
     def publish(self, event):
-        """Queue an event for the run's watchers; never waits."""
+        """Queue an event for the run's watchers; never waits. A call or a console line
+        nobody watches is not sent."""
+        if event["event"] in DROPPABLE and not self.is_watched():
+            return
         if self.sender is None:
             self.queue = asyncio.Queue()
             self.sender = asyncio.ensure_future(self.send_all())
@@ -58,6 +93,26 @@ class RunEvents:
                      "text": "This run's console and calls come faster than they can be shown live; "
                              "the rest are in the run's record when it ends."}
         self.queue.put_nowait({"type": "run.event", "run": self.run_id, **event})
+
+    def is_watched(self):
+        """Whether someone watched the run when last asked; asked again (in a task) once
+        WATCH_CHECK_SECONDS have passed. Not known yet, or not knowable: watched; and
+        always in the run's first WATCH_GRACE_SECONDS."""
+        now = time.monotonic()
+        if now - self.since < WATCH_GRACE_SECONDS:
+            return True
+        if self.checking is None and (self.checked_at is None or now - self.checked_at >= WATCH_CHECK_SECONDS):
+            self.checked_at = now
+            self.checking = asyncio.ensure_future(self.check_watched())
+        return self.watched is not False
+
+    async def check_watched(self):
+        try:
+            self.watched = await group_has_members(self.channel_layer, run_group(self.run_id))
+        except Exception:
+            self.watched = None  # the layer is down: sending fails (and says so) on its own
+        finally:
+            self.checking = None
 
     async def send_all(self):
         failing = False
@@ -83,6 +138,8 @@ class RunEvents:
     def close(self):
         if self.sender is not None:
             self.sender.cancel()
+        if self.checking is not None:
+            self.checking.cancel()
 
 
 class Console:

@@ -11,6 +11,7 @@ import time
 import tracemalloc
 
 import pytest
+from django.conf import settings
 
 from isolates import floods
 from isolates.pool import STDERR_MAX_BYTES, STDERR_TAIL_BYTES, Isolate, IsolatePool
@@ -398,3 +399,83 @@ def test_cant_hold_the_platform_with_events_faster_than_they_are_sent():
     assert [e["text"] for e in received[:3]] == ["0", "1", "2"]
     assert "faster than they can be shown live" in received[-2]["text"]
     assert received[-1]["event"] == "done"
+
+
+def watch_test_layers():
+    from channels.layers import InMemoryChannelLayer
+
+    layers = [("memory", lambda: InMemoryChannelLayer(capacity=1000))]
+    if settings.REDIS_URL:
+        from channels_redis.core import RedisChannelLayer
+
+        layers.append(("redis", lambda: RedisChannelLayer(hosts=[settings.REDIS_URL], prefix="symposium-test-watch")))
+    return layers
+
+
+@pytest.mark.parametrize("kind", [name for name, _ in watch_test_layers()])
+def test_a_runs_calls_are_shown_to_whoever_watches_it_and_not_sent_to_nobody(kind, monkeypatch):
+    """Calls and console lines are published only while the run's group has a member
+    (isolates/runevents.py): a watcher that joins mid-run sees them from within
+    WATCH_CHECK_SECONDS of joining; its start and end are published whoever watches."""
+    from isolates import runevents
+    from isolates.runevents import RunEvents, run_group
+
+    monkeypatch.setattr(runevents, "WATCH_GRACE_SECONDS", 0.2)
+    make_layer = dict(watch_test_layers())[kind]
+
+    async def publish_for(events, seconds, first):
+        n = first
+        until = time.monotonic() + seconds
+        while time.monotonic() < until:
+            events.publish({"event": "call", "op": "fileExists", "n": n})
+            n += 1
+            await asyncio.sleep(0.01)
+        return n
+
+    async def received(layer, channel):
+        got = []
+        while True:
+            try:
+                got.append(await asyncio.wait_for(layer.receive(channel), 0.2))
+            except asyncio.TimeoutError:
+                return got
+
+    async def main():
+        layer = make_layer()
+        sent = []  # what the run hands the channel layer
+        group_send = layer.group_send
+
+        async def counting_group_send(name, message):
+            sent.append(message["event"])
+            await group_send(name, message)
+
+        layer.group_send = counting_group_send
+        group = run_group(f"watch-{kind}-{time.time_ns()}")
+        events = RunEvents(layer, group[len("run-"):])
+        events.publish({"event": "started", "t": 0})
+        # Nobody watches: past the grace, calls are dropped before they are queued.
+        n = await publish_for(events, 0.8, 0)
+        await events.flush()
+        sent_unwatched = [event for event in sent if event == "call"]
+        watcher = await layer.new_channel()
+        await layer.group_add(group, watcher)
+        joined = time.monotonic()
+        n_joined = n
+        n = await publish_for(events, 1.2, n)
+        events.publish({"event": "done", "ok": True, "result": 1})
+        await asyncio.wait_for(events.flush(), 10)
+        got = await received(layer, watcher)
+        events.close()
+        await layer.group_discard(group, watcher)
+        return sent_unwatched, got, n_joined, n, joined
+
+    sent_unwatched, got, n_joined, n, joined = asyncio.run(main())
+    # The grace (0.2 s here) and one check's answer at most: 20-odd of the 80 calls.
+    assert len(sent_unwatched) <= 40, len(sent_unwatched)
+    calls = [e["n"] for e in got if e["event"] == "call"]
+    # From within WATCH_CHECK_SECONDS (0.5 s, 50 calls at one per 10 ms) of joining, all
+    # of them, in order; none of those made before the watcher joined.
+    assert calls, got
+    assert calls[0] >= n_joined and calls[0] <= n_joined + 70, (calls[0], n_joined)
+    assert calls == list(range(calls[0], n)), calls
+    assert got[-1]["event"] == "done"
