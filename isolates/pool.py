@@ -56,6 +56,10 @@ WORKER_JS = RUNTIME_DIR / "worker.js"
 STARTUP_CPU_ALLOWANCE = 1
 # How long a spawn may take to print "ready" (a loaded machine starts Deno in ~0.1 s).
 READY_TIMEOUT = 20.0
+# An isolate taken for a run is replaced this long after, not at once: a spare's start-up
+# (some 100 ms of a core) begun at the same instant would compete with that run's own
+# start for the machine's cores (measured on two: warm start 12.3 -> 7.6 ms p50).
+REFILL_AFTER_TAKE_SECONDS = 0.05
 # How much of an isolate's stderr is kept (the end of it: V8's last words are there).
 STDERR_TAIL_BYTES = 16 * 1024
 # What one isolate may write to stderr in all: the launcher's notes, the runtime's last
@@ -682,7 +686,7 @@ class IsolatePool:
             candidate = warm.popleft()
             if candidate.alive:
                 isolate = candidate
-        self._request_refill()
+        self._request_refill(REFILL_AFTER_TAKE_SECONDS)
         if isolate is None:
             isolate = await self._spawn(memory_mb, cpu_seconds)
         return isolate
@@ -803,15 +807,17 @@ class IsolatePool:
             transport.close()
         return isolate
 
-    def _request_refill(self):
+    def _request_refill(self, after=0.0):
         if self._closed or self.warm_size <= 0:
             return
         if self._refill_task is None or self._refill_task.done():
-            self._refill_task = asyncio.ensure_future(self._refill())
+            self._refill_task = asyncio.ensure_future(self._refill(after))
 
-    async def _refill(self):
+    async def _refill(self, after=0.0):
         # One spawn at a time, in the background: warming must not starve running blocks
         # of the machine's cores.
+        if after:
+            await asyncio.sleep(after)
         while not self._closed:
             for memory_mb, cpu_seconds in list(self._limits):
                 warm = self._warm.setdefault((memory_mb, cpu_seconds), collections.deque())
