@@ -7,8 +7,11 @@ settings.SYMPOSIUM_RQ_CAPABILITIES when Redis is configured), the call's deadlin
 the RQ path the job watcher and retries. `execute_operation` is the one place a handler
 is called, on both paths, so both give the same results and errors.
 
-On the RQ path the job sends its reply to the broker's channel over the channel layer;
-the broker passes it to `deliver_reply`, which wakes the `dispatch_call` waiting for it.
+On the RQ path the job pushes its reply onto its broker's reply list in the same Redis
+(`symposium:replies:<id>`, one per event loop of a server process, see `JobWatcher`), in
+one MULTI/EXEC with its "done" mark; the broker's reader takes it off with BLPOP and
+`deliver_reply` wakes the `dispatch_call` waiting for it. A reply that finds no reader
+(its server stopped) expires with the list, REPLY_TTL after the last push.
 
 A worker can die in the middle of a call (SIGKILL, out of memory, its machine lost), and
 RQ itself only notices minutes later. So every job marks its progress in Redis, and the
@@ -33,11 +36,12 @@ import itertools
 import logging
 import threading
 import time
+import uuid
 
 import django_rq
+import msgpack
 import redis
 import redis.asyncio
-from channels.layers import get_channel_layer
 from django.conf import settings
 from django.db import InterfaceError, OperationalError
 from rq import Callback, get_current_job
@@ -108,21 +112,20 @@ def uses_rq(capability):
 # -- one call: dispatch_call -------------------------------------------------------------
 
 
-async def dispatch_call(op, ctx, args, reply_channel=None):
+async def dispatch_call(op, ctx, args):
     """Run one allowed call of `op` and return its reply ({"ok": True, "envelope": ...}
     or {"ok": False, "error": ...}, plus `lost_attempts` when RQ jobs of it were lost).
     Never raises but for cancellation.
 
     `ctx.deadline` bounds everything, waiting for the tenant's share included: past it
     the reply is TIMEOUT (a handler thread or a job still running keeps its tenant's slot
-    until it ends). `reply_channel`: the channel the broker receives RQ replies on; a
-    call without one runs inline."""
+    until it ends)."""
     left = ctx.time_left()
     try:
         # One timer for the whole call, whichever path it takes.
         async with asyncio.timeout(None if left is None else max(0.0, left)):
-            if reply_channel is not None and uses_rq(op.capability):
-                return await _call_rq(op, ctx, args, reply_channel)
+            if uses_rq(op.capability):
+                return await _call_rq(op, ctx, args)
             return await _call_inline(op, ctx, args)
     except TimeoutError:
         return timeout_reply(op.name, left)
@@ -155,7 +158,9 @@ _call_keys = itertools.count(1)
 
 
 def deliver_reply(event):
-    """A `capability.result` message from a worker, received by the broker."""
+    """A worker's reply, {"key", "reply", "job"}, taken off this loop's reply list."""
+    if not isinstance(event, dict):
+        return
     entry = _awaiting.get(event.get("key"))
     if entry is None:
         return  # answered already (timed out), or the run is over
@@ -166,7 +171,7 @@ def deliver_reply(event):
         future.set_result(event.get("reply") or {})
 
 
-async def _call_rq(op, ctx, args, reply_channel):
+async def _call_rq(op, ctx, args):
     """Queue the call as an RQ job within the tenant's share of the workers, and wait for
     its reply while watching the job: a job whose worker died is queued again when that
     is safe, or answered at once with what happened, instead of leaving the block to wait
@@ -175,14 +180,14 @@ async def _call_rq(op, ctx, args, reply_channel):
     watcher = job_watcher()
     slots = fairness.slots_for("rq", ctx.tenant_id)
     await slots.acquire(fairness.share(ctx.policy.concurrent_calls, await watcher.worker_count()))
-    key = f"{reply_channel}:{next(_call_keys)}"
+    key = next(_call_keys)
     loop = asyncio.get_running_loop()
     lost = []  # one audit row's worth per attempt lost with its worker
     job_id = None  # the job in flight, if any: its slot is held until it ends
     slot_passed_on = False
     try:
         for attempt in range(settings.SYMPOSIUM_RQ_RETRIES + 1):
-            enqueuing = asyncio.ensure_future(asyncio.to_thread(enqueue, op.name, ctx, args, reply_channel, key, ctx.time_left()))
+            enqueuing = asyncio.ensure_future(asyncio.to_thread(enqueue, op.name, ctx, args, watcher.inbox, key, ctx.time_left()))
             try:
                 job = await asyncio.shield(enqueuing)
             except asyncio.CancelledError:
@@ -256,14 +261,14 @@ def capabilities_queue():
     return queue
 
 
-def enqueue(op_name, ctx, args, reply_channel, call_key, timeout):
-    """Queue the call as an RQ job; its reply reaches `reply_channel`."""
+def enqueue(op_name, ctx, args, inbox, call_key, timeout):
+    """Queue the call as an RQ job; its reply is pushed onto the list `inbox`."""
     queue = capabilities_queue()
     # A failed connection is retried by redis-py on the next command; a Redis that is
     # down fails at once with ConnectionError (the call is answered so).
     return queue.enqueue(
         "capabilities.dispatch.run_job",
-        op_name, ctx, args, reply_channel, call_key,
+        op_name, ctx, args, inbox, call_key,
         job_timeout=max(1, int(timeout) + 5),
         ttl=max(1, int(timeout)),  # a job nobody took before the deadline is dropped
         result_ttl=0,
@@ -273,42 +278,38 @@ def enqueue(op_name, ctx, args, reply_channel, call_key, timeout):
     )
 
 
-class ReplySender:
-    """Sends replies from a worker process to brokers over the channel layer.
-
-    One event loop in one thread for the life of the worker, so that the channel
-    layer's Redis connections are made once and reused; async_to_sync would make a new
-    loop, and with it new connections, for every reply."""
-
-    def __init__(self):
-        self.loop = None
-        self.lock = threading.Lock()
-
-    def _ensure_loop(self):
-        with self.lock:
-            if self.loop is None or not self.thread.is_alive():
-                self.loop = asyncio.new_event_loop()
-                self.thread = threading.Thread(target=self.loop.run_forever, name="reply-sender", daemon=True)
-                self.thread.start()
-        return self.loop
-
-    def send(self, channel, message, timeout=10):
-        layer = get_channel_layer()
-        future = asyncio.run_coroutine_threadsafe(layer.send(channel, message), self._ensure_loop())
-        return future.result(timeout)
+# A reply list outlives its last push by this long: replies that find no reader (their
+# server stopped) are gone after it, and a reader reads a reply within milliseconds.
+REPLY_TTL = 60
 
 
-_reply_sender = ReplySender()
+def reply_payload(call_key, reply, job_id):
+    """The reply as it travels (msgpack, bytes kept as bytes). A reply that cannot be
+    packed (a handler's bug) travels as an INTERNAL error, never as nothing."""
+    try:
+        return msgpack.packb({"key": call_key, "reply": reply, "job": job_id}, use_bin_type=True)
+    except (TypeError, ValueError, OverflowError):
+        logger.exception("a reply could not be packed")
+        error = {"ok": False, "error": {"code": "INTERNAL", "message": "The call failed because of an internal error."}}
+        return msgpack.packb({"key": call_key, "reply": error, "job": job_id}, use_bin_type=True)
 
 
-def send_reply(reply_channel, call_key, reply, job_id=None):
-    _reply_sender.send(reply_channel, {"type": "capability.result", "key": call_key, "reply": reply, "job": job_id})
+def push_reply(pipe, inbox, call_key, reply, job_id):
+    """Queue the reply's push onto `inbox` on a Redis pipeline."""
+    pipe.rpush(inbox, reply_payload(call_key, reply, job_id))
+    pipe.expire(inbox, REPLY_TTL)
+
+
+def send_reply(connection, inbox, call_key, reply, job_id=None):
+    pipe = connection.pipeline(transaction=False)
+    push_reply(pipe, inbox, call_key, reply, job_id)
+    pipe.execute()
 
 
 def report_job_failure(job, connection, exc_type, exc_value, tb):
     """RQ's failure callback: a job that raised or ran past its timeout still answers
     its call at once, instead of leaving the block to wait for its deadline."""
-    op_name, ctx, args, reply_channel, call_key = job.args
+    op_name, ctx, args, inbox, call_key = job.args
     try:
         if connection.get(claim_key(job.id)) == b"abandoned":
             return  # the broker gave up on this job already and answered the call
@@ -321,10 +322,10 @@ def report_job_failure(job, connection, exc_type, exc_value, tb):
     else:
         logger.error("job for %s failed: %s", op_name, exc_value)
         reply = {"ok": False, "error": {"code": "INTERNAL", "message": f"{op_name} failed because of an internal error."}}
-    send_reply(reply_channel, call_key, reply, job.id)
+    send_reply(connection, inbox, call_key, reply, job.id)
 
 
-def run_job(op_name, ctx, args, reply_channel, call_key):
+def run_job(op_name, ctx, args, inbox, call_key):
     """The RQ job: claim the call, run the handler while a heartbeat says the worker
     lives, send the reply to the broker that asked."""
     if ctx.expired():
@@ -332,7 +333,7 @@ def run_job(op_name, ctx, args, reply_channel, call_key):
         return
     job = get_current_job()
     if job is None:  # called directly, outside a worker: no claim, no heartbeat
-        return send_reply(reply_channel, call_key, execute_operation(op_name, ctx, args))
+        return execute_operation(op_name, ctx, args)
     connection = job.connection
     marks_ttl = max(60, int(ctx.time_left() or 0) + 60)
     # Alive before claimed (a claim without an alive mark means a dead worker), both in
@@ -350,13 +351,14 @@ def run_job(op_name, ctx, args, reply_channel, call_key):
     heartbeat.start()
     try:
         reply = execute_operation(op_name, ctx, args)
-        send_reply(reply_channel, call_key, reply, job.id)
     except BaseException:
         heartbeat.stop()
         raise
-    # Done, and no longer alive, in one round trip; the watcher reads both at one instant.
+    # The reply, done, and no longer alive, in one round trip and at one instant: the
+    # watcher never sees a job done whose reply is not on its list.
     heartbeat.stop(delete=False)
     pipe = connection.pipeline(transaction=True)
+    push_reply(pipe, inbox, call_key, reply, job.id)
     pipe.set(claim_key(job.id), "done", xx=True, ex=marks_ttl)
     pipe.delete(alive_key(job.id))
     pipe.execute()
@@ -378,7 +380,7 @@ WATCH_INTERVAL = 0.5
 # before it started it (a worker claims a job within milliseconds of taking it).
 TAKEN_GRACE = 3.0
 # A job that says "done" but whose reply has not arrived this long after: the reply was
-# lost on the way (the channel layer's Redis restarted).
+# lost on the way (its Redis restarted, and the reply list with it).
 DONE_GRACE = 5.0
 
 
@@ -446,7 +448,7 @@ def lost_reply(op_name, reason):
         return unavailable_reply(op_name, "Redis")
     if reason == REPLY_LOST:
         return {"ok": False, "error": {"code": "INTERNAL", "message":
-                f"{op_name} ran, but its reply was lost on the way back (the platform's message layer restarted)."}}
+                f"{op_name} ran, but its reply was lost on the way back (the platform's Redis restarted)."}}
     if reason == NEVER_STARTED:
         return {"ok": False, "error": {"code": "INTERNAL", "message":
                 f"{op_name} was not run: the worker that took it stopped before starting it."}}
@@ -471,6 +473,9 @@ LINGER_GRACE = 30.0
 # How often the number of workers listening on the queue is read again (it sizes every
 # tenant's share of them).
 WORKER_COUNT_INTERVAL = 5.0
+# The longest one BLPOP of the reply reader blocks: it stops within this once no job is
+# watched (and is started again with the next one).
+REPLY_WAIT_SECONDS = 1
 
 
 class WatchedJob:
@@ -489,7 +494,12 @@ class JobWatcher:
     WATCH_INTERVAL, and resolves a job's future with the reason when it is lost. A call
     forgets its job as soon as its reply arrives. Jobs whose calls stopped waiting
     (`linger`) are watched until they are off the workers, to give their tenant's slot
-    back then."""
+    back then.
+
+    It also reads the replies of its calls: the jobs push them onto `inbox`, a Redis list
+    of this event loop's own, which a reader task empties with BLPOP (on a connection of
+    its own) for as long as any job is watched. A reply is taken once, by this loop only:
+    no channel layer, no message per consumer, one round trip back."""
 
     def __init__(self, url, queue):
         self.loop = asyncio.get_running_loop()
@@ -500,6 +510,8 @@ class JobWatcher:
         self.workers_counted = 0.0
         self.jobs = {}  # job id -> WatchedJob
         self.task = None
+        self.inbox = f"symposium:replies:{uuid.uuid4().hex}"
+        self.reader = None
 
     def watch(self, job_id, deadline):
         """A future resolved with a reason (see above) if the job is lost; call forget()
@@ -507,7 +519,28 @@ class JobWatcher:
         future = self.loop.create_future()
         self.jobs[job_id] = WatchedJob(future, deadline)
         self._ensure_task()
+        if self.reader is None or self.reader.done():
+            self.reader = asyncio.ensure_future(self._read_replies())
         return future
+
+    async def _read_replies(self):
+        """Deliver the replies pushed onto this loop's inbox while jobs are watched. Redis
+        unreachable: tried again every half second (the watcher's check fails the calls
+        meanwhile, with UNAVAILABLE)."""
+        while self.jobs:
+            try:
+                item = await self.client.blpop([self.inbox], timeout=REPLY_WAIT_SECONDS)
+            except (redis.exceptions.RedisError, OSError):
+                await asyncio.sleep(0.5)
+                continue
+            if item is None:
+                continue
+            try:
+                event = msgpack.unpackb(item[1], raw=False, strict_map_key=False)
+            except (ValueError, TypeError, msgpack.UnpackException):
+                logger.warning("a reply on %s could not be read", self.inbox)
+                continue
+            deliver_reply(event)
 
     def forget(self, job_id):
         entry = self.jobs.pop(job_id, None)

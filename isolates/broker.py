@@ -13,7 +13,6 @@ import asyncio
 import logging
 import time
 
-from capabilities import dispatch
 from capabilities.canvas.store import discard_run
 from capabilities.registry import OPERATION_CAPABILITIES
 from isolates import waiting
@@ -63,7 +62,7 @@ async def wait_closed(run_id, timeout):
 
 
 class IsolateBrokerConsumer(ResilientConsumer):
-    DISPATCH = {**ResilientConsumer.DISPATCH, "capability.result": "capability_result", "run.stop": "run_stop"}
+    DISPATCH = {**ResilientConsumer.DISPATCH, "run.stop": "run_stop"}
 
     async def channel_layer_back(self):
         """A Redis that restarted forgot the groups: join the run's control group again."""
@@ -139,8 +138,7 @@ class IsolateBrokerConsumer(ResilientConsumer):
             if run is not None:
                 self.closed = _open[run.id] = asyncio.Event()
                 self.events = RunEvents(self.channel_layer, run.id)
-                self.calls = CallPipeline(session, self.send_frame_text, self.events.publish, self.end_flooded,
-                                          self.channel_name)
+                self.calls = CallPipeline(session, self.send_frame_text, self.events.publish, self.end_flooded)
                 self.console = Console(session.started_ms)
                 await self.join_control_group()
                 # Each npm: import becomes its vetted package's bundle, or a refusal (docs/packages.md).
@@ -271,10 +269,6 @@ class IsolateBrokerConsumer(ResilientConsumer):
             await self.send(encode_frame({"type": "part", "text": text[offset:offset + size], "last": last}))
 
     # -- the channel layer and the end -------------------------------------------------
-
-    async def capability_result(self, event):
-        """A reply from an RQ worker, over the channel layer: for the dispatcher."""
-        dispatch.deliver_reply(event)
 
     async def run_stop(self, event):
         """Asked to stop the run (the run service, a user's Stop)."""

@@ -63,14 +63,13 @@ class Call:
 class CallPipeline:
     """The calls of one run. `send(text)` sends a frame to the isolate, `publish(event)`
     shows an event to the run's watchers, `flooded(message)` ends a run that floods
-    the platform with refusals; RQ replies come back on `reply_channel`."""
+    the platform with refusals."""
 
-    def __init__(self, session, send, publish, flooded, reply_channel):
+    def __init__(self, session, send, publish, flooded):
         self.session = session
         self.send = send
         self.publish = publish
         self.flooded = flooded
-        self.reply_channel = reply_channel
         self.in_flight = {}  # key -> Call
         self.seq = 0
 
@@ -133,7 +132,7 @@ class CallPipeline:
         await self.reply(call, refusal(code, message, **extra), "denied")
 
     async def run(self, key, call, ctx, args):
-        reply = await dispatch.dispatch_call(call.op, ctx, args, reply_channel=self.reply_channel)
+        reply = await dispatch.dispatch_call(call.op, ctx, args)
         if self.in_flight.pop(key, None) is None:
             return  # the run is over
         await self.reply(call, reply, call_outcome(reply), dispatched=True)

@@ -5,6 +5,7 @@ never would) and checks what comes back, what the run records and what is audite
 """
 
 import asyncio
+import base64
 import json
 import secrets
 
@@ -432,6 +433,41 @@ async def test_it_dispatches_through_rq_workers(acme, settings):
     assert (acme.storage_root() / "rq.txt").read_text() == "via rq"
     assert queue.failed_job_registry.count == 0
     assert queue.count == 0
+
+
+@pytest.mark.skipif(not settings.REDIS_URL, reason="the RQ path needs REDIS_URL (the suite's second run)")
+async def test_an_rq_reply_comes_back_whole_on_its_servers_list_and_leaves_nothing_in_redis(acme, settings):
+    """A worker pushes its reply onto the reply list of the event loop that queued the
+    call (capabilities/dispatch.py): bytes arrive as bytes, the list is emptied as the
+    replies come, and a list nobody reads any more (its server stopped) expires."""
+    import django_rq
+
+    from capabilities import dispatch
+    from tests.rq_fixtures import RunningWorker
+
+    settings.SYMPOSIUM_RQ_CAPABILITIES = ["files"]
+    queue = django_rq.get_queue("capabilities")
+    queue.connection.flushdb()
+    data = bytes(range(256)) * 64
+    acme.storage_root().mkdir(parents=True, exist_ok=True)
+    (acme.storage_root() / "bin.dat").write_bytes(data)
+    run, token = await database_sync_to_async(make_run)(acme)
+    worker = RunningWorker(queue)
+    try:
+        async with Isolate(token) as isolate:
+            await isolate.hello()
+            for _ in range(5):
+                reply = await isolate.call("readFile", {"path": "bin.dat", "encoding": "binary"})
+                assert reply["ok"] is True, reply
+                assert base64.b64decode(reply["envelope"]["data"]["$bytes"]) == data
+    finally:
+        await asyncio.get_running_loop().run_in_executor(None, worker.stop)
+    assert queue.failed_job_registry.count == 0
+    assert list(queue.connection.scan_iter("symposium:replies:*")) == []
+
+    # A reply whose reader is gone stays at most REPLY_TTL seconds.
+    dispatch.send_reply(queue.connection, "symposium:replies:gone", 1, {"ok": True, "envelope": {"value": 1}})
+    assert 0 < queue.connection.ttl("symposium:replies:gone") <= dispatch.REPLY_TTL
 
 
 async def test_cant_switch_off_the_audit_log_with_a_lone_surrogate(acme, make_tenant):
