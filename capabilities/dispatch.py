@@ -278,6 +278,7 @@ def enqueue(op_name, ctx, args, inbox, call_key, timeout):
     )
 
 
+INTERNAL_REPLY = {"ok": False, "error": {"code": "INTERNAL", "message": "The call failed because of an internal error."}}
 # A reply list outlives its last push by this long: replies that find no reader (their
 # server stopped) are gone after it, and a reader reads a reply within milliseconds.
 REPLY_TTL = 60
@@ -290,8 +291,7 @@ def reply_payload(call_key, reply, job_id):
         return msgpack.packb({"key": call_key, "reply": reply, "job": job_id}, use_bin_type=True)
     except (TypeError, ValueError, OverflowError):
         logger.exception("a reply could not be packed")
-        error = {"ok": False, "error": {"code": "INTERNAL", "message": "The call failed because of an internal error."}}
-        return msgpack.packb({"key": call_key, "reply": error, "job": job_id}, use_bin_type=True)
+        return reply_payload(call_key, INTERNAL_REPLY, job_id)
 
 
 def push_reply(pipe, inbox, call_key, reply, job_id):
@@ -367,6 +367,8 @@ def run_job(op_name, ctx, args, inbox, call_key):
 # -- knowing when a worker died with a call --------------------------------------------
 
 CALL_KEY_PREFIX = "symposium:call:"
+# The reply list of one event loop of a server process is REPLY_LIST_PREFIX + a uuid.
+REPLY_LIST_PREFIX = "symposium:replies:"
 # A running job refreshes its "alive" mark this often; the mark lasts JOB_HEARTBEAT_TTL_MS.
 # A worker that dies is noticed JOB_HEARTBEAT_TTL_MS (+ one WATCH_INTERVAL) later. The
 # margin is wide because the heartbeat is a thread: a handler inside a long C call that
@@ -510,7 +512,7 @@ class JobWatcher:
         self.workers_counted = 0.0
         self.jobs = {}  # job id -> WatchedJob
         self.task = None
-        self.inbox = f"symposium:replies:{uuid.uuid4().hex}"
+        self.inbox = f"{REPLY_LIST_PREFIX}{uuid.uuid4().hex}"
         self.reader = None
 
     def watch(self, job_id, deadline):

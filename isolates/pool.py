@@ -58,7 +58,7 @@ STARTUP_CPU_ALLOWANCE = 1
 READY_TIMEOUT = 20.0
 # An isolate taken for a run is replaced this long after, not at once: a spare's start-up
 # (some 100 ms of a core) begun at the same instant would compete with that run's own
-# start for the machine's cores (measured on two: warm start 12.3 -> 7.6 ms p50).
+# start for the machine's cores (measured on two: warm start 12.4 -> 7.7-8.7 ms p50).
 REFILL_AFTER_TAKE_SECONDS = 0.05
 # How much of an isolate's stderr is kept (the end of it: V8's last words are there).
 STDERR_TAIL_BYTES = 16 * 1024
