@@ -777,13 +777,14 @@ addListener("message", (event) => {
   else if (message?.type === "start" && blockUrl === null) runBlock(message);
 });
 
-// What nearly every run uses is loaded and compiled lazily by Deno on first use: the
-// module loader, Request, Response and Headers. Using each once here, before "ready",
-// takes that cost off every run's start and every HTTP request's answer. A warm spare,
-// which waits in the pool for its run (main.js sets `spare`), also starts TypeScript's
-// transpiler and the timers (Node's, which Deno loads on the first setTimeout: 10-20 ms;
-// every call of the proxy API sets one); an isolate started for a run that is waiting
-// leaves them to the block that needs them.
+// What runs use is loaded and compiled lazily by Deno on first use: the module loader
+// (every run), Request, Response and Headers (every HTTP request's answer). Using each
+// once here, before "ready", takes that cost off the run. The module loader is primed
+// always: every block is imported. The rest only a warm spare primes, which waits in
+// the pool for its run (main.js sets `spare`): Request and Response (7 and 5 ms of a
+// cold start, measured), TypeScript's transpiler and the timers (Node's, which Deno
+// loads on the first setTimeout: 10-20 ms; every call of the proxy API sets one). An
+// isolate started for a run that is waiting leaves them to the block that needs them.
 async function primeLazyParts() {
   const sources = { "text/javascript": "export default (x = 1) => x;" };
   if (spare) sources["application/typescript"] = "export default (x: number = 1) => x;";
@@ -792,12 +793,14 @@ async function primeLazyParts() {
     await import(url);
     URL.revokeObjectURL(url);
   }
-  const request = new Request("http://warm.invalid/", { method: "POST", headers: [["content-type", "text/plain"]], body: new Uint8Array(1) });
-  await request.arrayBuffer();
-  const response = new Response("warm", { status: 200, headers: [["x-warm", "1"]] });
-  [...response.headers];
-  await response.arrayBuffer();
-  if (spare) clearTimeout(setTimeout(() => {}, 0));
+  if (spare) {
+    const request = new Request("http://warm.invalid/", { method: "POST", headers: [["content-type", "text/plain"]], body: new Uint8Array(1) });
+    await request.arrayBuffer();
+    const response = new Response("warm", { status: 200, headers: [["x-warm", "1"]] });
+    [...response.headers];
+    await response.arrayBuffer();
+    clearTimeout(setTimeout(() => {}, 0));
+  }
   buildApi({ readFile: "files", "canvas.draw": "canvas" }); // not the block's: a run builds its own
 }
 
