@@ -7,7 +7,8 @@
     isolate.kill()                       # SIGKILL to its process group (wall clock, stop)
     await pool.shutdown()                # kills everything the pool started
 
-An isolate is `python -I isolates/sandbox.py ... -- deno run ... runtime/main.js PORT`: the
+An isolate is the launcher, `isolates/sandbox.py ... -- deno run ... runtime/main.js PORT`,
+run by the pool's spawner (capabilities/process/spawner.py) in a fork of itself: the
 launcher locks the process down and execs Deno, whose bootstrap creates the block's Worker
 and prints "ready". It is then *warm*: waiting for its one assignment, which reaches it
 on the connection to the broker that it opened at once (the run bound to that connection
@@ -20,8 +21,8 @@ profile, warmed when a profile is first used or named in `warm_limits`.
 Everything is asyncio, with no thread of its own: the pool belongs to the event loop that
 first uses it (Daphne's, or the one `asyncio.run` makes for a management command), and
 never blocks it. Isolates that outlive their server clean themselves up: a warm one sees
-its stdin close, a running one its websocket, and the launcher asks the kernel to kill
-the isolate when the process that started it dies.
+its stdin close, a running one its websocket; the spawner kills them when the server's end
+of it closes, and the launcher asks the kernel to kill the isolate when the spawner dies.
 """
 
 import asyncio
@@ -41,6 +42,7 @@ from pathlib import Path
 
 import deno
 
+from capabilities.process import spawner as spawners
 from isolates import sandbox, waiting
 
 logger = logging.getLogger(__name__)
@@ -261,6 +263,64 @@ def find_deno():
 
 class IsolateStartError(RuntimeError):
     """An isolate did not come up. The message is for operators (it may quote stderr)."""
+
+
+class LaunchedProcess:
+    """An isolate forked by the pool's spawner (capabilities.process.spawner), with what
+    Isolate uses of an asyncio subprocess: pid (its process group's too), returncode
+    (negative for a signal), stdin (a StreamWriter), stdout and stderr (StreamReaders),
+    wait() and get_pipe_transport(fd). Its exit status comes on its spawner channel: the
+    spawner is its parent and reaps it."""
+
+    def __init__(self, spawned, transports, stdin, stdout, stderr):
+        self.pid = spawned.pid
+        self.returncode = None
+        self._channel = spawned.channel
+        self._transports = transports
+        self.stdin, self.stdout, self.stderr = stdin, stdout, stderr
+        self._waiter = None
+
+    @classmethod
+    async def connect(cls, spawned):
+        loop = asyncio.get_running_loop()
+        transports, readers = {}, []
+        try:
+            transports[0], stdin_protocol = await loop.connect_write_pipe(asyncio.streams.FlowControlMixin, spawned.stdin)
+            stdin = asyncio.StreamWriter(transports[0], stdin_protocol, None, loop)
+            for fd, pipe in ((1, spawned.stdout), (2, spawned.stderr)):
+                reader = asyncio.StreamReader(loop=loop)
+                transports[fd], _ = await loop.connect_read_pipe(lambda reader=reader: asyncio.StreamReaderProtocol(reader, loop=loop), pipe)
+                readers.append(reader)
+        except BaseException:
+            for transport in transports.values():
+                transport.close()
+            spawners.Spawner.discard(spawned.channel, (spawned.stdin, spawned.stdout, spawned.stderr))
+            try:
+                os.killpg(spawned.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            raise
+        spawned.channel.setblocking(False)
+        return cls(spawned, transports, stdin, *readers)
+
+    def get_pipe_transport(self, fd):
+        return self._transports.get(fd)
+
+    async def wait(self):
+        if self._waiter is None:
+            self._waiter = asyncio.ensure_future(self._wait())
+        return await asyncio.shield(self._waiter)
+
+    async def _wait(self):
+        try:
+            message = await asyncio.get_running_loop().sock_recv(self._channel, 64)
+        except OSError:
+            message = b""
+        self._channel.close()
+        # No status: the spawner went away before it said, and its isolates with it.
+        self.returncode = os.waitstatus_to_exitcode(int(message[1:])) if message.startswith(b"X") else -signal.SIGKILL
+        self._transports[0].close()  # stdin; stdout and stderr end at their end of file
+        return self.returncode
 
 
 @dataclass
@@ -508,7 +568,7 @@ class Isolate:
         """How many bytes the isolate has written to stderr so far: those read, those
         asyncio holds, and those still in the pipe."""
         written = self._stderr_read + len(getattr(self.process.stderr, "_buffer", b""))
-        transport = self.process._transport.get_pipe_transport(2) if self.process._transport else None
+        transport = self._pipe_transport(2)
         pipe = transport.get_extra_info("pipe") if transport is not None else None
         if pipe is not None:
             try:
@@ -518,6 +578,12 @@ class Isolate:
             except (OSError, ValueError):
                 pass
         return written
+
+    def _pipe_transport(self, fd):
+        # A LaunchedProcess holds its pipes' transports itself; asyncio's subprocess (a
+        # test's stand-in for an isolate) in its transport.
+        holder = getattr(self.process, "_transport", self.process)
+        return holder.get_pipe_transport(fd) if holder is not None else None
 
     def _take_stderr(self, chunk, pool):
         self._stderr_read += len(chunk)
@@ -633,11 +699,13 @@ class Isolate:
 class IsolatePool:
     """Warm, locked-down isolates for one broker port, per memory size."""
 
-    def __init__(self, broker_port, warm_size=2, warm_limits=(), deno_path=None, python=None):
+    def __init__(self, broker_port, warm_size=2, warm_limits=(), deno_path=None, launcher=None):
         self.broker_port = int(broker_port)
         self.warm_size = int(warm_size)
         self.deno_path = deno_path or find_deno()
-        self.python = python or sys.executable
+        # The launcher the spawner runs for each isolate: isolates/sandbox.py (a test can
+        # give one that wraps it).
+        self.launcher = str(launcher or SANDBOX)
         self._warm = {}  # (memory_mb, cpu_seconds) -> deque of ready isolates
         self._limits = list(dict.fromkeys((int(m), int(c)) for m, c in warm_limits))
         self._all = set()  # every isolate started and not yet known to be reaped
@@ -646,6 +714,7 @@ class IsolatePool:
         self._refill_wanted = None
         self._closed = False
         self._noted = set()
+        self._spawner = None  # the pool's own (capabilities.process.spawner), at its first isolate
 
     async def __aenter__(self):
         await self.start()
@@ -724,6 +793,9 @@ class IsolatePool:
                 logger.error("isolate %s did not exit after SIGKILL", isolate.pid)
         self._warm.clear()
         self._all.clear()
+        if self._spawner is not None:
+            spawner, self._spawner = self._spawner, None
+            await asyncio.to_thread(spawner.close)
 
     # -- internals ------------------------------------------------------------------------
 
@@ -754,11 +826,9 @@ class IsolatePool:
             # A warm spare prepares more before it is ready than a run waiting for it can.
             "spare" if spare else "for-run",
         ]
+        # The launcher's arguments: the pool's spawner runs isolates/sandbox.py's main()
+        # with them in a fork of itself (see _launch).
         return [
-            self.python,
-            "-I",  # no PYTHON* variables, no user site, no current folder on sys.path
-            "-S",  # no site module either: the launcher needs nothing outside the stdlib
-            str(SANDBOX),
             "--memory-mb", str(memory_mb),
             "--cpu-seconds", str(cpu_seconds + STARTUP_CPU_ALLOWANCE),
             "--broker-port", str(port),
@@ -770,19 +840,43 @@ class IsolatePool:
             *deno_flags,
         ]
 
+    async def _launch(self, memory_mb, cpu_seconds, spare):
+        """The isolate's launcher, run by this pool's spawner in a fork of itself: in its
+        own session from its first instant (so kill() reaches it before the launcher has
+        done anything), with the pipes to this process on 0-2 and no other descriptor,
+        and none of the server's environment (the launcher's exec gives Deno its own)."""
+        arguments = self._command(memory_mb, cpu_seconds, spare)
+        for attempt in (1, 2):
+            if self._spawner is None or not self._spawner.alive():
+                # A spawner that died is replaced, as the command spawner is.
+                try:
+                    self._spawner = spawners.Spawner()
+                except OSError as exc:
+                    raise IsolateStartError(f"the isolate spawner could not be started: {exc}") from exc
+            try:
+                channel, pipes = self._spawner.request(arguments, launch=self.launcher)
+                break
+            except spawners.SpawnerGone as exc:
+                self._spawner = None
+                if attempt == 2:
+                    raise IsolateStartError(f"the isolate spawner is gone: {exc}") from exc
+        channel.setblocking(False)
+        try:
+            answer = await asyncio.wait_for(asyncio.get_running_loop().sock_recv(channel, 4096), READY_TIMEOUT)
+        except (asyncio.TimeoutError, OSError):
+            answer = b""
+        except BaseException:
+            spawners.Spawner.discard(channel, pipes)
+            raise
+        try:
+            spawned = spawners.Spawner.started(answer, channel, pipes)
+        except spawners.SpawnFailed as exc:
+            raise IsolateStartError(f"the isolate could not be started: {exc.strerror or exc}") from exc
+        return await LaunchedProcess.connect(spawned)
+
     async def _spawn(self, memory_mb, cpu_seconds, spare=False):
         started = time.monotonic()
-        process = await asyncio.create_subprocess_exec(
-            *self._command(memory_mb, cpu_seconds, spare),
-            stdin=asyncio.subprocess.PIPE,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE,
-            # Its own process group from the first instant, so kill() reaches it even
-            # before the launcher runs; and none of the server's environment.
-            start_new_session=True,
-            env={},
-            close_fds=True,
-        )
+        process = await self._launch(memory_mb, cpu_seconds, spare)
         isolate = Isolate(process=process, memory_mb=memory_mb, cpu_limit_seconds=cpu_seconds, spawned_at=started)
         self._all.add(isolate)
         # The isolate's first line: its key (for its waiting connection) and its mark.
@@ -802,7 +896,7 @@ class IsolatePool:
         isolate.ready_at = time.monotonic()
         # The runtime writes nothing more to stdout; closing it makes any later write (a
         # block reaching a raw stdout through node:process) fail instead of filling a pipe.
-        transport = process._transport.get_pipe_transport(1)
+        transport = isolate._pipe_transport(1)
         if transport is not None:
             transport.close()
         return isolate

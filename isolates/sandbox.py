@@ -13,13 +13,20 @@ Usage (the isolate pool runs it; nothing else should):
     python -I -S isolates/sandbox.py --memory-mb 128 --cpu-seconds 60 --broker-port 8001 \
         [--read PATH ...] [--seccomp-program FILE] -- /path/to/deno run ... main.js
 
+The pool does not exec a new Python for each isolate: its spawner (a `python -I -S`
+process of the standard library alone, capabilities/process/spawner.py) loads this file
+once and, per isolate, forks and calls main() with these arguments in the child, after
+putting the pool's pipes on 0-2, closing every other descriptor and starting a session.
+The steps below are the same either way; the child begins single-threaded, as a fresh
+launcher does, and holds nothing but the spawner's standard library and this file.
+
 The seccomp filter is compiled once per server process (`prepare_seccomp_program`, which
 the pool calls when it starts) into a BPF file; each launch reads that file, writes in the
 two values only a launch knows (its pid and the address of its exec path) and loads it.
 Without --seccomp-program the launcher compiles the filter itself with libseccomp, which
 costs about 40 ms: tests and manual use only.
 
-It runs as a brand-new, single-threaded process and, in this order:
+It runs as a brand-new (or newly forked), single-threaded process and, in this order:
 
 1. starts its own session and process group, so the pool can kill the whole tree;
 2. closes every inherited file descriptor except stdin/stdout/stderr and moves to `/`;

@@ -15,6 +15,7 @@ import json
 import os
 import signal
 import time
+from pathlib import Path
 
 import pytest
 
@@ -281,18 +282,27 @@ async def test_postgres_restarted_under_running_blocks(platform):
 # -- the server process -----------------------------------------------------------------
 
 
+def command_name(pid):
+    try:
+        return Path(f"/proc/{pid}/comm").read_text().strip()
+    except OSError:
+        return None
+
+
 async def test_a_killed_server_takes_its_isolates_along_and_its_runs_are_reaped(platform):
     server = platform.start_server()
     async with RunnerClient(server.port, platform.session) as page:
         runs = [await page.start("acme", WAITS_FOREVER) for _ in range(2)]
         await asyncio.to_thread(wait_until, lambda: all(platform.run_record(r)["status"] == "running" for r in runs), 20,
                                 "the runs starting")
-        isolates = server.children()
+        started = server.children()
+    isolates = [pid for pid in started if command_name(pid) == "deno"]
     assert len(isolates) >= 2
     server.kill(signal.SIGKILL)
-    # The isolates do not outlive their server (parent-death signal; and the runtime
-    # exits when its broker connection closes).
-    wait_until(lambda: not [pid for pid in isolates if os.path.exists(f"/proc/{pid}")], 3, "the isolates exiting")
+    # The isolates do not outlive their server, nor does the spawner that forked them
+    # (it kills them when its server's end closes, and they die with it: parent-death
+    # signal; and the runtime exits when its broker connection closes).
+    wait_until(lambda: not [pid for pid in started if os.path.exists(f"/proc/{pid}")], 3, "the isolates exiting")
     assert [platform.run_record(r)["status"] for r in runs] == ["running", "running"]
     # Another server's reaper notices the dead server (same machine: at once; elsewhere:
     # when its heartbeat is stale) and fails its runs.

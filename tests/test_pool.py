@@ -250,6 +250,67 @@ def test_isolates_die_with_the_server_that_started_them(tmp_path):
         process.kill()
 
 
+def parent_of(pid):
+    return int(Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[1])
+
+
+def socket_inodes(pid):
+    inodes = set()
+    for fd in os.listdir(f"/proc/{pid}/fd"):
+        try:
+            target = os.readlink(f"/proc/{pid}/fd/{fd}")
+        except OSError:
+            continue
+        if target.startswith("socket:["):
+            inodes.add(target[len("socket:["):-1])
+    return inodes
+
+
+async def test_isolates_are_forked_by_a_small_spawner_of_the_pools_own(broker):
+    async with IsolatePool(broker.port, warm_size=0) as pool:
+        isolate = await pool.acquire(memory_mb=64, cpu_seconds=10)
+        helper = pool._spawner.process.pid
+        # The spawner is this process's child, the isolate the spawner's: a fork of a
+        # process of a few MB that has the launcher loaded, not a new Python each time.
+        assert parent_of(helper) == os.getpid() and parent_of(isolate.pid) == helper
+        assert Path(f"/proc/{isolate.pid}/comm").read_text().strip() == "deno"
+        status = Path(f"/proc/{helper}/status").read_text()
+        assert int(status.split("VmRSS:")[1].split()[0]) < 40 * 1024
+        run = broker.add_run("export default () => 'forked'")
+        await isolate.assign(broker.url, run.token)
+        assert (await run.finished())["result"] == "forked"
+    # The pool's shutdown ends its spawner.
+    await wait_until(lambda: not alive(helper), 5)
+
+
+async def test_cant_reach_the_pools_spawner_or_the_server_from_an_isolate(broker):
+    # An isolate holds no descriptor of the spawner's (its control socket, another
+    # isolate's channel) or of the server's: a block that got code execution in Deno
+    # could not ask the spawner for a process of its choosing.
+    async with IsolatePool(broker.port, warm_size=0) as pool:
+        isolates = [await pool.acquire(memory_mb=64, cpu_seconds=10) for _ in range(2)]
+        helper = pool._spawner.process.pid
+        for isolate in isolates:
+            theirs = socket_inodes(isolate.pid)
+            assert not theirs & socket_inodes(helper)
+            assert not theirs & socket_inodes(os.getpid())
+            # Its descriptors 0-2 are the pool's pipes; nothing else it holds was given.
+            for fd in ("0", "1", "2"):
+                assert os.readlink(f"/proc/{isolate.pid}/fd/{fd}").startswith("pipe:[")
+
+
+async def test_a_pools_isolates_die_with_its_spawner_and_the_next_gets_a_new_one(broker):
+    async with IsolatePool(broker.port, warm_size=0) as pool:
+        isolate = await pool.acquire(memory_mb=64, cpu_seconds=10)
+        first = pool._spawner.process.pid
+        os.kill(first, signal.SIGKILL)
+        exit = await asyncio.wait_for(isolate.wait(), 5)
+        assert exit.returncode == -signal.SIGKILL
+        await wait_until(lambda: not alive(isolate.pid), 5)
+        _, done, _ = await run_block(pool, broker, "export default () => 'again'")
+        assert done["result"] == "again" and pool._spawner.process.pid != first
+
+
 def test_it_works_from_a_management_command_style_event_loop():
     # `runblock` runs its own loop with asyncio.run; a pool made there works there.
     async def main():
@@ -289,10 +350,17 @@ async def test_it_logs_once_what_the_kernel_lacks(broker, tmp_path, caplog):
     # The launcher reports missing kernel features on stderr ("symposium-sandbox: ...");
     # the pool puts each distinct line in the server's log once. A wrapper stands in for a
     # kernel without Landlock by printing such a line before the real launcher runs.
-    wrapper = tmp_path / "python"
-    wrapper.write_text(f"#!/bin/sh\necho 'symposium-sandbox: Landlock is not available on this kernel' >&2\nexec {sys.executable} \"$@\"\n")
-    wrapper.chmod(0o755)
-    async with IsolatePool(broker.port, warm_size=0, python=str(wrapper)) as pool:
+    wrapper = tmp_path / "launcher.py"
+    wrapper.write_text(
+        "import importlib.util, os\n"
+        f"spec = importlib.util.spec_from_file_location('real_launcher', {str(PROJECT / 'isolates' / 'sandbox.py')!r})\n"
+        "real = importlib.util.module_from_spec(spec)\n"
+        "spec.loader.exec_module(real)\n"
+        "def main(argv):\n"
+        "    os.write(2, b'symposium-sandbox: Landlock is not available on this kernel\\n')\n"
+        "    real.main(argv)\n"
+    )
+    async with IsolatePool(broker.port, warm_size=0, launcher=wrapper) as pool:
         with caplog.at_level("WARNING", logger="isolates.pool"):
             for _ in range(2):
                 _, done, _ = await run_block(pool, broker, "export default () => 'still runs'")

@@ -1,4 +1,4 @@
-"""The spawner: a small process that forks the server's sandboxed commands.
+"""The spawner: a small process that forks the server's sandboxed commands and isolates.
 
 A command's staging (capabilities.process.staging) runs between fork and exec, so a
 command cannot be started with vfork or posix_spawn, and a fork copies the page tables of
@@ -21,6 +21,15 @@ When the server goes away (its end of the socketpair closes) the spawner kills t
 process group of every command still running and exits. When the spawner goes away the
 server starts another at its next command, and runs commands by forking itself until one
 answers (capabilities.process.sandbox).
+
+A launch (`launch=PATH`) is the same message with a launcher's arguments for argv: PATH
+is a Python file whose main(argv) never returns (it execs), loaded into the spawner by
+its path at its first launch and kept; the child calls it instead of exec'ing a new
+Python to run it. The isolate pool launches its isolates so (isolates/sandbox.py: it
+locks the child down and execs Deno), from a spawner of its own (isolates/pool.py), so
+that commands and isolates do not queue behind each other and a pool's isolates die with
+it. A fresh `python -I -S isolates/sandbox.py` spent about 25 ms starting the interpreter,
+importing ctypes and compiling the launcher before its first step.
 """
 
 import fcntl
@@ -118,6 +127,20 @@ class Spawner:
         `stdin_data` is True for a pipe (else /dev/null). Raises SpawnFailed when the
         command's staging or exec failed or the spawner did not answer, SpawnerGone
         when the spawner could not be given the command."""
+        channel, pipes = self.request(argv, plan=plan, report_fd=report_fd, pass_fds=pass_fds, stdin_data=stdin_data)
+        channel.settimeout(timeout)
+        try:
+            answer = channel.recv(4096)
+        except OSError:  # TimeoutError included
+            answer = b""
+        channel.settimeout(None)
+        return self.started(answer, channel, pipes)
+
+    def request(self, argv, *, plan=None, report_fd=None, pass_fds=(), stdin_data=True, launch=None):
+        """Sends the spawner one command (or, with `launch` a launcher's path, one launch:
+        argv is then the launcher's arguments) and returns its channel and the server's
+        ends of its pipes (stdin's None without `stdin_data`), for started() once the
+        channel answers. Raises SpawnerGone when the spawner could not be given it."""
         channel, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_SEQPACKET)
         ours_pipes, child_ends = [], []
         try:
@@ -134,7 +157,7 @@ class Spawner:
                     ours_pipes.append(open(r, "rb", buffering=0))
                     child_ends.append(w)
                 report = [report_fd] if report_fd is not None else []
-                header = marshal.dumps({"argv": list(argv), "targets": [0, 1, 2, *pass_fds, *report], "plan": plan})
+                header = marshal.dumps({"argv": list(argv), "targets": [0, 1, 2, *pass_fds, *report], "plan": plan, "launch": launch})
                 try:
                     with self.lock:
                         socket.send_fds(self.control, [header], [theirs.fileno(), *child_ends, *pass_fds, *report])
@@ -145,24 +168,30 @@ class Spawner:
                 theirs.close()
                 for fd in child_ends:
                     os.close(fd)
-            channel.settimeout(timeout)
-            try:
-                answer = channel.recv(4096)
-            except OSError:  # TimeoutError included
-                answer = b""
-            channel.settimeout(None)
-            if answer.startswith(b"P"):
-                return Spawned(int(answer[1:]), channel, *ours_pipes)
-            errno_text, _, message = answer[1:].decode(errors="replace").partition(":")
-            # Sent but not answered: it may have started, so it is not started again (the
-            # command's cgroups are emptied afterwards whatever became of it).
-            raise SpawnFailed(int(errno_text) if errno_text.isdigit() else 0, message or "the spawner did not answer")
         except BaseException:
-            channel.close()
-            for stream in ours_pipes:
-                if stream is not None:
-                    stream.close()
+            self.discard(channel, ours_pipes)
             raise
+        return channel, ours_pipes
+
+    @staticmethod
+    def discard(channel, pipes):
+        """Closes what request() returned, for a command given up before it answered (it
+        ends at its stdin's end of file, or with the spawner)."""
+        channel.close()
+        for stream in pipes:
+            if stream is not None:
+                stream.close()
+
+    @staticmethod
+    def started(answer, channel, pipes):
+        """The Spawned that the channel's first answer tells of, or SpawnFailed."""
+        if answer.startswith(b"P"):
+            return Spawned(int(answer[1:]), channel, *pipes)
+        Spawner.discard(channel, pipes)
+        errno_text, _, message = answer[1:].decode(errors="replace").partition(":")
+        # Sent but not answered: it may have started, so it is not started again (the
+        # command's cgroups are emptied afterwards whatever became of it).
+        raise SpawnFailed(int(errno_text) if errno_text.isdigit() else 0, message or "the spawner did not answer")
 
     def close(self):
         self.control.close()
@@ -207,7 +236,17 @@ def _load_staging():
     return module
 
 
-def _child(request, fds, failure, staging):
+def _load_launcher(path):
+    # By its path, as the staging (the isolate launcher imports nothing of the platform).
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("symposium_launcher", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def _child(request, fds, failure, staging, launchers):
     """In the forked child: never returns."""
     try:
         os.setsid()
@@ -225,6 +264,15 @@ def _child(request, fds, failure, staging):
                     os.close(fd)
                 except OSError:
                     pass
+        if request.get("launch"):
+            # As a launcher started as its own `python -I -S` would be (SIGPIPE and
+            # SIGXFSZ ignored, as Python sets them, and so inherited by Deno), with
+            # SIGINT back to its default. The launcher closes every descriptor but 0-2
+            # (the failure pipe too: the answer is P<pid> from there on; a refusal is its
+            # line on stderr and exit code 70, as a launcher's own) and execs Deno.
+            signal.signal(signal.SIGINT, signal.SIG_DFL)
+            launchers[request["launch"]].main(request["argv"])
+            os._exit(127)
         for name in ("SIGPIPE", "SIGXFSZ", "SIGINT"):
             signal.signal(getattr(signal, name), signal.SIG_DFL)
         plan = request["plan"]
@@ -248,6 +296,7 @@ def serve(control_fd):
     # end (closing the socketpair) is what ends the spawner.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     staging = _load_staging()
+    launchers = {}  # path -> the launcher loaded from it
     control = socket.socket(fileno=control_fd)
     waiting = selectors.DefaultSelector()
     waiting.register(control, selectors.EVENT_READ, ("control", None))
@@ -257,8 +306,10 @@ def serve(control_fd):
         channel = socket.socket(fileno=fds[0])
         try:
             request = marshal.loads(message)
+            if request.get("launch") and request["launch"] not in launchers:
+                launchers[request["launch"]] = _load_launcher(request["launch"])
             read_failure, write_failure = os.pipe2(os.O_CLOEXEC)
-        except (ValueError, EOFError, TypeError, OSError) as e:
+        except Exception as e:  # noqa: BLE001 (a bad request, or a launcher that will not load, is answered; the spawner goes on)
             channel.send(f"F0:{e}".encode())
             channel.close()
             for fd in fds[1:]:
@@ -271,7 +322,7 @@ def serve(control_fd):
             _send(channel, f"F{e.errno}:{e.strerror}".encode())
             channel.close()
         if pid == 0:
-            _child(request, fds[1:], write_failure, staging)
+            _child(request, fds[1:], write_failure, staging, launchers)
         for fd in fds[1:]:
             os.close(fd)
         os.close(write_failure)

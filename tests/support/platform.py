@@ -243,8 +243,9 @@ class PlatformProcess:
             return ""
 
     def children(self):
-        """Pids of the processes this one started (for a server: its isolates)."""
-        found = []
+        """Pids of the processes this one started, and of those they started (for a
+        server: its isolates, and the spawners that fork them)."""
+        parents = {}
         for entry in Path("/proc").iterdir():
             if not entry.name.isdigit():
                 continue
@@ -252,9 +253,14 @@ class PlatformProcess:
                 text = (entry / "stat").read_text()
             except OSError:
                 continue
-            if int(text.rsplit(")", 1)[1].split()[1]) == self.pid:
-                found.append(int(entry.name))
-        return found
+            parents[int(entry.name)] = int(text.rsplit(")", 1)[1].split()[1])
+        found, ancestors = [], {self.pid}
+        while True:
+            more = [pid for pid, parent in parents.items() if parent in ancestors and pid not in ancestors]
+            if not more:
+                return found
+            found.extend(more)
+            ancestors.update(more)
 
 
 class Platform:
