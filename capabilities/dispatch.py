@@ -151,21 +151,23 @@ async def _call_inline(op, ctx, args):
     return await asyncio.wrap_future(future)
 
 
-# Replies of RQ jobs this process waits for: call key -> (future, id of the job whose
-# reply counts). An earlier attempt's late reply (its worker taken for dead) is ignored.
+# Replies of RQ jobs this process waits for: call key -> (future, ids of the call's jobs
+# given up on). Registered before the job is queued: a fast worker's reply can be on the
+# reply list, and read, before the thread that queued the job is back on the loop. A
+# late reply of an attempt given up on (its worker taken for dead) is ignored.
 _awaiting = {}
 _call_keys = itertools.count(1)
 
 
 def deliver_reply(event):
     """A worker's reply, {"key", "reply", "job"}, taken off this loop's reply list."""
-    if not isinstance(event, dict):
+    if not isinstance(event, dict) or not isinstance(event.get("key"), int):
         return
-    entry = _awaiting.get(event.get("key"))
+    entry = _awaiting.get(event["key"])
     if entry is None:
         return  # answered already (timed out), or the run is over
-    future, job_id = entry
-    if event.get("job") is not None and event["job"] != job_id:
+    future, given_up = entry
+    if isinstance(event.get("job"), str) and event["job"] in given_up:
         return  # from an attempt given up on
     if not future.done():
         future.set_result(event.get("reply") or {})
@@ -183,10 +185,13 @@ async def _call_rq(op, ctx, args):
     key = next(_call_keys)
     loop = asyncio.get_running_loop()
     lost = []  # one audit row's worth per attempt lost with its worker
+    given_up = set()  # the ids of those attempts' jobs
     job_id = None  # the job in flight, if any: its slot is held until it ends
     slot_passed_on = False
     try:
         for attempt in range(settings.SYMPOSIUM_RQ_RETRIES + 1):
+            reply = loop.create_future()
+            _awaiting[key] = (reply, given_up)
             enqueuing = asyncio.ensure_future(asyncio.to_thread(enqueue, op.name, ctx, args, watcher.inbox, key, ctx.time_left()))
             try:
                 job = await asyncio.shield(enqueuing)
@@ -202,8 +207,6 @@ async def _call_rq(op, ctx, args):
                     "code": "INTERNAL", "retryAfter": 1,
                     "message": f"{op.name} could not be queued: the platform's job queue (Redis) is unavailable; retry shortly."}}, lost)
             job_id = job.id
-            reply = loop.create_future()
-            _awaiting[key] = (reply, job_id)
             gone = watcher.watch(job_id, ctx.deadline)
             try:
                 await asyncio.wait((reply, gone), return_when=asyncio.FIRST_COMPLETED)
@@ -213,6 +216,7 @@ async def _call_rq(op, ctx, args):
                 job_id = None  # the worker sent its reply: it is done with the job
                 return with_lost(reply.result(), lost)
             reason = gone.result()
+            given_up.add(job_id)
             job_id = None  # lost: no worker runs it any more (its claim says abandoned)
             retry = may_retry(reason, op.idempotent) and attempt < settings.SYMPOSIUM_RQ_RETRIES and ctx.timeout(2) > 1
             message = lost_reply(op.name, reason)["error"]["message"]
@@ -265,17 +269,23 @@ def enqueue(op_name, ctx, args, inbox, call_key, timeout):
     """Queue the call as an RQ job; its reply is pushed onto the list `inbox`."""
     queue = capabilities_queue()
     # A failed connection is retried by redis-py on the next command; a Redis that is
-    # down fails at once with ConnectionError (the call is answered so).
-    return queue.enqueue(
-        "capabilities.dispatch.run_job",
-        op_name, ctx, args, inbox, call_key,
-        job_timeout=max(1, int(timeout) + 5),
-        ttl=max(1, int(timeout)),  # a job nobody took before the deadline is dropped
-        result_ttl=0,
-        failure_ttl=3600,
-        description=f"{op_name} for {ctx.tenant_slug} run {ctx.run_id}",
-        on_failure=Callback(report_job_failure),
-    )
+    # down fails at once with ConnectionError (the call is answered so). RQ's writes
+    # (the queue's name in its set, the job, its id on the queue) go in one MULTI/EXEC
+    # of ours, one round trip, where RQ alone makes two.
+    with queue.connection.pipeline() as pipe:
+        job = queue.enqueue(
+            "capabilities.dispatch.run_job",
+            op_name, ctx, args, inbox, call_key,
+            job_timeout=max(1, int(timeout) + 5),
+            ttl=max(1, int(timeout)),  # a job nobody took before the deadline is dropped
+            result_ttl=0,
+            failure_ttl=3600,
+            description=f"{op_name} for {ctx.tenant_slug} run {ctx.run_id}",
+            on_failure=Callback(report_job_failure),
+            pipeline=pipe,
+        )
+        pipe.execute()
+    return job
 
 
 INTERNAL_REPLY = {"ok": False, "error": {"code": "INTERNAL", "message": "The call failed because of an internal error."}}

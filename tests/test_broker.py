@@ -8,6 +8,7 @@ import asyncio
 import base64
 import json
 import secrets
+import time
 
 import pytest
 from channels.db import database_sync_to_async
@@ -526,3 +527,45 @@ async def test_cant_crash_the_run_with_a_lone_surrogate_in_console_text(acme):
     assert run.status == "succeeded"
     assert run.console == "half \ufffd a pair, a \ufffd"
     assert run.result == {"s": "\ufffd", "\ufffd": [1]}
+
+
+@pytest.mark.skipif(not settings.REDIS_URL, reason="the RQ path needs REDIS_URL (the suite's second run)")
+async def test_an_rq_reply_that_comes_back_before_its_enqueue_returns_still_answers_the_call(acme, settings, monkeypatch):
+    """A worker can take a job, run it and push its reply before the thread that queued
+    it is back on the event loop (a busy loop, a fast handler). With the loop's reader
+    already reading (another job watched), that reply is taken off the list at once: the
+    call it answers must be known by then, or the reply is dropped and the block waits
+    for a "lost" verdict instead of its result."""
+    import django_rq
+
+    from capabilities import dispatch
+    from tests.rq_fixtures import RunningWorker
+
+    settings.SYMPOSIUM_RQ_CAPABILITIES = ["files"]
+    queue = django_rq.get_queue("capabilities")
+    queue.connection.flushdb()
+    acme.storage_root().mkdir(parents=True, exist_ok=True)
+    (acme.storage_root() / "early.txt").write_text("early")
+    real_enqueue = dispatch.enqueue
+
+    def enqueue_then_dawdle(*args):
+        job = real_enqueue(*args)
+        time.sleep(0.4)  # the job is queued; the loop hears of it only now
+        return job
+
+    monkeypatch.setattr(dispatch, "enqueue", enqueue_then_dawdle)
+    run, token = await database_sync_to_async(make_run)(acme)
+    worker = RunningWorker(queue)
+    try:
+        # Another job watched keeps the loop's reply reader reading meanwhile.
+        dispatch.job_watcher().watch("another-job", time.time() + 30)
+        async with Isolate(token) as isolate:
+            await isolate.hello()
+            started = time.monotonic()
+            reply = await isolate.call("readFile", {"path": "early.txt"})
+            took = time.monotonic() - started
+    finally:
+        dispatch.job_watcher().forget("another-job")
+        await asyncio.get_running_loop().run_in_executor(None, worker.stop)
+    assert reply["ok"] is True and reply["envelope"]["data"] == "early", reply
+    assert took < 2.5
