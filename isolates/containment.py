@@ -2,10 +2,10 @@
 
 Each layer is probed the way the platform uses it, never read off a configuration:
 
-- the isolate launcher (isolates/sandbox.py) is run, exactly as the pool runs Deno, on
-  the system's Python with a small probe that tries to write a file, read /etc/passwd,
-  connect to a port that is not the broker's and make a user namespace (Landlock and
-  seccomp);
+- the isolate launcher (isolates/sandbox.py) is run with the pool's arguments (the pool
+  runs the same main() in a fork of its spawner), on the system's Python with a small
+  probe that tries to write a file, read /etc/passwd, connect to a port that is not the
+  broker's and make a user namespace (Landlock and seccomp);
 - one command is run through the process capability's own handler (bubblewrap,
   capabilities/process), which prints its /proc/self/status and mount table (user
   namespaces, its seccomp filter, nosuid/nodev/noexec storage);
