@@ -317,8 +317,7 @@ class LaunchedProcess:
         except OSError:
             message = b""
         self._channel.close()
-        # No status: the spawner went away before it said, and its isolates with it.
-        self.returncode = os.waitstatus_to_exitcode(int(message[1:])) if message.startswith(b"X") else -signal.SIGKILL
+        self.returncode = spawners.Spawned.returncode_from(message)
         self._transports[0].close()  # stdin; stdout and stderr end at their end of file
         return self.returncode
 
@@ -806,7 +805,7 @@ class IsolatePool:
         elif self._loop is not loop:
             raise RuntimeError("an IsolatePool belongs to the event loop that first used it; make one per loop")
 
-    def _command(self, memory_mb, cpu_seconds, spare):
+    def _launcher_arguments(self, memory_mb, cpu_seconds, spare):
         port = self.broker_port
         deno_flags = [
             "run",
@@ -826,8 +825,8 @@ class IsolatePool:
             # A warm spare prepares more before it is ready than a run waiting for it can.
             "spare" if spare else "for-run",
         ]
-        # The launcher's arguments: the pool's spawner runs isolates/sandbox.py's main()
-        # with them in a fork of itself (see _launch).
+        # The pool's spawner runs isolates/sandbox.py's main() with these in a fork of
+        # itself (see _launch).
         return [
             "--memory-mb", str(memory_mb),
             "--cpu-seconds", str(cpu_seconds + STARTUP_CPU_ALLOWANCE),
@@ -845,7 +844,7 @@ class IsolatePool:
         own session from its first instant (so kill() reaches it before the launcher has
         done anything), with the pipes to this process on 0-2 and no other descriptor,
         and none of the server's environment (the launcher's exec gives Deno its own)."""
-        arguments = self._command(memory_mb, cpu_seconds, spare)
+        arguments = self._launcher_arguments(memory_mb, cpu_seconds, spare)
         for attempt in (1, 2):
             if self._spawner is None or not self._spawner.alive():
                 # A spawner that died is replaced, as the command spawner is.

@@ -93,13 +93,17 @@ class Spawned:
         finally:
             if self.channel.fileno() != -1:
                 self.channel.settimeout(None)
-        if message.startswith(b"X"):
-            self.returncode = os.waitstatus_to_exitcode(int(message[1:]))
-        else:
-            # The spawner went away before it said: the command was killed with it.
-            self.returncode = -signal.SIGKILL
+        self.returncode = self.returncode_from(message)
         self.channel.close()
         return True
+
+    @staticmethod
+    def returncode_from(message):
+        """The return code an `X<wait status>` answer tells of (negative for a signal)."""
+        if message.startswith(b"X"):
+            return os.waitstatus_to_exitcode(int(message[1:]))
+        # The spawner went away before it said: the command was killed with it.
+        return -signal.SIGKILL
 
 
 class Spawner:
