@@ -3,7 +3,11 @@
     .venv/bin/python bench/isolates.py [--runs 200] [--calls 5000] [--redis redis://127.0.0.1:6379/2]
 
 Prints, as p50 / p99 in milliseconds:
-- cold start: from asking for a run to the block's first statement, with no warm isolate;
+- cold start: from asking for a run to the block's first statement, with no warm isolate,
+  next to its floor, measured between the cold starts: a bare `deno run` of a script that
+  starts one Web Worker (zero permissions, from a blob, as the runtime's), from asking
+  for the process to the Worker's first statement: no launcher, sandbox, runtime or
+  broker, what Deno alone takes to start a process with a Worker;
 - warm start: the same with the pool's warm isolates;
 - fileExists round trip from inside a block, inline, and through RQ when --redis is given
   (a real `rqworker` process is started), the latter next to RQ's own floor: an empty
@@ -71,6 +75,16 @@ for (let i = 0; i < n; i++) {
   times.push(performance.now() - t0);
 }
 export default () => times;
+"""
+
+COLD_FLOOR_SCRIPT = """
+const src = "postMessage(performance.timeOrigin + performance.now());";
+const url = URL.createObjectURL(new Blob([src], { type: "text/javascript" }));
+const worker = new Worker(url, { type: "module", deno: { permissions: "none" } });
+worker.onmessage = (event) => {
+  console.log(event.data);
+  Deno.exit(0);
+};
 """
 
 FLOOR_SCRIPT = """
@@ -169,6 +183,19 @@ def run_deno(script, *flags):
     return json.loads(out.stdout)
 
 
+def cold_floor_once(script):
+    """One bare Deno process with one Worker: ms from asking for it to the Worker's first
+    statement (the cold start's floor)."""
+    import deno
+
+    asked = time.time() * 1000
+    out = subprocess.run([deno.find_deno_bin(), "run", "--quiet", "--no-config", "--no-lock", "--no-code-cache",
+                          "--unstable-worker-options", script], capture_output=True, text=True, timeout=60)
+    if out.returncode:
+        raise SystemExit(f"the cold start's floor failed: {out.stderr[-2000:]}")
+    return float(out.stdout) - asked
+
+
 def deno_floor(n):
     return run_deno(FLOOR_SCRIPT % n)
 
@@ -250,8 +277,16 @@ def main():
         return service
 
     cold_service = server.call(make_service(0))
-    cold = server.call(start_times(cold_service, tenant, max(20, options.runs // 4)), 3600)
+    # Cold starts and their floor taken in turn, so that both see the machine alike.
+    cold, cold_floor = [], []
+    with tempfile.NamedTemporaryFile("w", suffix=".js") as script:
+        script.write(COLD_FLOOR_SCRIPT)
+        script.flush()
+        for _ in range(max(20, options.runs // 4)):
+            cold.extend(server.call(start_times(cold_service, tenant, 1), 3600))
+            cold_floor.append(cold_floor_once(script.name))
     print(f"cold start to first statement      {percentiles(cold)}")
+    print(f"  floor: a bare Deno process + Worker {percentiles(cold_floor)}")
 
     warm_service = server.call(make_service(4))
 
