@@ -169,31 +169,30 @@ def rq_floor(queue, n):
     return times
 
 
-def run_deno(script, *flags):
+def deno_script(path, *flags, timeout=300):
+    """What `deno run` of the script at `path` prints (its floor measurement)."""
     import deno
 
+    out = subprocess.run([deno.find_deno_bin(), "run", "--quiet", "--no-config", *flags, path], capture_output=True, text=True, timeout=timeout)
+    if out.returncode:
+        raise SystemExit(f"the floor's script failed: {out.stderr[-2000:]}")
+    return out.stdout
+
+
+def run_deno(script, *flags):
     with tempfile.NamedTemporaryFile("w", suffix=".js", delete=False) as f:
         f.write(script)
     try:
-        out = subprocess.run([deno.find_deno_bin(), "run", "--quiet", "--no-config", *flags, f.name], capture_output=True, text=True, timeout=300)
+        return json.loads(deno_script(f.name, *flags))
     finally:
         os.unlink(f.name)
-    if out.returncode:
-        raise SystemExit(f"the floor's script failed: {out.stderr[-2000:]}")
-    return json.loads(out.stdout)
 
 
-def cold_floor_once(script):
+def cold_floor_once(path):
     """One bare Deno process with one Worker: ms from asking for it to the Worker's first
     statement (the cold start's floor)."""
-    import deno
-
     asked = time.time() * 1000
-    out = subprocess.run([deno.find_deno_bin(), "run", "--quiet", "--no-config", "--no-lock", "--no-code-cache",
-                          "--unstable-worker-options", script], capture_output=True, text=True, timeout=60)
-    if out.returncode:
-        raise SystemExit(f"the cold start's floor failed: {out.stderr[-2000:]}")
-    return float(out.stdout) - asked
+    return float(deno_script(path, "--no-lock", "--no-code-cache", "--unstable-worker-options", timeout=60)) - asked
 
 
 def deno_floor(n):
